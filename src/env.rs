@@ -1,0 +1,144 @@
+//! The environment protocol between master and worker.
+//!
+//! A worker is the same executable started by the master with these variables set. They say that
+//! it is a worker, which descriptors it inherited and under which names. The worker reads them
+//! once and removes them before `prog` runs, so processes `prog` spawns are not mistaken for workers.
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::listener::SocketKind;
+
+/// Set by the master in a worker: the worker's generation (1 for the first worker, +1 per start).
+pub(crate) const WORKER: &str = "UPSHIFT_WORKER";
+/// The master's pid, so a worker can tell whether it has been orphaned.
+pub(crate) const MASTER_PID: &str = "UPSHIFT_MASTER_PID";
+/// One line per inherited listener, in descriptor order from fd 3: `<kind> <name>`.
+pub(crate) const LISTENERS: &str = "UPSHIFT_LISTENERS";
+/// The descriptor of the control socket (readiness up, drain down).
+pub(crate) const CONTROL_FD: &str = "UPSHIFT_CONTROL_FD";
+/// The master's drain timeout in milliseconds; an orphaned worker exits after it.
+pub(crate) const DRAIN_TIMEOUT_MS: &str = "UPSHIFT_DRAIN_TIMEOUT_MS";
+/// Set to `1` (or `true`) by a user to run `prog` in-process without a master.
+pub const DISABLE: &str = "UPSHIFT_DISABLE";
+
+/// Everything a worker learns from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorkerEnv {
+    pub(crate) generation: u64,
+    pub(crate) master_pid: u32,
+    pub(crate) listeners: Vec<(SocketKind, String)>,
+    pub(crate) control_fd: RawFd,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl WorkerEnv {
+    /// The variables to set in a new worker's environment.
+    pub(crate) fn encode(&self) -> Vec<(&'static str, String)> {
+        let listeners: Vec<String> =
+            self.listeners.iter().map(|(k, n)| format!("{} {}", k.tag(), n)).collect();
+        vec![
+            (WORKER, self.generation.to_string()),
+            (MASTER_PID, self.master_pid.to_string()),
+            (LISTENERS, listeners.join("\n")),
+            (CONTROL_FD, self.control_fd.to_string()),
+            (DRAIN_TIMEOUT_MS, self.drain_timeout.as_millis().to_string()),
+        ]
+    }
+
+    /// Reads the protocol through `get`; `Ok(None)` when this process is not a worker.
+    pub(crate) fn decode(get: impl Fn(&str) -> Option<String>) -> Result<Option<WorkerEnv>, Error> {
+        let Some(generation) = get(WORKER) else { return Ok(None) };
+        let number = |var: &str| -> Result<u64, Error> {
+            let raw = get(var).ok_or_else(|| Error::Protocol(format!("{var} is missing")))?;
+            raw.parse()
+                .map_err(|_| Error::Protocol(format!("{var}={raw:?} is not a number")))
+        };
+        let generation = generation
+            .parse()
+            .map_err(|_| Error::Protocol(format!("{WORKER}={generation:?} is not a number")))?;
+        let listeners_raw = get(LISTENERS).unwrap_or_default();
+        let mut listeners = Vec::new();
+        for line in listeners_raw.lines().filter(|l| !l.is_empty()) {
+            let (tag, name) = line
+                .split_once(' ')
+                .ok_or_else(|| Error::Protocol(format!("{LISTENERS} line {line:?} has no name")))?;
+            let kind = SocketKind::from_tag(tag).ok_or_else(|| {
+                Error::Protocol(format!("{LISTENERS} line {line:?} has unknown kind {tag:?}"))
+            })?;
+            listeners.push((kind, name.to_string()));
+        }
+        let control_fd = number(CONTROL_FD)?;
+        let control_fd = RawFd::try_from(control_fd)
+            .map_err(|_| Error::Protocol(format!("{CONTROL_FD} is out of range")))?;
+        Ok(Some(WorkerEnv {
+            generation,
+            master_pid: u32::try_from(number(MASTER_PID)?)
+                .map_err(|_| Error::Protocol(format!("{MASTER_PID} is out of range")))?,
+            listeners,
+            control_fd,
+            drain_timeout: Duration::from_millis(number(DRAIN_TIMEOUT_MS)?),
+        }))
+    }
+}
+
+/// Whether the user switched the master off through [`DISABLE`].
+pub(crate) fn disabled_by_env() -> bool {
+    matches!(std::env::var(DISABLE).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+}
+
+/// Removes the protocol's variables from this process's environment.
+pub(crate) fn scrub() {
+    for var in [WORKER, MASTER_PID, LISTENERS, CONTROL_FD, DRAIN_TIMEOUT_MS] {
+        // Environment mutation races with concurrent getenv in other threads; `run` documents
+        // that it must be called before the program starts threads that read the environment.
+        std::env::remove_var(var);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn round_trips_names_with_colons_and_spaces() {
+        let env = WorkerEnv {
+            generation: 7,
+            master_pid: 42,
+            listeners: vec![
+                (SocketKind::Tcp, "[::1]:8080".into()),
+                (SocketKind::Unix, "/run/my app.sock".into()),
+            ],
+            control_fd: 5,
+            drain_timeout: Duration::from_millis(1500),
+        };
+        let vars: HashMap<_, _> = env.encode().into_iter().collect();
+        let decoded = WorkerEnv::decode(|k| vars.get(k).cloned()).unwrap().unwrap();
+        assert_eq!(decoded, env);
+    }
+
+    #[test]
+    fn not_a_worker_without_the_marker() {
+        assert_eq!(WorkerEnv::decode(|_| None).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_values_are_named_in_the_error() {
+        let err = WorkerEnv::decode(|k| match k {
+            WORKER => Some("1".into()),
+            CONTROL_FD => Some("x".into()),
+            _ => Some("1".into()),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(CONTROL_FD), "{err}");
+        let err = WorkerEnv::decode(|k| match k {
+            WORKER => Some("1".into()),
+            LISTENERS => Some("udp 1.2.3.4:5".into()),
+            _ => Some("3".into()),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown kind"), "{err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Where sockets cross exec.
+//!
+//! A worker finds its listening sockets at descriptors `3, 4, …, 3+N-1` and its control socket at
+//! `3+N` (the numbers and names travel in the environment, see [`crate::env`]). Everything else the
+//! master holds is close-on-exec and never reaches a worker.
+//!
+//! The child side of the handoff runs between `fork` and `exec`, where only async-signal-safe calls
+//! are allowed: no allocation, no locks. [`FdPlan`] is therefore built in the parent and the child
+//! only walks its fixed arrays.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// The first descriptor number handed to a worker, as with systemd socket activation.
+pub(crate) const FIRST_INHERITED_FD: RawFd = 3;
+
+/// How descriptors are laid out in a new worker: `sources[i]` (a descriptor in the master) becomes
+/// descriptor `FIRST_INHERITED_FD + i` in the worker.
+#[derive(Debug, Clone)]
+pub(crate) struct FdPlan {
+    sources: Vec<RawFd>,
+}
+
+impl FdPlan {
+    pub(crate) fn new(sources: Vec<RawFd>) -> Self {
+        FdPlan { sources }
+    }
+
+    /// Runs in the forked child before exec. Two passes, because `dup2(fd, fd)` is a no-op that
+    /// leaves close-on-exec set, and because a later source may sit at an earlier target's number:
+    /// first every source is duplicated above the target range (close-on-exec, so the copies vanish
+    /// at exec), then each copy is `dup2`ed onto its target, which clears close-on-exec there.
+    ///
+    /// # Safety
+    /// Must only be called in a forked child before exec; it changes the descriptor table.
+    pub(crate) unsafe fn apply_in_child(&self) -> io::Result<()> {
+        let n = self.sources.len() as RawFd;
+        let above = FIRST_INHERITED_FD + n;
+        // A fixed-size stack array keeps this allocation-free; far more listeners than anyone
+        // configures, and `Upgrader` refuses more.
+        let mut moved = [0 as RawFd; MAX_INHERITED_FDS];
+        for (i, &src) in self.sources.iter().enumerate() {
+            let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, above);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            moved[i] = fd;
+        }
+        for i in 0..self.sources.len() {
+            if libc::dup2(moved[i], FIRST_INHERITED_FD + i as RawFd) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most descriptors (listeners plus the control socket) one worker can inherit.
+pub(crate) const MAX_INHERITED_FDS: usize = 64;
+
+/// Sets `O_NONBLOCK`; tokio panics on blocking sockets handed to `from_std`.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    update_flags(fd, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK)
+}
+
+/// Sets `FD_CLOEXEC`, so a descriptor the worker took over does not leak into processes it spawns.
+pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    update_flags(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)
+}
+
+fn update_flags(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number has no memory-safety requirements; errors are returned.
+    let flags = unsafe { libc::fcntl(fd, get) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & flag != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, set, flags | flag) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor in this process.
+pub(crate) fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}

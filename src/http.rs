@@ -1,0 +1,1 @@
+//! Polite-drain HTTP serving (being written).

@@ -1,0 +1,16 @@
+//! upshift (being written).
+#![warn(missing_docs)]
+
+mod env;
+mod error;
+mod fds;
+#[cfg(feature = "http")]
+pub mod http;
+mod listener;
+mod state;
+mod worker;
+
+pub use env::DISABLE as DISABLE_ENV;
+pub use error::Error;
+pub use listener::{ListenAddr, Listener, ListenerSocket, TokioListener};
+pub use state::{Lifecycle, Mode, State};

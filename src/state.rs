@@ -1,0 +1,194 @@
+//! [`State`]: what `prog` receives — its listeners, and the [`Lifecycle`] through which it says
+//! it is ready and learns that it must drain.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::listener::{Listener, ListenerSocket, TokioListener};
+
+/// What `prog` gets from [`Upgrader::run`](crate::Upgrader::run).
+///
+/// ```no_run
+/// # async fn serve(mut state: upshift::State) -> std::io::Result<()> {
+/// let listeners = state.tokio_tcp_listeners()?;     // non-blocking, registered with tokio
+/// state.ready();                                    // the master may now retire the old worker
+/// state.shutdown().await;                           // resolves when this worker must drain
+/// # drop(listeners); Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct State {
+    listeners: Vec<Listener>,
+    lifecycle: Lifecycle,
+    mode: Mode,
+}
+
+/// How `prog` is being run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// As a worker of a master, which can upgrade it.
+    Worker {
+        /// 1 for the first worker a master starts, +1 for each later one.
+        generation: u64,
+        /// The master's pid, stable across upgrades.
+        master_pid: u32,
+    },
+    /// In-process, without a master: no upgrades. The string says why.
+    Disabled(String),
+}
+
+impl State {
+    pub(crate) fn new(listeners: Vec<Listener>, lifecycle: Lifecycle, mode: Mode) -> Self {
+        State { listeners, lifecycle, mode }
+    }
+
+    /// How `prog` is being run.
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Whether a master is present and upgrades are possible.
+    pub fn is_enabled(&self) -> bool {
+        matches!(self.mode, Mode::Worker { .. })
+    }
+
+    /// This worker's generation (0 when disabled).
+    pub fn generation(&self) -> u64 {
+        match self.mode {
+            Mode::Worker { generation, .. } => generation,
+            Mode::Disabled(_) => 0,
+        }
+    }
+
+    /// The names of the listeners not yet taken, in configuration order.
+    pub fn listener_names(&self) -> Vec<&str> {
+        self.listeners.iter().map(|l| l.name()).collect()
+    }
+
+    /// Takes all listeners not yet taken, in configuration order.
+    pub fn take_listeners(&mut self) -> Vec<Listener> {
+        std::mem::take(&mut self.listeners)
+    }
+
+    /// Takes the listener with this name (its address as configured, or the name given to
+    /// [`Upgrader::listen_named`](crate::Upgrader::listen_named)).
+    pub fn take_listener(&mut self, name: &str) -> Option<Listener> {
+        let i = self.listeners.iter().position(|l| l.name() == name)?;
+        Some(self.listeners.remove(i))
+    }
+
+    /// Takes every TCP listener and registers it with the current tokio runtime.
+    ///
+    /// # Errors
+    /// Fails outside a tokio runtime.
+    pub fn tokio_tcp_listeners(&mut self) -> std::io::Result<Vec<tokio::net::TcpListener>> {
+        let (tcp, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|l| matches!(l.socket(), ListenerSocket::Tcp(_)));
+        self.listeners = rest;
+        let mut out = Vec::with_capacity(tcp.len());
+        for l in tcp {
+            if let TokioListener::Tcp(t) = l.into_tokio()? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tells the master this worker is serving. See [`Lifecycle::ready`].
+    pub fn ready(&self) {
+        self.lifecycle.ready()
+    }
+
+    /// Resolves when this worker must drain. See [`Lifecycle::shutdown`].
+    pub fn shutdown(&self) -> WaitForCancellationFutureOwned {
+        self.lifecycle.shutdown()
+    }
+
+    /// A cloneable handle on readiness and shutdown, for tasks that outlive the borrow of `State`.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
+    }
+}
+
+/// Readiness up, drain down: the worker's side of the conversation with its master. Cheap to clone.
+///
+/// ```
+/// # fn demo(lifecycle: upshift::Lifecycle) {
+/// let token = lifecycle.shutdown_token();
+/// std::thread::spawn(move || {
+///     while !token.is_cancelled() { /* serve */ break; }
+/// });
+/// lifecycle.ready();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    inner: Arc<LifecycleInner>,
+}
+
+#[derive(Debug)]
+struct LifecycleInner {
+    ready_sent: AtomicBool,
+    /// Where readiness is written; `None` when disabled (nobody to tell).
+    control: Option<Mutex<UnixStream>>,
+    shutdown: CancellationToken,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(control: Option<UnixStream>, shutdown: CancellationToken) -> Self {
+        Lifecycle {
+            inner: Arc::new(LifecycleInner {
+                ready_sent: AtomicBool::new(false),
+                control: control.map(Mutex::new),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Tells the master that this worker accepts and serves; only then does the master tell the
+    /// previous worker to drain. Call it once the listeners are being accepted on (the
+    /// [`http`](crate::http) helpers do it for you). Idempotent.
+    ///
+    /// A worker that never calls it is killed after the master's ready timeout and the previous
+    /// worker keeps serving; the master's log then says that `ready()` was never called.
+    pub fn ready(&self) {
+        if self.inner.ready_sent.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(control) = &self.inner.control else { return };
+        let mut stream = match control.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match stream.write_all(crate::worker::READY_LINE) {
+            Ok(()) => tracing::debug!("told the master this worker is ready"),
+            Err(e) => tracing::warn!(error = %e, "could not tell the master this worker is ready"),
+        }
+    }
+
+    /// Whether [`ready`](Self::ready) has been called.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready_sent.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when this worker must drain: the master is handing over to a newer worker, the
+    /// master is stopping, the master died, or this process got SIGTERM or SIGINT. Stop accepting,
+    /// finish what is in flight, then return from `prog`.
+    pub fn shutdown(&self) -> WaitForCancellationFutureOwned {
+        self.inner.shutdown.clone().cancelled_owned()
+    }
+
+    /// The cancellation token behind [`shutdown`](Self::shutdown), for `select!` loops and threads.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Whether draining has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+}
