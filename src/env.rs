@@ -36,8 +36,11 @@ pub(crate) struct WorkerEnv {
 impl WorkerEnv {
     /// The variables to set in a new worker's environment.
     pub(crate) fn encode(&self) -> Vec<(&'static str, String)> {
-        let listeners: Vec<String> =
-            self.listeners.iter().map(|(k, n)| format!("{} {}", k.tag(), n)).collect();
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|(k, n)| format!("{} {}", k.tag(), n))
+            .collect();
         vec![
             (WORKER, self.generation.to_string()),
             (MASTER_PID, self.master_pid.to_string()),
@@ -49,7 +52,9 @@ impl WorkerEnv {
 
     /// Reads the protocol through `get`; `Ok(None)` when this process is not a worker.
     pub(crate) fn decode(get: impl Fn(&str) -> Option<String>) -> Result<Option<WorkerEnv>, Error> {
-        let Some(generation) = get(WORKER) else { return Ok(None) };
+        let Some(generation) = get(WORKER) else {
+            return Ok(None);
+        };
         let number = |var: &str| -> Result<u64, Error> {
             let raw = get(var).ok_or_else(|| Error::Protocol(format!("{var} is missing")))?;
             raw.parse()
@@ -65,7 +70,9 @@ impl WorkerEnv {
                 .split_once(' ')
                 .ok_or_else(|| Error::Protocol(format!("{LISTENERS} line {line:?} has no name")))?;
             let kind = SocketKind::from_tag(tag).ok_or_else(|| {
-                Error::Protocol(format!("{LISTENERS} line {line:?} has unknown kind {tag:?}"))
+                Error::Protocol(format!(
+                    "{LISTENERS} line {line:?} has unknown kind {tag:?}"
+                ))
             })?;
             listeners.push((kind, name.to_string()));
         }
@@ -85,7 +92,10 @@ impl WorkerEnv {
 
 /// Whether the user switched the master off through [`DISABLE`].
 pub(crate) fn disabled_by_env() -> bool {
-    matches!(std::env::var(DISABLE).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+    matches!(
+        std::env::var(DISABLE).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
 }
 
 /// Removes the protocol's variables from this process's environment.
@@ -115,7 +125,9 @@ mod tests {
             drain_timeout: Duration::from_millis(1500),
         };
         let vars: HashMap<_, _> = env.encode().into_iter().collect();
-        let decoded = WorkerEnv::decode(|k| vars.get(k).cloned()).unwrap().unwrap();
+        let decoded = WorkerEnv::decode(|k| vars.get(k).cloned())
+            .unwrap()
+            .unwrap();
         assert_eq!(decoded, env);
     }
 

@@ -68,7 +68,12 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
     update_flags(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)
 }
 
-fn update_flags(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int) -> io::Result<()> {
+fn update_flags(
+    fd: RawFd,
+    get: libc::c_int,
+    set: libc::c_int,
+    flag: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor number has no memory-safety requirements; errors are returned.
     let flags = unsafe { libc::fcntl(fd, get) };
     if flags < 0 {

@@ -100,6 +100,16 @@ impl SocketKind {
     }
 }
 
+impl BoundSocket {
+    /// Hands the socket to code in this very process (the disabled mode). The socket file of a
+    /// Unix listener is then left behind like any plain server leaves it; the next bind replaces it.
+    pub(crate) fn into_listener(mut self) -> io::Result<Listener> {
+        self.unlink_on_exit = None;
+        let fd = self.fd.try_clone()?;
+        listener_from_fd(std::mem::take(&mut self.name), self.kind, fd)
+    }
+}
+
 impl Drop for BoundSocket {
     fn drop(&mut self) {
         if let Some(path) = self.unlink_on_exit.take() {
@@ -116,24 +126,40 @@ pub(crate) fn bind(addr: &ListenAddr, name: String) -> Result<BoundSocket, Error
         ListenAddr::Tcp(hostport) => {
             let resolved: Vec<SocketAddr> = hostport
                 .to_socket_addrs()
-                .map_err(|e| Error::Bind { addr: hostport.clone(), source: e })?
+                .map_err(|e| Error::Bind {
+                    addr: hostport.clone(),
+                    source: e,
+                })?
                 .collect();
-            let mut last_err = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
+            let mut last_err =
+                io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
             for sa in resolved {
                 match bind_tcp(sa) {
                     Ok(fd) => {
-                        return Ok(BoundSocket { name, kind: SocketKind::Tcp, fd, unlink_on_exit: None })
+                        return Ok(BoundSocket {
+                            name,
+                            kind: SocketKind::Tcp,
+                            fd,
+                            unlink_on_exit: None,
+                        })
                     }
                     Err(e) => last_err = e,
                 }
             }
-            Err(Error::Bind { addr: hostport.clone(), source: last_err })
+            Err(Error::Bind {
+                addr: hostport.clone(),
+                source: last_err,
+            })
         }
         ListenAddr::Unix(path) => {
-            remove_stale_socket(path)
-                .map_err(|e| Error::Bind { addr: path.display().to_string(), source: e })?;
-            let l = StdUnixListener::bind(path)
-                .map_err(|e| Error::Bind { addr: path.display().to_string(), source: e })?;
+            remove_stale_socket(path).map_err(|e| Error::Bind {
+                addr: path.display().to_string(),
+                source: e,
+            })?;
+            let l = StdUnixListener::bind(path).map_err(|e| Error::Bind {
+                addr: path.display().to_string(),
+                source: e,
+            })?;
             Ok(BoundSocket {
                 name,
                 kind: SocketKind::Unix,
@@ -268,7 +294,11 @@ impl AsRawFd for Listener {
 
 /// Builds a [`Listener`] from a descriptor this process owns, making it non-blocking and
 /// close-on-exec.
-pub(crate) fn listener_from_fd(name: String, kind: SocketKind, fd: OwnedFd) -> io::Result<Listener> {
+pub(crate) fn listener_from_fd(
+    name: String,
+    kind: SocketKind,
+    fd: OwnedFd,
+) -> io::Result<Listener> {
     crate::fds::set_nonblocking(fd.as_raw_fd())?;
     crate::fds::set_cloexec(fd.as_raw_fd())?;
     let socket = match kind {

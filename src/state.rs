@@ -1,10 +1,8 @@
 //! [`State`]: what `prog` receives — its listeners, and the [`Lifecycle`] through which it says
 //! it is ready and learns that it must drain.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -42,7 +40,11 @@ pub enum Mode {
 
 impl State {
     pub(crate) fn new(listeners: Vec<Listener>, lifecycle: Lifecycle, mode: Mode) -> Self {
-        State { listeners, lifecycle, mode }
+        State {
+            listeners,
+            lifecycle,
+            mode,
+        }
     }
 
     /// How `prog` is being run.
@@ -133,17 +135,21 @@ pub struct Lifecycle {
 #[derive(Debug)]
 struct LifecycleInner {
     ready_sent: AtomicBool,
-    /// Where readiness is written; `None` when disabled (nobody to tell).
-    control: Option<Mutex<UnixStream>>,
+    /// To the worker's agent, which writes readiness on the control socket; `None` when disabled
+    /// (nobody to tell).
+    ready_tx: Option<tokio::sync::mpsc::UnboundedSender<()>>,
     shutdown: CancellationToken,
 }
 
 impl Lifecycle {
-    pub(crate) fn new(control: Option<UnixStream>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        ready_tx: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Lifecycle {
             inner: Arc::new(LifecycleInner {
                 ready_sent: AtomicBool::new(false),
-                control: control.map(Mutex::new),
+                ready_tx,
                 shutdown,
             }),
         }
@@ -159,14 +165,13 @@ impl Lifecycle {
         if self.inner.ready_sent.swap(true, Ordering::SeqCst) {
             return;
         }
-        let Some(control) = &self.inner.control else { return };
-        let mut stream = match control.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
+        let Some(tx) = &self.inner.ready_tx else {
+            return;
         };
-        match stream.write_all(crate::worker::READY_LINE) {
-            Ok(()) => tracing::debug!("told the master this worker is ready"),
-            Err(e) => tracing::warn!(error = %e, "could not tell the master this worker is ready"),
+        if tx.send(()).is_err() {
+            tracing::warn!(
+                "could not tell the master this worker is ready: the worker's agent has stopped"
+            );
         }
     }
 

@@ -1,7 +1,218 @@
-//! The worker side: reading the inherited environment, adopting the descriptors, and the agent
-//! thread that turns master messages and signals into [`State::shutdown`](crate::State::shutdown).
+//! The worker side: adopting the inherited descriptors, and the agent thread that carries
+//! readiness to the master and turns drain messages, master death and signals into
+//! [`State::shutdown`](crate::State::shutdown).
+//!
+//! Also the disabled mode, where `prog` runs in-process on sockets bound locally.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::env::WorkerEnv;
+use crate::error::Error;
+use crate::fds::{self, FIRST_INHERITED_FD};
+use crate::listener::{self, ListenAddr};
+use crate::state::{Lifecycle, Mode, State};
 
 /// Written by a worker on its control socket when `prog` is ready.
 pub(crate) const READY_LINE: &[u8] = b"ready\n";
 /// Written by the master on a worker's control socket to make it drain.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
+
+/// Takes over the descriptors the master handed down and starts the agent.
+pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
+    let mut listeners = Vec::with_capacity(env.listeners.len());
+    for (i, (kind, name)) in env.listeners.iter().enumerate() {
+        let fd = FIRST_INHERITED_FD + i as i32;
+        if !fds::is_open(fd) {
+            return Err(Error::Protocol(format!(
+                "listener {name:?} was announced at fd {fd} but fd {fd} is not open"
+            )));
+        }
+        // SAFETY: the master placed this listener at `fd` for us and nothing else in this process
+        // knows the number; we take sole ownership here, once.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let l = listener::listener_from_fd(name.clone(), *kind, owned).map_err(|e| {
+            Error::io(
+                format!("cannot adopt inherited listener {name:?} at fd {fd}"),
+                e,
+            )
+        })?;
+        listeners.push(l);
+    }
+    if !fds::is_open(env.control_fd) {
+        return Err(Error::Protocol(format!(
+            "the control socket fd {} is not open",
+            env.control_fd
+        )));
+    }
+    // SAFETY: as above, the control socket is ours alone.
+    let control = unsafe { OwnedFd::from_raw_fd(env.control_fd) };
+    fds::set_cloexec(std::os::fd::AsRawFd::as_raw_fd(&control))
+        .and_then(|()| fds::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&control)))
+        .map_err(|e| Error::io("cannot prepare the control socket", e))?;
+    crate::env::scrub();
+
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent_token = shutdown.clone();
+    let drain_timeout = env.drain_timeout;
+    std::thread::Builder::new()
+        .name("upshift-agent".into())
+        .spawn(move || {
+            agent(
+                Some(AgentControl {
+                    control,
+                    ready_rx,
+                    drain_timeout,
+                }),
+                agent_token,
+            )
+        })
+        .map_err(|e| Error::io("cannot start the worker's agent thread", e))?;
+    tracing::debug!(
+        generation = env.generation,
+        listeners = listeners.len(),
+        "worker adopted its sockets"
+    );
+    Ok(State::new(
+        listeners,
+        Lifecycle::new(Some(ready_tx), shutdown),
+        Mode::Worker {
+            generation: env.generation,
+            master_pid: env.master_pid,
+        },
+    ))
+}
+
+/// Binds the listeners in this process for the disabled mode; SIGTERM/SIGINT still drain.
+pub(crate) fn local(addrs: &[(String, ListenAddr)], reason: String) -> Result<State, Error> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for (name, addr) in addrs {
+        let l = listener::bind(addr, name.clone())?
+            .into_listener()
+            .map_err(|e| Error::io(format!("cannot prepare listener {name:?}"), e))?;
+        listeners.push(l);
+    }
+    let shutdown = CancellationToken::new();
+    let agent_token = shutdown.clone();
+    std::thread::Builder::new()
+        .name("upshift-agent".into())
+        .spawn(move || agent(None, agent_token))
+        .map_err(|e| Error::io("cannot start the signal agent thread", e))?;
+    tracing::info!(%reason, "upshift disabled: serving in-process, upgrades are off");
+    Ok(State::new(
+        listeners,
+        Lifecycle::new(None, shutdown),
+        Mode::Disabled(reason),
+    ))
+}
+
+struct AgentControl {
+    control: OwnedFd,
+    ready_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    drain_timeout: Duration,
+}
+
+/// The agent runs on its own thread with its own small runtime, so it works whatever `prog` does
+/// with threads and runtimes (plain `fn main`, `#[tokio::main]`, or no tokio at all).
+fn agent(control: Option<AgentControl>, shutdown: CancellationToken) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "upshift agent cannot start a runtime; signals will not drain this worker");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let signals = watch_signals(shutdown.clone());
+        match control {
+            Some(c) => {
+                tokio::select! {
+                    () = talk_to_master(c, shutdown.clone()) => {}
+                    () = signals => {}
+                }
+            }
+            None => signals.await,
+        }
+        // Keep the runtime (and with it the signal handlers) alive: a second SIGTERM must not
+        // fall back to the default action while `prog` drains.
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT in the worker");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if !shutdown.is_cancelled() {
+            tracing::info!(signal = which, "worker draining on signal");
+        }
+        shutdown.cancel();
+    }
+}
+
+async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
+    let AgentControl {
+        control,
+        mut ready_rx,
+        drain_timeout,
+    } = c;
+    let std_stream = std::os::unix::net::UnixStream::from(control);
+    let stream = match tokio::net::UnixStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the control socket; this worker cannot be told to drain");
+            return std::future::pending().await;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut ready_open = true;
+    loop {
+        tokio::select! {
+            msg = ready_rx.recv(), if ready_open => match msg {
+                Some(()) => {
+                    if let Err(e) = write.write_all(READY_LINE).await {
+                        tracing::warn!(error = %e, "could not tell the master this worker is ready");
+                    }
+                }
+                None => ready_open = false,
+            },
+            line = lines.next_line() => match line {
+                Ok(Some(l)) if l.as_bytes() == &DRAIN_LINE[..DRAIN_LINE.len() - 1] => {
+                    tracing::info!("master asked this worker to drain");
+                    shutdown.cancel();
+                }
+                Ok(Some(other)) => tracing::debug!(message = %other, "ignoring unknown control message"),
+                Ok(None) | Err(_) => {
+                    // The master is gone (it only closes our control socket by dying). Drain so
+                    // the port is released, and do not outlive the master's drain timeout.
+                    tracing::warn!(?drain_timeout, "master went away; draining and exiting");
+                    shutdown.cancel();
+                    tokio::time::sleep(drain_timeout).await;
+                    tracing::error!("still running a drain timeout after the master died; exiting");
+                    std::process::exit(1);
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! [`Upgrader`]: the builder a program configures in `main`, ending in [`Upgrader::run`] or
+//! [`Upgrader::run_async`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::env::{self, WorkerEnv};
+use crate::error::Error;
+use crate::listener::ListenAddr;
+use crate::state::State;
+
+/// What the master does when the serving worker exits on its own (no restart under way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPolicy {
+    /// Start a new worker after an exponential backoff ([`Upgrader::restart_backoff`]). A worker
+    /// that exits with status 0 on its own is taken as a deliberate stop: the master exits 0.
+    Restart,
+    /// Exit the master with the worker's status, as overseer does; leave restarts to a supervisor.
+    Exit,
+}
+
+/// Configures and starts upshift. Everything before [`run`](Self::run) executes in the master
+/// **and** in every worker (both are the same program); keep it to configuration.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// fn main() -> Result<(), upshift::Error> {
+///     upshift::Upgrader::new()
+///         .listen("127.0.0.1:8080")
+///         .drain_timeout(Duration::from_secs(10))
+///         .run(|state| {
+///             // in the worker: serve on state's listeners, call state.ready(), drain on state.shutdown()
+///             # drop(state);
+///         })
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Upgrader {
+    pub(crate) addrs: Vec<(String, String)>,
+    pub(crate) restart_signal: Signal,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_draining: usize,
+    pub(crate) crash_policy: CrashPolicy,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) disabled: bool,
+}
+
+impl Default for Upgrader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The validated configuration the master works from.
+#[derive(Debug, Clone)]
+pub(crate) struct MasterConfig {
+    pub(crate) addrs: Vec<(String, ListenAddr)>,
+    pub(crate) restart_signal: Signal,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) max_draining: usize,
+    pub(crate) crash_policy: CrashPolicy,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+enum Role {
+    Worker(WorkerEnv),
+    Disabled(String),
+    Master,
+}
+
+impl Upgrader {
+    /// Defaults: restart on SIGUSR2, ready timeout 30 s, drain timeout 30 s, at most 4 workers
+    /// draining at once, crashed workers restarted with backoff from 100 ms to 30 s.
+    pub fn new() -> Self {
+        Upgrader {
+            addrs: Vec::new(),
+            restart_signal: Signal::SIGUSR2,
+            ready_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            max_draining: 4,
+            crash_policy: CrashPolicy::Restart,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            disabled: false,
+        }
+    }
+
+    /// Adds a listener: `host:port` for TCP, or a path containing `/` for a Unix socket. Its name
+    /// (see [`State::take_listener`]) is the address as written. Call once per address.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        let addr = addr.into();
+        self.addrs.push((addr.clone(), addr));
+        self
+    }
+
+    /// Adds a listener under a name of your choice, to find it with [`State::take_listener`].
+    pub fn listen_named(mut self, name: impl Into<String>, addr: impl Into<String>) -> Self {
+        self.addrs.push((name.into(), addr.into()));
+        self
+    }
+
+    /// The signal that makes the master restart from the binary on disk (default SIGUSR2).
+    pub fn restart_signal(mut self, signal: Signal) -> Self {
+        self.restart_signal = signal;
+        self
+    }
+
+    /// How long a new worker has to call [`State::ready`] before it is killed and the previous
+    /// worker keeps serving (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a worker told to drain may take before it is killed with SIGKILL (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How many old workers may drain at once (default 4). A restart asked for while that many
+    /// drain waits until one has exited; it is never dropped.
+    pub fn max_draining(mut self, max: usize) -> Self {
+        self.max_draining = max.max(1);
+        self
+    }
+
+    /// What to do when the serving worker exits on its own (default [`CrashPolicy::Restart`]).
+    pub fn crash_policy(mut self, policy: CrashPolicy) -> Self {
+        self.crash_policy = policy;
+        self
+    }
+
+    /// The backoff between restarts of a crashing worker: doubles from `min` up to `max`, and
+    /// starts again from `min` once a worker has served for 10 s.
+    pub fn restart_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// Runs `prog` in-process without a master (as when [`UPSHIFT_DISABLE`](crate::DISABLE_ENV)
+    /// is set): listeners are bound locally and upgrades are off.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.disabled = disabled;
+        self
+    }
+
+    /// Starts upshift, for a plain `fn main` (use [`run_async`](Self::run_async) inside a tokio
+    /// runtime).
+    ///
+    /// - In the **master** (the first process) this binds the listeners, starts and supervises
+    ///   workers, and never returns: the process exits with the last worker's status.
+    /// - In a **worker** it runs `prog` with the inherited listeners and returns what `prog` returns.
+    /// - **Disabled** (not Unix, [`disabled`](Self::disabled), or `UPSHIFT_DISABLE=1`), it binds
+    ///   locally and runs `prog` in this process.
+    ///
+    /// Call it before starting threads that read the environment: a worker removes upshift's
+    /// variables from its environment before `prog` runs.
+    ///
+    /// # Errors
+    /// Invalid configuration, a listen address that cannot be bound, or a malformed worker
+    /// environment.
+    pub fn run<F, R>(self, prog: F) -> Result<R, Error>
+    where
+        F: FnOnce(State) -> R,
+    {
+        match self.role()? {
+            Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?)),
+            Role::Disabled(reason) => Ok(prog(crate::worker::local(&self.parse_addrs()?, reason)?)),
+            Role::Master => {
+                let code = crate::master::run_blocking(self.master_config()?)?;
+                std::process::exit(code)
+            }
+        }
+    }
+
+    /// Starts upshift from inside a tokio runtime (`#[tokio::main]`); see [`run`](Self::run).
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), upshift::Error> {
+    ///     upshift::Upgrader::new()
+    ///         .listen("127.0.0.1:8080")
+    ///         .run_async(|mut state| async move {
+    ///             let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    ///             upshift::http::serve(&mut state, app).await
+    ///         })
+    ///         .await?
+    ///         .map_err(|e| upshift::Error::Io { what: "serving".into(), source: e })
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`run`](Self::run).
+    pub async fn run_async<F, Fut, R>(self, prog: F) -> Result<R, Error>
+    where
+        F: FnOnce(State) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        match self.role()? {
+            Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?).await),
+            Role::Disabled(reason) => {
+                Ok(prog(crate::worker::local(&self.parse_addrs()?, reason)?).await)
+            }
+            Role::Master => {
+                let code = crate::master::run_on_own_thread(self.master_config()?).await?;
+                std::process::exit(code)
+            }
+        }
+    }
+
+    fn role(&self) -> Result<Role, Error> {
+        if let Some(worker) = WorkerEnv::decode(|k| std::env::var(k).ok())? {
+            return Ok(Role::Worker(worker));
+        }
+        if self.disabled {
+            return Ok(Role::Disabled("disabled in the configuration".into()));
+        }
+        if env::disabled_by_env() {
+            return Ok(Role::Disabled(format!("disabled by {}", env::DISABLE)));
+        }
+        if !cfg!(unix) {
+            return Ok(Role::Disabled("not supported on this platform".into()));
+        }
+        Ok(Role::Master)
+    }
+
+    fn parse_addrs(&self) -> Result<Vec<(String, ListenAddr)>, Error> {
+        if self.addrs.is_empty() {
+            return Err(Error::Config(
+                "no listeners: call Upgrader::listen at least once".into(),
+            ));
+        }
+        if self.addrs.len() >= crate::fds::MAX_INHERITED_FDS {
+            return Err(Error::Config(format!(
+                "{} listeners configured; at most {} are supported",
+                self.addrs.len(),
+                crate::fds::MAX_INHERITED_FDS - 1
+            )));
+        }
+        let mut out = Vec::with_capacity(self.addrs.len());
+        for (name, addr) in &self.addrs {
+            if name.is_empty() || name.contains(['\n', '\0']) {
+                return Err(Error::Config(format!(
+                    "listener name {name:?} must be non-empty and one line"
+                )));
+            }
+            if out.iter().any(|(n, _): &(String, ListenAddr)| n == name) {
+                return Err(Error::Config(format!("two listeners are named {name:?}")));
+            }
+            out.push((name.clone(), addr.parse()?));
+        }
+        Ok(out)
+    }
+
+    fn master_config(&self) -> Result<MasterConfig, Error> {
+        if matches!(
+            self.restart_signal,
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGCHLD | Signal::SIGKILL | Signal::SIGSTOP
+        ) {
+            return Err(Error::Config(format!(
+                "{} cannot be the restart signal",
+                self.restart_signal
+            )));
+        }
+        Ok(MasterConfig {
+            addrs: self.parse_addrs()?,
+            restart_signal: self.restart_signal,
+            ready_timeout: self.ready_timeout,
+            drain_timeout: self.drain_timeout,
+            max_draining: self.max_draining,
+            crash_policy: self.crash_policy,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_missing_and_duplicate_listeners() {
+        let err = Upgrader::new().master_config().unwrap_err();
+        assert!(err.to_string().contains("no listeners"), "{err}");
+        let err = Upgrader::new()
+            .listen("127.0.0.1:1")
+            .listen("127.0.0.1:1")
+            .master_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("two listeners"), "{err}");
+        let err = Upgrader::new()
+            .listen("nonsense")
+            .master_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("neither host:port"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_restart_signal_that_means_stop() {
+        let err = Upgrader::new()
+            .listen("127.0.0.1:1")
+            .restart_signal(Signal::SIGTERM)
+            .master_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("restart signal"), "{err}");
+    }
+}

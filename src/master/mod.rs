@@ -1,0 +1,460 @@
+//! The master: binds the listeners once, keeps its pid for life, and runs the workers.
+//!
+//! One event loop owns all state; signals, readiness messages, timers and child exits arrive as
+//! [`Event`]s. A restart is overlapping and readiness-gated: the new worker starts while the old
+//! one keeps accepting, and the old one is told to drain only once the new one says it is ready.
+
+mod reaper;
+mod signals;
+mod spawn;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
+
+use crate::config::{CrashPolicy, MasterConfig};
+use crate::error::Error;
+use crate::listener::{self, BoundSocket};
+use crate::worker::{DRAIN_LINE, READY_LINE};
+use reaper::Exit;
+use signals::Action;
+use spawn::Launch;
+
+/// A worker that has served this long has proven itself: the crash backoff starts over.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs the master on a thread of its own and waits for its exit code.
+pub(crate) fn run_blocking(cfg: MasterConfig) -> Result<i32, Error> {
+    let thread = std::thread::Builder::new()
+        .name("upshift-master".into())
+        .spawn(move || master_thread(cfg))
+        .map_err(|e| Error::Master {
+            what: "cannot start the master thread",
+            source: e,
+        })?;
+    thread.join().unwrap_or_else(|_| {
+        Err(Error::Master {
+            what: "the master thread panicked",
+            source: std::io::Error::other("panic"),
+        })
+    })
+}
+
+/// As [`run_blocking`], awaited from inside the caller's runtime without blocking it.
+pub(crate) async fn run_on_own_thread(cfg: MasterConfig) -> Result<i32, Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("upshift-master".into())
+        .spawn(move || {
+            let _ = tx.send(master_thread(cfg));
+        })
+        .map_err(|e| Error::Master {
+            what: "cannot start the master thread",
+            source: e,
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::Master {
+            what: "the master thread panicked",
+            source: std::io::Error::other("panic"),
+        })
+    })
+}
+
+/// The master's own single-threaded runtime, on the thread that forks every worker. That thread
+/// lives as long as the master, which matters: Linux's parent-death signal fires when the forking
+/// *thread* exits.
+fn master_thread(cfg: MasterConfig) -> Result<i32, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Master {
+            what: "cannot start the master's runtime",
+            source: e,
+        })?;
+    rt.block_on(async move {
+        let (master, events) = Master::start(cfg)?;
+        Ok(master.run(events).await)
+    })
+}
+
+/// Everything that can wake the master.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Signal(Signal, Action),
+    Ready { generation: u64 },
+    ReadyTimeout { generation: u64 },
+    DrainTimeout { generation: u64 },
+    BackoffElapsed,
+}
+
+struct Worker {
+    generation: u64,
+    pid: Pid,
+    control: OwnedWriteHalf,
+    started: Instant,
+    ready_at: Option<Instant>,
+    /// Why the master killed it, for the log line when its exit is reaped.
+    killed_because: Option<String>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct Stopping {
+    /// The generation that was serving when the stop began; its status becomes the master's.
+    serving_generation: Option<u64>,
+    exit_code: i32,
+}
+
+struct Master {
+    cfg: MasterConfig,
+    launch: Launch,
+    sockets: Vec<BoundSocket>,
+    events: UnboundedSender<Event>,
+    next_generation: u64,
+    serving: Option<Worker>,
+    starting: Option<Worker>,
+    draining: Vec<Worker>,
+    /// A restart was asked for while another was under way or too many workers drained.
+    restart_queued: bool,
+    crash_streak: u32,
+    stopping: Option<Stopping>,
+}
+
+impl Master {
+    fn start(cfg: MasterConfig) -> Result<(Self, UnboundedReceiver<Event>), Error> {
+        let launch = Launch::capture(cfg.drain_timeout)?;
+        let mut sockets = Vec::with_capacity(cfg.addrs.len());
+        for (name, addr) in &cfg.addrs {
+            sockets.push(listener::bind(addr, name.clone())?);
+        }
+        let (events, rx) = mpsc::unbounded_channel();
+        signals::install(cfg.restart_signal, &events)?;
+        tracing::info!(
+            pid = launch.master_pid,
+            program = %launch.program.display(),
+            listeners = ?cfg.addrs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            "upshift master started"
+        );
+        let master = Master {
+            cfg,
+            launch,
+            sockets,
+            events,
+            next_generation: 1,
+            serving: None,
+            starting: None,
+            draining: Vec::new(),
+            restart_queued: false,
+            crash_streak: 0,
+            stopping: None,
+        };
+        Ok((master, rx))
+    }
+
+    async fn run(mut self, mut events: UnboundedReceiver<Event>) -> i32 {
+        self.start_worker("first start");
+        loop {
+            if let Some(code) = self.finished() {
+                tracing::info!(exit_code = code, "upshift master exiting");
+                return code;
+            }
+            // The master holds a sender itself, so the channel never closes.
+            let Some(event) = events.recv().await else {
+                return 1;
+            };
+            self.handle(event);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Signal(sig, Action::Restart) => self.request_restart(&format!("{sig} received")),
+            Event::Signal(sig, Action::Stop) => self.begin_stop(sig),
+            Event::Signal(_, Action::Reap) => self.reap(),
+            Event::Signal(sig, Action::Forward(_)) => self.forward(sig),
+            Event::Ready { generation } => self.on_ready(generation),
+            Event::ReadyTimeout { generation } => self.on_ready_timeout(generation),
+            Event::DrainTimeout { generation } => self.on_drain_timeout(generation),
+            Event::BackoffElapsed => {
+                if self.stopping.is_none() && self.serving.is_none() && self.starting.is_none() {
+                    self.start_worker("restart after a crash");
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> Option<i32> {
+        let stop = self.stopping.as_ref()?;
+        let idle = self.serving.is_none() && self.starting.is_none() && self.draining.is_empty();
+        idle.then_some(stop.exit_code)
+    }
+
+    fn start_worker(&mut self, reason: &str) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let spawned = match self.launch.spawn(generation, &self.sockets) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, generation, "cannot start a worker");
+                if self.serving.is_none() {
+                    self.schedule_respawn();
+                }
+                return;
+            }
+        };
+        let (read, write) = spawned.control.into_split();
+        let tx = self.events.clone();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.as_bytes() == &READY_LINE[..READY_LINE.len() - 1] {
+                    let _ = tx.send(Event::Ready { generation });
+                }
+            }
+        });
+        self.after(self.cfg.ready_timeout, Event::ReadyTimeout { generation });
+        tracing::info!(generation, pid = %spawned.pid, reason, "worker starting");
+        self.starting = Some(Worker {
+            generation,
+            pid: spawned.pid,
+            control: write,
+            started: Instant::now(),
+            ready_at: None,
+            killed_because: None,
+            reader,
+        });
+    }
+
+    fn request_restart(&mut self, reason: &str) {
+        if self.stopping.is_some() {
+            tracing::info!(reason, "not restarting: the master is stopping");
+        } else if let Some(w) = &self.starting {
+            tracing::info!(
+                reason,
+                starting = w.generation,
+                "restart queued until the starting worker is ready or gone"
+            );
+            self.restart_queued = true;
+        } else if self.draining.len() >= self.cfg.max_draining {
+            tracing::warn!(
+                reason,
+                draining = self.draining.len(),
+                "restart queued until a draining worker exits (max_draining reached)"
+            );
+            self.restart_queued = true;
+        } else {
+            self.restart_queued = false;
+            self.start_worker(reason);
+        }
+    }
+
+    fn on_ready(&mut self, generation: u64) {
+        let Some(mut new) = self.starting.take_if(|w| w.generation == generation) else {
+            return;
+        };
+        new.ready_at = Some(Instant::now());
+        tracing::info!(generation, pid = %new.pid, startup = ?new.started.elapsed(), "worker ready");
+        if let Some(old) = self.serving.replace(new) {
+            self.drain(old, "replaced by a ready worker");
+        }
+        if std::mem::take(&mut self.restart_queued) {
+            self.request_restart("queued restart");
+        }
+    }
+
+    fn on_ready_timeout(&mut self, generation: u64) {
+        let Some(w) = self
+            .starting
+            .as_mut()
+            .filter(|w| w.generation == generation)
+        else {
+            return;
+        };
+        let why = format!(
+            "not ready within {:?} (did prog call State::ready()? the upshift::http helpers do)",
+            self.cfg.ready_timeout
+        );
+        tracing::warn!(generation, pid = %w.pid, "new worker {why}; killing it, the previous worker keeps serving");
+        w.killed_because = Some(why);
+        let _ = kill(w.pid, Signal::SIGKILL);
+    }
+
+    fn drain(&mut self, mut worker: Worker, why: &str) {
+        tracing::info!(generation = worker.generation, pid = %worker.pid, why, "worker draining");
+        // A fresh socket's buffer always takes six bytes; if not, SIGTERM says the same thing.
+        if worker.control.try_write(DRAIN_LINE).ok() != Some(DRAIN_LINE.len()) {
+            let _ = kill(worker.pid, Signal::SIGTERM);
+        }
+        worker.killed_because = None;
+        self.after(
+            self.cfg.drain_timeout,
+            Event::DrainTimeout {
+                generation: worker.generation,
+            },
+        );
+        self.draining.push(worker);
+    }
+
+    fn on_drain_timeout(&mut self, generation: u64) {
+        let Some(w) = self
+            .draining
+            .iter_mut()
+            .find(|w| w.generation == generation)
+        else {
+            return;
+        };
+        let why = format!("still draining after {:?}", self.cfg.drain_timeout);
+        tracing::warn!(generation, pid = %w.pid, "worker {why}; killing it");
+        w.killed_because = Some(why);
+        let _ = kill(w.pid, Signal::SIGKILL);
+    }
+
+    fn forward(&self, sig: Signal) {
+        match &self.serving {
+            Some(w) => {
+                tracing::debug!(%sig, pid = %w.pid, "forwarding signal to the serving worker");
+                let _ = kill(w.pid, sig);
+            }
+            None => tracing::debug!(%sig, "no serving worker to forward the signal to"),
+        }
+    }
+
+    fn begin_stop(&mut self, sig: Signal) {
+        if self.stopping.is_some() {
+            tracing::warn!(%sig, "second stop signal: killing every worker now");
+            for w in self.all_workers() {
+                let _ = kill(w.pid, Signal::SIGKILL);
+            }
+            return;
+        }
+        tracing::info!(%sig, "stopping: draining workers");
+        self.stop_with(0);
+    }
+
+    fn stop_with(&mut self, exit_code: i32) {
+        self.stopping = Some(Stopping {
+            serving_generation: self.serving.as_ref().map(|w| w.generation),
+            exit_code,
+        });
+        self.restart_queued = false;
+        if let Some(w) = self.starting.take() {
+            self.drain(w, "the master is stopping");
+        }
+        if let Some(w) = self.serving.take() {
+            self.drain(w, "the master is stopping");
+        }
+    }
+
+    fn all_workers(&self) -> impl Iterator<Item = &Worker> {
+        self.serving
+            .iter()
+            .chain(self.starting.iter())
+            .chain(self.draining.iter())
+    }
+
+    fn reap(&mut self) {
+        let known: Vec<Pid> = self.all_workers().map(|w| w.pid).collect();
+        for (pid, exit) in reaper::reap(&known) {
+            self.on_exit(pid, exit);
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, exit: Exit) {
+        if let Some(w) = self.starting.take_if(|w| w.pid == pid) {
+            let why = w
+                .killed_because
+                .clone()
+                .unwrap_or_else(|| format!("exited before it was ready ({exit})"));
+            tracing::warn!(generation = w.generation, %pid, %exit, "new worker failed: {why}; the previous worker keeps serving");
+            // The binary that failed would fail again: a queued restart waits for a new trigger.
+            self.restart_queued = false;
+            if self.serving.is_none() {
+                self.on_no_worker(exit, w.ready_at, false);
+            }
+        } else if let Some(w) = self.serving.take_if(|w| w.pid == pid) {
+            if self.starting.is_some() {
+                tracing::warn!(generation = w.generation, %pid, %exit, "serving worker exited while its successor starts");
+            } else {
+                tracing::warn!(generation = w.generation, %pid, %exit, "serving worker exited on its own");
+                self.on_no_worker(exit, w.ready_at, true);
+            }
+        } else if let Some(i) = self.draining.iter().position(|w| w.pid == pid) {
+            let w = self.draining.swap_remove(i);
+            match &w.killed_because {
+                Some(why) => {
+                    tracing::warn!(generation = w.generation, %pid, %exit, "drained worker killed: {why}")
+                }
+                None => {
+                    tracing::info!(generation = w.generation, %pid, %exit, lived = ?w.started.elapsed(), "drained worker exited")
+                }
+            }
+            if let Some(stop) = self
+                .stopping
+                .as_mut()
+                .filter(|s| s.serving_generation == Some(w.generation))
+            {
+                stop.exit_code = exit.code();
+            }
+            if std::mem::take(&mut self.restart_queued) {
+                self.request_restart("queued restart");
+            }
+        }
+    }
+
+    /// Nobody is serving: restart with backoff, or stop, as the policy says.
+    fn on_no_worker(&mut self, exit: Exit, ready_at: Option<Instant>, was_serving: bool) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.cfg.crash_policy == CrashPolicy::Exit {
+            tracing::info!(%exit, "crash policy is Exit: the master exits with the worker's status");
+            self.stop_with(exit.code());
+            return;
+        }
+        if was_serving && exit.success() {
+            tracing::info!("the worker exited with status 0 on its own: stopping");
+            self.stop_with(0);
+            return;
+        }
+        if ready_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
+            self.crash_streak = 0;
+        }
+        self.schedule_respawn();
+    }
+
+    fn schedule_respawn(&mut self) {
+        let factor = 1u32
+            .checked_shl(self.crash_streak.min(16))
+            .unwrap_or(u32::MAX);
+        let delay = self
+            .cfg
+            .backoff_min
+            .saturating_mul(factor)
+            .min(self.cfg.backoff_max);
+        self.crash_streak = self.crash_streak.saturating_add(1);
+        tracing::warn!(
+            ?delay,
+            attempt = self.crash_streak,
+            "no worker is serving; starting one after a backoff"
+        );
+        self.after(delay, Event::BackoffElapsed);
+    }
+
+    fn after(&self, delay: Duration, event: Event) {
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(event);
+        });
+    }
+}
