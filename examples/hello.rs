@@ -1,1 +1,141 @@
-fn main(){}
+//! The README's demo: an axum server that upgrades itself without dropping a request.
+//!
+//! ```text
+//! cargo run --example hello -- --listen 127.0.0.1:8080
+//! curl localhost:8080/            # hello from dev pid 12345 gen 1
+//! kill -USR2 <master pid>         # restart from the binary on disk, zero failed requests
+//! kill -TERM <master pid>         # drain and exit
+//! ```
+//!
+//! `BUILD_ID` is read at compile time (`BUILD_ID=v2 cargo build --example hello`), so two builds
+//! are told apart by their answer.
+
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Router;
+
+const BUILD_ID: &str = match option_env!("BUILD_ID") {
+    Some(id) => id,
+    None => "dev",
+};
+
+const USAGE: &str = "usage: hello [--listen ADDR]... [--drain-timeout SECS] [--ready-timeout SECS]
+
+  --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
+  --drain-timeout SECS   how long an old worker may drain before SIGKILL (default 30)
+  --ready-timeout SECS   how long a new worker may take to become ready (default 30)
+
+Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.";
+
+struct Args {
+    listen: Vec<String>,
+    drain_timeout: Option<Duration>,
+    ready_timeout: Option<Duration>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: Vec::new(),
+        drain_timeout: None,
+        ready_timeout: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => args.listen.push(value()?),
+            "--drain-timeout" => args.drain_timeout = Some(secs(&value()?)?),
+            "--ready-timeout" => args.ready_timeout = Some(secs(&value()?)?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.listen.is_empty() {
+        args.listen.push("127.0.0.1:8080".into());
+    }
+    Ok(args)
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+#[derive(serde::Deserialize)]
+struct SleepQuery {
+    ms: Option<u64>,
+}
+
+fn greeting(generation: u64) -> String {
+    format!(
+        "hello from {BUILD_ID} pid {} gen {generation}\n",
+        std::process::id()
+    )
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("hello: {msg}");
+            }
+            eprintln!("{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+
+    let mut upgrader = upshift::Upgrader::new();
+    for addr in &args.listen {
+        upgrader = upgrader.listen(addr);
+    }
+    if let Some(d) = args.drain_timeout {
+        upgrader = upgrader.drain_timeout(d);
+    }
+    if let Some(d) = args.ready_timeout {
+        upgrader = upgrader.ready_timeout(d);
+    }
+
+    let served = upgrader
+        .run_async(|mut state| async move {
+            let generation = state.generation();
+            let app = Router::new()
+                .route("/", get(move || async move { greeting(generation) }))
+                .route(
+                    "/sleep",
+                    get(move |Query(q): Query<SleepQuery>| async move {
+                        tokio::time::sleep(Duration::from_millis(q.ms.unwrap_or(0))).await;
+                        greeting(generation)
+                    }),
+                );
+            tracing::info!(build = BUILD_ID, generation, "hello serving");
+            upshift::http::serve(&mut state, app).await
+        })
+        .await;
+
+    match served {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "serving failed");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "upshift could not start");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

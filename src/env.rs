@@ -141,6 +141,7 @@ mod tests {
         let err = WorkerEnv::decode(|k| match k {
             WORKER => Some("1".into()),
             CONTROL_FD => Some("x".into()),
+            LISTENERS => Some("tcp 127.0.0.1:1".into()),
             _ => Some("1".into()),
         })
         .unwrap_err();

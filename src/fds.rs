@@ -46,8 +46,8 @@ impl FdPlan {
             }
             moved[i] = fd;
         }
-        for i in 0..self.sources.len() {
-            if libc::dup2(moved[i], FIRST_INHERITED_FD + i as RawFd) < 0 {
+        for (i, &fd) in moved.iter().enumerate().take(self.sources.len()) {
+            if libc::dup2(fd, FIRST_INHERITED_FD + i as RawFd) < 0 {
                 return Err(io::Error::last_os_error());
             }
         }

@@ -238,6 +238,30 @@ impl Listener {
         Listener { name, socket }
     }
 
+    /// Wraps a TCP listener bound elsewhere (tests, or serving without a master), making it
+    /// non-blocking and close-on-exec.
+    ///
+    /// ```
+    /// let std = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let l = upshift::Listener::from_tcp("api", std)?;
+    /// assert_eq!(l.name(), "api");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// If the descriptor's flags cannot be changed.
+    pub fn from_tcp(name: impl Into<String>, listener: std::net::TcpListener) -> io::Result<Self> {
+        listener_from_fd(name.into(), SocketKind::Tcp, OwnedFd::from(listener))
+    }
+
+    /// Wraps a Unix listener bound elsewhere; see [`from_tcp`](Self::from_tcp).
+    ///
+    /// # Errors
+    /// If the descriptor's flags cannot be changed.
+    pub fn from_unix(name: impl Into<String>, listener: StdUnixListener) -> io::Result<Self> {
+        listener_from_fd(name.into(), SocketKind::Unix, OwnedFd::from(listener))
+    }
+
     /// The listener's name: the address as configured (`127.0.0.1:8080`, `/run/app.sock`) unless
     /// it was named with [`Upgrader::listen_named`](crate::Upgrader::listen_named).
     pub fn name(&self) -> &str {

@@ -43,14 +43,12 @@ impl fmt::Display for Exit {
 pub(crate) fn reap(known: &[Pid]) -> Vec<(Pid, Exit)> {
     let mut out = Vec::new();
     if std::process::id() == 1 {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(status) => match exit_of(status) {
-                    Some((pid, exit)) if known.contains(&pid) => out.push((pid, exit)),
-                    Some((pid, exit)) => tracing::debug!(%pid, %exit, "reaped an orphan"),
-                    None => break,
-                },
-                Err(_) => break,
+        // Stops at "children exist but none has exited" (no exit in the status) and at ECHILD.
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            match exit_of(status) {
+                Some((pid, exit)) if known.contains(&pid) => out.push((pid, exit)),
+                Some((pid, exit)) => tracing::debug!(%pid, %exit, "reaped an orphan"),
+                None => break,
             }
         }
         return out;
