@@ -51,7 +51,35 @@ impl FdPlan {
                 return Err(io::Error::last_os_error());
             }
         }
+        // Whatever the master itself inherited without close-on-exec (a shell's stray fds, a
+        // supervisor's pipes) must not reach the worker: only the planned descriptors do.
+        cloexec_from(above);
         Ok(())
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec. Async-signal-safe: `close_range` where
+/// the kernel has it (Linux 5.11+), else an `fcntl` per descriptor number up to the limit.
+unsafe fn cloexec_from(first: RawFd) {
+    #[cfg(target_os = "linux")]
+    {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        let r = libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
+        if r == 0 {
+            return;
+        }
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+        limit.rlim_cur.min(65_536) as RawFd
+    } else {
+        1024
+    };
+    for fd in first..max {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
     }
 }
 

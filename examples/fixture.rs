@@ -1,0 +1,406 @@
+//! A test server for upshift's integration tests (`tests/process_model.rs`, `tests/zero_downtime.rs`).
+//!
+//! It uses the synchronous [`upshift::Upgrader::run`] from a plain `fn main` and builds its own tokio
+//! runtime inside `prog`. Each worker reads `--behavior-file` once at start, so a test can make the
+//! *next* worker misbehave by rewriting the file before sending SIGUSR2 to the master.
+//!
+//! ```text
+//! fixture --listen 127.0.0.1:8080 [--listen /tmp/s.sock] [--behavior-file PATH]
+//!         [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]
+//! ```
+//!
+//! With `--starts-file`, each worker appends `<pid> <generation> <behavior>` to that file as its
+//! first act, so a test can count workers that lived too briefly to be seen in `/proc`.
+//!
+//! Behaviors (file content, trimmed; a missing file means `ok`):
+//! `ok`, `exit` (exit 3 before ready), `never-ready`, `crash-after-ready MS` (abort MS ms after
+//! ready), `slow-ready MS` (sleep MS before serving).
+//!
+//! Routes: `/` (`fixture pid <pid> gen <generation> exe <current_exe>`), `/sleep?ms=N`, `/env`
+//! (names of visible `UPSHIFT_*` variables), `/fds` (`<fd> cloexec=<0|1> <target>` per open descriptor),
+//! `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Router;
+
+const USAGE: &str = "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] \
+[--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]";
+
+#[derive(Debug, Default)]
+struct Args {
+    listen: Vec<String>,
+    behavior_file: Option<PathBuf>,
+    ready_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+    backoff_ms: Option<u64>,
+    starts_file: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String| -> Result<u64, String> {
+            v.parse()
+                .map_err(|_| format!("{flag}: {v:?} is not a number of milliseconds"))
+        };
+        match flag.as_str() {
+            "--listen" => args.listen.push(value()?),
+            "--behavior-file" => args.behavior_file = Some(PathBuf::from(value()?)),
+            "--ready-timeout-ms" => args.ready_timeout_ms = Some(number(value()?)?),
+            "--drain-timeout-ms" => args.drain_timeout_ms = Some(number(value()?)?),
+            "--backoff-ms" => args.backoff_ms = Some(number(value()?)?),
+            "--starts-file" => args.starts_file = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if args.listen.is_empty() {
+        return Err(format!("at least one --listen is required\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+/// What this worker does, read once from the behavior file at its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Behavior {
+    Ok,
+    Exit,
+    NeverReady,
+    CrashAfterReady(u64),
+    SlowReady(u64),
+}
+
+fn read_behavior(path: Option<&PathBuf>) -> Behavior {
+    let Some(path) = path else {
+        return Behavior::Ok;
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Behavior::Ok,
+        Err(e) => {
+            tracing::warn!(
+                "fixture: cannot read behavior file {}: {e}; behaving ok",
+                path.display()
+            );
+            return Behavior::Ok;
+        }
+    };
+    let text = text.trim();
+    let mut words = text.split_whitespace();
+    let word = words.next().unwrap_or("ok");
+    let ms = || {
+        words
+            .clone()
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    match word {
+        "ok" => Behavior::Ok,
+        "exit" => Behavior::Exit,
+        "never-ready" => Behavior::NeverReady,
+        "crash-after-ready" => Behavior::CrashAfterReady(ms()),
+        "slow-ready" => Behavior::SlowReady(ms()),
+        other => {
+            tracing::warn!("fixture: unknown behavior {other:?}; behaving ok");
+            Behavior::Ok
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("fixture: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let mut upgrader = upshift::Upgrader::new();
+    for addr in &args.listen {
+        upgrader = upgrader.listen(addr.clone());
+    }
+    if let Some(ms) = args.ready_timeout_ms {
+        upgrader = upgrader.ready_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.drain_timeout_ms {
+        upgrader = upgrader.drain_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.backoff_ms {
+        upgrader =
+            upgrader.restart_backoff(Duration::from_millis(ms), Duration::from_millis(ms * 20));
+    }
+
+    let (behavior_file, starts_file) = (args.behavior_file.clone(), args.starts_file.clone());
+    match upgrader.run(move |state| worker(state, behavior_file, starts_file)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("fixture: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Shared by the route handlers.
+struct Info {
+    pid: u32,
+    generation: u64,
+    exe: String,
+    enabled: bool,
+    hups: AtomicU64,
+    usr1s: AtomicU64,
+}
+
+impl Info {
+    fn body(&self) -> String {
+        format!(
+            "fixture pid {} gen {} exe {}\n",
+            self.pid, self.generation, self.exe
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SleepQuery {
+    ms: u64,
+}
+
+/// `prog`: runs in each worker (or in-process when upshift is disabled). Returns the exit code.
+fn worker(
+    mut state: upshift::State,
+    behavior_file: Option<PathBuf>,
+    starts_file: Option<PathBuf>,
+) -> u8 {
+    let behavior = read_behavior(behavior_file.as_ref());
+    if let Some(path) = starts_file {
+        use std::io::Write;
+        let line = format!(
+            "{} {} {:?}\n",
+            std::process::id(),
+            state.generation(),
+            behavior
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!("fixture: cannot append to {}: {e}", path.display());
+        }
+    }
+    let info = Arc::new(Info {
+        pid: std::process::id(),
+        generation: state.generation(),
+        exe: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        enabled: state.is_enabled(),
+        hups: AtomicU64::new(0),
+        usr1s: AtomicU64::new(0),
+    });
+    tracing::info!(
+        pid = info.pid,
+        generation = info.generation,
+        ?behavior,
+        "fixture worker starting"
+    );
+
+    if behavior == Behavior::Exit {
+        tracing::info!("fixture: behavior exit: exiting with 3 before ready");
+        return 3;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fixture: cannot build a tokio runtime: {e}");
+            return 1;
+        }
+    };
+
+    runtime.block_on(async move {
+        match behavior {
+            Behavior::NeverReady => {
+                tracing::info!(
+                    "fixture: behavior never-ready: waiting for shutdown without serving"
+                );
+                state.shutdown().await;
+                tracing::info!("fixture: never-ready worker told to shut down");
+                return 0;
+            }
+            Behavior::SlowReady(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Behavior::CrashAfterReady(ms) => {
+                let lifecycle = state.lifecycle();
+                tokio::spawn(async move {
+                    while !lifecycle.is_ready() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    tracing::info!("fixture: behavior crash-after-ready: aborting");
+                    // No core file: the crash is the point, not its post-mortem.
+                    let no_core = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    // SAFETY: setrlimit reads the struct we pass; no other requirements.
+                    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+                    std::process::abort();
+                });
+            }
+            Behavior::Ok | Behavior::Exit => {}
+        }
+
+        count_signals(info.clone());
+
+        let app = routes(info.clone());
+        match upshift::http::serve(&mut state, app).await {
+            Ok(()) => {
+                tracing::info!(pid = info.pid, "fixture worker drained");
+                0
+            }
+            Err(e) => {
+                tracing::error!("fixture: serve failed: {e}");
+                1
+            }
+        }
+    })
+}
+
+/// Counts SIGHUP and SIGUSR1 (which the master forwards) for `/hups` and `/usr1s`. Installed before
+/// serving, so before `ready()`: a forwarded signal never meets the default disposition.
+fn count_signals(info: Arc<Info>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, hup) in [
+        (SignalKind::hangup(), true),
+        (SignalKind::user_defined1(), false),
+    ] {
+        let mut stream = match signal(kind) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("fixture: cannot install a signal handler: {e}");
+                continue;
+            }
+        };
+        let info = info.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let counter = if hup { &info.hups } else { &info.usr1s };
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                tracing::info!(pid = info.pid, hup, n, "fixture: got a forwarded signal");
+            }
+        });
+    }
+}
+
+fn routes(info: Arc<Info>) -> Router {
+    let root = {
+        let info = info.clone();
+        move || {
+            let info = info.clone();
+            async move { info.body() }
+        }
+    };
+    let sleep = {
+        let info = info.clone();
+        move |Query(q): Query<SleepQuery>| {
+            let info = info.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(q.ms)).await;
+                info.body()
+            }
+        }
+    };
+    let enabled = {
+        let info = info.clone();
+        move || {
+            let info = info.clone();
+            async move { info.enabled.to_string() }
+        }
+    };
+    let hups = {
+        let info = info.clone();
+        move || {
+            let info = info.clone();
+            async move { info.hups.load(Ordering::SeqCst).to_string() }
+        }
+    };
+    let usr1s = {
+        let info = info.clone();
+        move || {
+            let info = info.clone();
+            async move { info.usr1s.load(Ordering::SeqCst).to_string() }
+        }
+    };
+    Router::new()
+        .route("/", get(root))
+        .route("/sleep", get(sleep))
+        .route("/env", get(|| async { upshift_env_names() }))
+        .route("/fds", get(|| async { open_fds() }))
+        .route("/enabled", get(enabled))
+        .route("/hups", get(hups))
+        .route("/usr1s", get(usr1s))
+}
+
+/// The names of the `UPSHIFT_*` variables visible in this process, one per line.
+fn upshift_env_names() -> String {
+    let mut out = String::new();
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("UPSHIFT_") {
+            out.push_str(&name);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One line per open descriptor: `<fd> cloexec=<0|1> <link target>`. The descriptor used to list
+/// `/proc/self/fd` is closed before the flags are read, so it does not appear.
+fn open_fds() -> String {
+    let mut fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(e) => return format!("error reading /proc/self/fd: {e}\n"),
+    };
+    fds.sort_unstable();
+    let mut out = String::new();
+    for fd in fds {
+        // SAFETY: F_GETFD only queries the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            continue; // the directory's own descriptor, closed by now
+        }
+        let cloexec = u8::from(flags & libc::FD_CLOEXEC != 0);
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        out.push_str(&format!("{fd} cloexec={cloexec} {target}\n"));
+    }
+    out
+}
