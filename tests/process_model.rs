@@ -417,6 +417,80 @@ fn worker_environment_is_scrubbed_and_inherited_fds_are_cloexec() {
     check_worker_environment(&master, &addr, "second worker");
 }
 
+/// The link target of each descriptor in a worker's `/fds` listing (`<fd> cloexec=<0|1> <target>`).
+fn worker_fd_targets(master: &Master, addr: &Addr, label: &str) -> Vec<(i32, String)> {
+    let fds = get(addr, "/fds").unwrap();
+    assert_eq!(fds.status, 200, "{label}: /fds: {:?}", fds.body);
+    fds.body
+        .lines()
+        .map(|line| {
+            let mut words = line.splitn(3, ' ');
+            let fd = words.next().and_then(|w| w.parse().ok());
+            let flag = words.next().filter(|w| w.starts_with("cloexec="));
+            match (fd, flag, words.next()) {
+                (Some(fd), Some(_), Some(target)) => (fd, target.to_string()),
+                _ => master.fail(format!("{label}: bad /fds line {line:?}")),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn descriptors_the_master_inherited_without_cloexec_do_not_reach_workers() {
+    const STRAY_FD: i32 = 42;
+    let dir = TestDir::new("stray");
+    let stray_path = dir.join("stray");
+    let stray = std::fs::File::create(&stray_path).unwrap();
+    // What /proc shows as the link target of a descriptor open on that file.
+    let stray_target = stray_path.canonicalize().unwrap().display().to_string();
+
+    let (listen, addr) = free_tcp_addr();
+    let mut master = Master::spawn_with_extra_fds(
+        &fixture_path(),
+        &["--listen", &listen],
+        &[],
+        &[ExtraFd {
+            source: std::os::fd::AsFd::as_fd(&stray),
+            target: STRAY_FD,
+        }],
+    );
+    let first = master.wait_serving(&addr, START);
+    let old = first
+        .pid()
+        .unwrap_or_else(|| master.fail(format!("no pid in {:?}", first.body)));
+
+    // The master got the stray descriptor across its own exec, so it was not close-on-exec there:
+    // only upshift's own handoff can keep it from the workers.
+    let in_master = std::fs::read_link(format!("/proc/{}/fd/{STRAY_FD}", master.pid()));
+    match in_master {
+        Ok(t) if t.display().to_string() == stray_target => {}
+        other => master.fail(format!(
+            "the master should hold fd {STRAY_FD} -> {stray_target}, found {other:?}; its fds: {:?}",
+            fd_listing(master.pid())
+        )),
+    }
+
+    let check = |label: &str, expected_gen: u32| {
+        let r = get(&addr, "/").unwrap();
+        assert_eq!(r.generation(), Some(expected_gen), "{label}: {:?}", r.body);
+        let targets = worker_fd_targets(&master, &addr, label);
+        // The listing is not vacuous: the listener and this request's socket are in it.
+        assert!(
+            targets.iter().filter(|(fd, _)| *fd >= 3).count() >= 2,
+            "{label}: implausibly few descriptors: {targets:?}"
+        );
+        if let Some((fd, _)) = targets.iter().find(|(_, t)| *t == stray_target) {
+            master.fail(format!(
+                "{label}: the master's stray fd {STRAY_FD} reached the worker as fd {fd}: {targets:?}"
+            ));
+        }
+    };
+    check("first worker", 1);
+    master.restart(&addr, old, RESTART);
+    check("second worker", 2);
+    assert!(master.is_running());
+}
+
 #[test]
 fn upshift_disable_serves_in_process() {
     let (listen, addr) = free_tcp_addr();
