@@ -30,8 +30,10 @@ use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
 
-const USAGE: &str = "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] \
-[--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]";
+const USAGE: &str =
+    "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] [--watch PATH] \
+[--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
+[--probation-ms N] [--test-run-timeout-ms N]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -41,6 +43,9 @@ struct Args {
     drain_timeout_ms: Option<u64>,
     backoff_ms: Option<u64>,
     starts_file: Option<PathBuf>,
+    watch: Option<PathBuf>,
+    probation_ms: Option<u64>,
+    test_run_timeout_ms: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +64,9 @@ fn parse_args() -> Result<Args, String> {
             "--drain-timeout-ms" => args.drain_timeout_ms = Some(number(value()?)?),
             "--backoff-ms" => args.backoff_ms = Some(number(value()?)?),
             "--starts-file" => args.starts_file = Some(PathBuf::from(value()?)),
+            "--watch" => args.watch = Some(PathBuf::from(value()?)),
+            "--probation-ms" => args.probation_ms = Some(number(value()?)?),
+            "--test-run-timeout-ms" => args.test_run_timeout_ms = Some(number(value()?)?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -94,6 +102,10 @@ fn read_behavior(path: Option<&PathBuf>) -> Behavior {
             return Behavior::Ok;
         }
     };
+    parse_behavior(&text)
+}
+
+fn parse_behavior(text: &str) -> Behavior {
     let text = text.trim();
     let mut words = text.split_whitespace();
     let word = words.next().unwrap_or("ok");
@@ -117,7 +129,49 @@ fn read_behavior(path: Option<&PathBuf>) -> Behavior {
     }
 }
 
+/// Marks a build for the release tests: appended to a copy of this binary as
+/// `UPSHIFT-TEST-BUILD:<id>[:<behavior>]\n`. Trailing bytes do not change how an ELF file loads,
+/// so each stamp makes a distinct release of the same program, and a release can carry its own
+/// misbehaviour while the binary it replaces behaves.
+const STAMP_MARK: &[u8] = b"UPSHIFT-TEST-BUILD:";
+
+/// The stamp at the end of this executable: build id (`base` when unstamped) and behavior.
+fn read_stamp() -> (String, Option<String>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let tail = std::env::current_exe()
+        .and_then(std::fs::File::open)
+        .and_then(|mut f| {
+            let len = f.metadata()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(512)))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            Ok(buf)
+        });
+    let Ok(tail) = tail else {
+        return ("base".into(), None);
+    };
+    let Some(at) = tail
+        .windows(STAMP_MARK.len())
+        .rposition(|w| w == STAMP_MARK)
+    else {
+        return ("base".into(), None);
+    };
+    let stamp = String::from_utf8_lossy(&tail[at + STAMP_MARK.len()..]);
+    let stamp = stamp.trim_end();
+    match stamp.split_once(':') {
+        Some((id, behavior)) => (id.to_string(), Some(behavior.to_string())),
+        None => (stamp.to_string(), None),
+    }
+}
+
 fn main() -> ExitCode {
+    let (_, stamped_behavior) = read_stamp();
+    // Before `run`, so it also fails upshift's test-run: a release that cannot even start.
+    if stamped_behavior.as_deref() == Some("exit-at-start") {
+        eprintln!("fixture: stamped exit-at-start");
+        return ExitCode::from(4);
+    }
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -145,6 +199,15 @@ fn main() -> ExitCode {
     if let Some(ms) = args.drain_timeout_ms {
         upgrader = upgrader.drain_timeout(Duration::from_millis(ms));
     }
+    if let Some(path) = &args.watch {
+        upgrader = upgrader.fetcher(upshift::fetch::FileFetcher::new(path));
+    }
+    if let Some(ms) = args.probation_ms {
+        upgrader = upgrader.probation(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.test_run_timeout_ms {
+        upgrader = upgrader.test_run_timeout(Duration::from_millis(ms));
+    }
     if let Some(ms) = args.backoff_ms {
         upgrader =
             upgrader.restart_backoff(Duration::from_millis(ms), Duration::from_millis(ms * 20));
@@ -164,6 +227,7 @@ fn main() -> ExitCode {
 struct Info {
     pid: u32,
     generation: u64,
+    build: String,
     exe: String,
     enabled: bool,
     hups: AtomicU64,
@@ -173,8 +237,8 @@ struct Info {
 impl Info {
     fn body(&self) -> String {
         format!(
-            "fixture pid {} gen {} exe {}\n",
-            self.pid, self.generation, self.exe
+            "fixture pid {} gen {} build {} exe {}\n",
+            self.pid, self.generation, self.build, self.exe
         )
     }
 }
@@ -190,7 +254,11 @@ fn worker(
     behavior_file: Option<PathBuf>,
     starts_file: Option<PathBuf>,
 ) -> u8 {
-    let behavior = read_behavior(behavior_file.as_ref());
+    let (build, stamped_behavior) = read_stamp();
+    let behavior = match stamped_behavior {
+        Some(text) => parse_behavior(&text),
+        None => read_behavior(behavior_file.as_ref()),
+    };
     if let Some(path) = starts_file {
         use std::io::Write;
         let line = format!(
@@ -211,6 +279,7 @@ fn worker(
     let info = Arc::new(Info {
         pid: std::process::id(),
         generation: state.generation(),
+        build,
         exe: std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),

@@ -21,9 +21,12 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
     None => "dev",
 };
 
-const USAGE: &str = "usage: hello [--listen ADDR]... [--drain-timeout SECS] [--ready-timeout SECS]
+const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--interval SECS]
+             [--drain-timeout SECS] [--ready-timeout SECS]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
+  --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
+  --interval SECS        how often fetchers poll (default: each fetcher's own; --watch reacts at once)
   --drain-timeout SECS   how long an old worker may drain before SIGKILL (default 30)
   --ready-timeout SECS   how long a new worker may take to become ready (default 30)
 
@@ -31,6 +34,8 @@ Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT 
 
 struct Args {
     listen: Vec<String>,
+    watch: Option<String>,
+    interval: Option<Duration>,
     drain_timeout: Option<Duration>,
     ready_timeout: Option<Duration>,
 }
@@ -38,6 +43,8 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: Vec::new(),
+        watch: None,
+        interval: None,
         drain_timeout: None,
         ready_timeout: None,
     };
@@ -46,6 +53,8 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--listen" => args.listen.push(value()?),
+            "--watch" => args.watch = Some(value()?),
+            "--interval" => args.interval = Some(secs(&value()?)?),
             "--drain-timeout" => args.drain_timeout = Some(secs(&value()?)?),
             "--ready-timeout" => args.ready_timeout = Some(secs(&value()?)?),
             "-h" | "--help" => return Err(String::new()),
@@ -108,6 +117,13 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(d) = args.ready_timeout {
         upgrader = upgrader.ready_timeout(d);
+    }
+    if let Some(path) = &args.watch {
+        let mut watch = upshift::fetch::FileFetcher::new(path);
+        if let Some(interval) = args.interval {
+            watch = watch.poll_interval(interval);
+        }
+        upgrader = upgrader.fetcher(watch);
     }
 
     let served = upgrader

@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use std::sync::Arc;
+
 use crate::env::{self, WorkerEnv};
 use crate::error::Error;
+use crate::events::{ReleaseInfo, UpgradeEvent};
+use crate::fetch::Fetcher;
+use crate::install::StageOptions;
 use crate::listener::ListenAddr;
+use crate::master::{EventHook, PipelineConfig, UpdateSettings, VetoHook};
 use crate::state::State;
 
 /// What the master does when the serving worker exits on its own (no restart under way).
@@ -37,7 +43,6 @@ pub enum CrashPolicy {
 ///         })
 /// }
 /// ```
-#[derive(Debug, Clone)]
 pub struct Upgrader {
     pub(crate) addrs: Vec<(String, String)>,
     pub(crate) restart_signal: Signal,
@@ -48,6 +53,35 @@ pub struct Upgrader {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) disabled: bool,
+    pub(crate) probation: Duration,
+    fetchers: Vec<Box<dyn Fetcher>>,
+    on_event: Option<EventHook>,
+    veto: Option<VetoHook>,
+    test_run_timeout: Duration,
+    max_release_bytes: u64,
+    allow_unverified_remote: bool,
+    public_key: Option<String>,
+    version: Option<String>,
+}
+
+impl std::fmt::Debug for Upgrader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrader")
+            .field("addrs", &self.addrs)
+            .field("restart_signal", &self.restart_signal)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field(
+                "fetchers",
+                &self
+                    .fetchers
+                    .iter()
+                    .map(|f| f.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field("probation", &self.probation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Upgrader {
@@ -57,7 +91,7 @@ impl Default for Upgrader {
 }
 
 /// The validated configuration the master works from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct MasterConfig {
     pub(crate) addrs: Vec<(String, ListenAddr)>,
     pub(crate) restart_signal: Signal,
@@ -67,6 +101,8 @@ pub(crate) struct MasterConfig {
     pub(crate) crash_policy: CrashPolicy,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) probation: Duration,
+    pub(crate) updates: Option<crate::master::UpdateSettings>,
 }
 
 enum Role {
@@ -89,6 +125,15 @@ impl Upgrader {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             disabled: false,
+            probation: Duration::from_secs(10),
+            fetchers: Vec::new(),
+            on_event: None,
+            veto: None,
+            test_run_timeout: Duration::from_secs(10),
+            max_release_bytes: 1 << 30,
+            allow_unverified_remote: false,
+            public_key: None,
+            version: None,
         }
     }
 
@@ -146,6 +191,83 @@ impl Upgrader {
         self
     }
 
+    /// How long a worker started for a new release must keep running after it became ready
+    /// before the release counts as good (default 10 s). A worker that exits within it has the
+    /// previous binary restored and started again.
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.probation = window;
+        self
+    }
+
+    /// Adds a release source; the master polls it and installs what it finds (see
+    /// [`fetch`](crate::fetch)). Several fetchers may be added; their upgrades never overlap.
+    ///
+    /// ```no_run
+    /// upshift::Upgrader::new()
+    ///     .listen("127.0.0.1:8080")
+    ///     .fetcher(upshift::fetch::FileFetcher::new("/srv/app/next"))
+    ///     .run(|state| {
+    ///         // serve on state's listeners
+    ///         # drop(state);
+    ///     })?;
+    /// # Ok::<(), upshift::Error>(())
+    /// ```
+    pub fn fetcher(mut self, fetcher: impl Fetcher + 'static) -> Self {
+        self.fetchers.push(Box::new(fetcher));
+        self
+    }
+
+    /// Called in the master with every [`UpgradeEvent`] (checking, downloading, test-running,
+    /// installing, handing off, upgraded, rejected, rolled back). Keep it quick: it runs on the
+    /// master's event loop.
+    pub fn on_event(mut self, hook: impl Fn(&UpgradeEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called in the master for a release that passed every check, just before it is installed;
+    /// an `Err` vetoes it (the reason is logged and the release is remembered as rejected).
+    pub fn pre_upgrade(
+        mut self,
+        hook: impl Fn(&ReleaseInfo) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.veto = Some(Arc::new(hook));
+        self
+    }
+
+    /// How long the test-run of a new binary may take (default 10 s).
+    pub fn test_run_timeout(mut self, timeout: Duration) -> Self {
+        self.test_run_timeout = timeout;
+        self
+    }
+
+    /// The largest release accepted, downloaded or unpacked (default 1 GiB).
+    pub fn max_release_bytes(mut self, bytes: u64) -> Self {
+        self.max_release_bytes = bytes;
+        self
+    }
+
+    /// Accepts releases fetched over the network without a checksum. Off by default: a remote
+    /// release must come with a sha256 (or a signature check must be configured).
+    pub fn allow_unverified_remote(mut self, allow: bool) -> Self {
+        self.allow_unverified_remote = allow;
+        self
+    }
+
+    /// Requires every release to carry a minisign signature by this public key (the base64 key,
+    /// or the text of a `minisign.pub` file). Unsigned or badly signed releases are refused.
+    pub fn minisign_public_key(mut self, key: impl Into<String>) -> Self {
+        self.public_key = Some(key.into());
+        self
+    }
+
+    /// The running program's version, handed to fetchers that compare versions (GitHub tags):
+    /// usually `.version(env!("CARGO_PKG_VERSION"))`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
     /// Runs `prog` in-process without a master (as when [`UPSHIFT_DISABLE`](crate::DISABLE_ENV)
     /// is set): listeners are bound locally and upgrades are off.
     pub fn disabled(mut self, disabled: bool) -> Self {
@@ -172,11 +294,12 @@ impl Upgrader {
     where
         F: FnOnce(State) -> R,
     {
+        crate::install::answer_test_run_if_asked();
         match self.role()? {
             Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?)),
             Role::Disabled(reason) => Ok(prog(crate::worker::local(&self.parse_addrs()?, reason)?)),
             Role::Master => {
-                let code = crate::master::run_blocking(self.master_config()?)?;
+                let code = crate::master::run_blocking(self.into_master_config()?)?;
                 std::process::exit(code)
             }
         }
@@ -205,13 +328,14 @@ impl Upgrader {
         F: FnOnce(State) -> Fut,
         Fut: Future<Output = R>,
     {
+        crate::install::answer_test_run_if_asked();
         match self.role()? {
             Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?).await),
             Role::Disabled(reason) => {
                 Ok(prog(crate::worker::local(&self.parse_addrs()?, reason)?).await)
             }
             Role::Master => {
-                let code = crate::master::run_on_own_thread(self.master_config()?).await?;
+                let code = crate::master::run_on_own_thread(self.into_master_config()?).await?;
                 std::process::exit(code)
             }
         }
@@ -261,6 +385,32 @@ impl Upgrader {
         Ok(out)
     }
 
+    fn into_master_config(mut self) -> Result<MasterConfig, Error> {
+        let mut cfg = self.master_config()?;
+        if !self.fetchers.is_empty() {
+            let public_key = match &self.public_key {
+                None => None,
+                Some(text) => Some(parse_public_key(text)?),
+            };
+            let stage = StageOptions {
+                max_bytes: self.max_release_bytes,
+                require_checksum_for_remote: !self.allow_unverified_remote && public_key.is_none(),
+                public_key,
+            };
+            cfg.updates = Some(UpdateSettings {
+                fetchers: std::mem::take(&mut self.fetchers),
+                pipeline: PipelineConfig {
+                    stage,
+                    test_run_timeout: self.test_run_timeout,
+                    on_event: self.on_event.take(),
+                    veto: self.veto.take(),
+                    version: self.version.take(),
+                },
+            });
+        }
+        Ok(cfg)
+    }
+
     fn master_config(&self) -> Result<MasterConfig, Error> {
         if matches!(
             self.restart_signal,
@@ -280,8 +430,21 @@ impl Upgrader {
             crash_policy: self.crash_policy,
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
+            probation: self.probation,
+            updates: None,
         })
     }
+}
+
+/// Accepts the bare base64 key or a whole `minisign.pub` file (comment line, then the key).
+fn parse_public_key(text: &str) -> Result<minisign_verify::PublicKey, Error> {
+    let key_line = text
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .unwrap_or("");
+    minisign_verify::PublicKey::from_base64(key_line)
+        .map_err(|e| Error::Config(format!("the minisign public key is not valid: {e}")))
 }
 
 #[cfg(test)]
@@ -303,6 +466,17 @@ mod tests {
             .master_config()
             .unwrap_err();
         assert!(err.to_string().contains("neither host:port"), "{err}");
+    }
+
+    #[test]
+    fn minisign_key_is_read_bare_or_from_a_pub_file_and_rejected_when_bad() {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let file = kp.pk.to_box().unwrap().into_string();
+        let bare = kp.pk.to_base64();
+        assert!(parse_public_key(&file).is_ok(), "{file}");
+        assert!(parse_public_key(&bare).is_ok());
+        let err = parse_public_key("not a key").unwrap_err();
+        assert!(err.to_string().contains("minisign public key"), "{err}");
     }
 
     #[test]

@@ -64,12 +64,20 @@ unsafe fn cloexec_from(first: RawFd) {
     #[cfg(target_os = "linux")]
     {
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-        let r = libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
+        let r = libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
         if r == 0 {
             return;
         }
     }
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
         limit.rlim_cur.min(65_536) as RawFd
     } else {

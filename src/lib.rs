@@ -42,9 +42,12 @@
 mod config;
 mod env;
 mod error;
+mod events;
 mod fds;
+pub mod fetch;
 #[cfg(feature = "http")]
 pub mod http;
+mod install;
 mod listener;
 mod master;
 mod state;
@@ -53,6 +56,8 @@ mod worker;
 pub use config::{CrashPolicy, Upgrader};
 pub use env::DISABLE as DISABLE_ENV;
 pub use error::Error;
+pub use events::{ReleaseInfo, UpgradeEvent};
+pub use install::InstallError;
 pub use listener::{ListenAddr, Listener, ListenerSocket, TokioListener};
 /// Signals, for [`Upgrader::restart_signal`].
 pub use nix::sys::signal::Signal;

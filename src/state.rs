@@ -135,21 +135,21 @@ pub struct Lifecycle {
 #[derive(Debug)]
 struct LifecycleInner {
     ready_sent: AtomicBool,
-    /// To the worker's agent, which writes readiness on the control socket; `None` when disabled
+    /// To the worker's agent, which writes on the control socket; `None` when disabled
     /// (nobody to tell).
-    ready_tx: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    to_master: Option<tokio::sync::mpsc::UnboundedSender<ToMaster>>,
     shutdown: CancellationToken,
 }
 
 impl Lifecycle {
     pub(crate) fn new(
-        ready_tx: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+        to_master: Option<tokio::sync::mpsc::UnboundedSender<ToMaster>>,
         shutdown: CancellationToken,
     ) -> Self {
         Lifecycle {
             inner: Arc::new(LifecycleInner {
                 ready_sent: AtomicBool::new(false),
-                ready_tx,
+                to_master,
                 shutdown,
             }),
         }
@@ -165,13 +165,21 @@ impl Lifecycle {
         if self.inner.ready_sent.swap(true, Ordering::SeqCst) {
             return;
         }
-        let Some(tx) = &self.inner.ready_tx else {
+        let Some(tx) = &self.inner.to_master else {
             return;
         };
-        if tx.send(()).is_err() {
+        if tx.send(ToMaster::Ready).is_err() {
             tracing::warn!(
                 "could not tell the master this worker is ready: the worker's agent has stopped"
             );
+        }
+    }
+
+    /// Asks the master to check its fetchers for a new release now, besides their interval (for
+    /// an admin endpoint, say). Does nothing when disabled or when no fetcher is configured.
+    pub fn check_for_update(&self) {
+        if let Some(tx) = &self.inner.to_master {
+            let _ = tx.send(ToMaster::CheckNow);
         }
     }
 
@@ -195,5 +203,21 @@ impl Lifecycle {
     /// Whether draining has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
+    }
+}
+
+/// What a worker tells its master; the agent writes it on the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ToMaster {
+    Ready,
+    CheckNow,
+}
+
+impl ToMaster {
+    pub(crate) fn line(self) -> &'static [u8] {
+        match self {
+            ToMaster::Ready => crate::worker::READY_LINE,
+            ToMaster::CheckNow => crate::worker::CHECK_LINE,
+        }
     }
 }

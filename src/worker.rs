@@ -15,10 +15,12 @@ use crate::env::WorkerEnv;
 use crate::error::Error;
 use crate::fds::{self, FIRST_INHERITED_FD};
 use crate::listener::{self, ListenAddr};
-use crate::state::{Lifecycle, Mode, State};
+use crate::state::{Lifecycle, Mode, State, ToMaster};
 
 /// Written by a worker on its control socket when `prog` is ready.
 pub(crate) const READY_LINE: &[u8] = b"ready\n";
+/// Written by a worker on its control socket to ask for a release check now.
+pub(crate) const CHECK_LINE: &[u8] = b"check\n";
 /// Written by the master on a worker's control socket to make it drain.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
 
@@ -57,7 +59,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
     crate::env::scrub();
 
     let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (to_master_tx, to_master) = tokio::sync::mpsc::unbounded_channel();
     let agent_token = shutdown.clone();
     let drain_timeout = env.drain_timeout;
     std::thread::Builder::new()
@@ -66,7 +68,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
             agent(
                 Some(AgentControl {
                     control,
-                    ready_rx,
+                    to_master,
                     drain_timeout,
                 }),
                 agent_token,
@@ -80,7 +82,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
     );
     Ok(State::new(
         listeners,
-        Lifecycle::new(Some(ready_tx), shutdown),
+        Lifecycle::new(Some(to_master_tx), shutdown),
         Mode::Worker {
             generation: env.generation,
             master_pid: env.master_pid,
@@ -113,7 +115,7 @@ pub(crate) fn local(addrs: &[(String, ListenAddr)], reason: String) -> Result<St
 
 struct AgentControl {
     control: OwnedFd,
-    ready_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    to_master: tokio::sync::mpsc::UnboundedReceiver<ToMaster>,
     drain_timeout: Duration,
 }
 
@@ -173,7 +175,7 @@ async fn watch_signals(shutdown: CancellationToken) {
 async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
     let AgentControl {
         control,
-        mut ready_rx,
+        mut to_master,
         drain_timeout,
     } = c;
     let std_stream = std::os::unix::net::UnixStream::from(control);
@@ -186,16 +188,16 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
     };
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    let mut ready_open = true;
+    let mut agent_open = true;
     loop {
         tokio::select! {
-            msg = ready_rx.recv(), if ready_open => match msg {
-                Some(()) => {
-                    if let Err(e) = write.write_all(READY_LINE).await {
-                        tracing::warn!(error = %e, "could not tell the master this worker is ready");
+            msg = to_master.recv(), if agent_open => match msg {
+                Some(msg) => {
+                    if let Err(e) = write.write_all(msg.line()).await {
+                        tracing::warn!(error = %e, ?msg, "could not write to the master");
                     }
                 }
-                None => ready_open = false,
+                None => agent_open = false,
             },
             line = lines.next_line() => match line {
                 Ok(Some(l)) if l.as_bytes() == &DRAIN_LINE[..DRAIN_LINE.len() - 1] => {

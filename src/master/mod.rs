@@ -7,7 +7,9 @@
 mod reaper;
 mod signals;
 mod spawn;
+mod updater;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -15,18 +17,39 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{CrashPolicy, MasterConfig};
 use crate::error::Error;
+use crate::fetch::Fetcher;
 use crate::listener::{self, BoundSocket};
-use crate::worker::{DRAIN_LINE, READY_LINE};
+use crate::worker::{CHECK_LINE, DRAIN_LINE, READY_LINE};
 use reaper::Exit;
 use signals::Action;
 use spawn::Launch;
+pub(crate) use updater::{EventHook, PipelineConfig, VetoHook};
+
+/// Where releases come from and how they are checked: present when fetchers are configured.
+pub(crate) struct UpdateSettings {
+    pub(crate) fetchers: Vec<Box<dyn Fetcher>>,
+    pub(crate) pipeline: PipelineConfig,
+}
+
+impl std::fmt::Debug for UpdateSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.fetchers.iter().map(|f| f.name()).collect();
+        f.debug_struct("UpdateSettings")
+            .field("fetchers", &names)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A worker that has served this long has proven itself: the crash backoff starts over.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// After a new worker failed its probation, the pipeline rolls back and restarts within
+/// milliseconds; the master starts a worker itself only if that has not happened by then.
+const PROBATION_FALLBACK: Duration = Duration::from_secs(3);
 
 /// Runs the master on a thread of its own and waits for its exit code.
 pub(crate) fn run_blocking(cfg: MasterConfig) -> Result<i32, Error> {
@@ -77,8 +100,10 @@ fn master_thread(cfg: MasterConfig) -> Result<i32, Error> {
             source: e,
         })?;
     rt.block_on(async move {
+        let mut cfg = cfg;
+        let updates = cfg.updates.take();
         let (master, events) = Master::start(cfg)?;
-        Ok(master.run(events).await)
+        Ok(master.run(events, updates).await)
     })
 }
 
@@ -86,10 +111,35 @@ fn master_thread(cfg: MasterConfig) -> Result<i32, Error> {
 #[derive(Debug)]
 pub(crate) enum Event {
     Signal(Signal, Action),
-    Ready { generation: u64 },
-    ReadyTimeout { generation: u64 },
-    DrainTimeout { generation: u64 },
+    Ready {
+        generation: u64,
+    },
+    ReadyTimeout {
+        generation: u64,
+    },
+    DrainTimeout {
+        generation: u64,
+    },
+    ProbationOver {
+        generation: u64,
+    },
     BackoffElapsed,
+    Restart {
+        reason: String,
+        reply: Option<oneshot::Sender<RestartOutcome>>,
+    },
+}
+
+/// How a restart asked for with a reply ended: the install pipeline rolls back on `Failed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RestartOutcome {
+    /// The new worker became ready and served through the probation window (or was itself
+    /// replaced by a later restart before the window ended).
+    Survived { generation: u64, pid: u32 },
+    /// The new worker never became ready, or exited during probation. When `after_ready` is
+    /// set, nobody is serving: the master waits for the pipeline to restart after its rollback
+    /// (with a fallback in case it does not).
+    Failed { reason: String, after_ready: bool },
 }
 
 struct Worker {
@@ -100,7 +150,17 @@ struct Worker {
     ready_at: Option<Instant>,
     /// Why the master killed it, for the log line when its exit is reaped.
     killed_because: Option<String>,
+    /// Who waits to hear whether this worker made it through readiness and probation.
+    reply: Option<oneshot::Sender<RestartOutcome>>,
     reader: JoinHandle<()>,
+}
+
+impl Worker {
+    fn report(&mut self, outcome: RestartOutcome) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 impl Drop for Worker {
@@ -126,8 +186,12 @@ struct Master {
     draining: Vec<Worker>,
     /// A restart was asked for while another was under way or too many workers drained.
     restart_queued: bool,
+    /// The reply of a queued restart, handed to the worker the queued restart starts.
+    queued_reply: Option<oneshot::Sender<RestartOutcome>>,
     crash_streak: u32,
     stopping: Option<Stopping>,
+    /// Wakes every fetcher's poll loop: a worker asked for a check.
+    check_now: Arc<Notify>,
 }
 
 impl Master {
@@ -155,14 +219,33 @@ impl Master {
             starting: None,
             draining: Vec::new(),
             restart_queued: false,
+            queued_reply: None,
             crash_streak: 0,
             stopping: None,
+            check_now: Arc::new(Notify::new()),
         };
         Ok((master, rx))
     }
 
-    async fn run(mut self, mut events: UnboundedReceiver<Event>) -> i32 {
-        self.start_worker("first start");
+    async fn run(
+        mut self,
+        mut events: UnboundedReceiver<Event>,
+        updates: Option<UpdateSettings>,
+    ) -> i32 {
+        self.start_worker("first start", None);
+        // After the first worker is on its way: checking for releases never delays serving.
+        if let Some(updates) = updates {
+            let updater = updater::Updater::new(
+                updates.pipeline,
+                self.launch.program.clone(),
+                self.launch.args.clone(),
+                self.events.clone(),
+            );
+            for fetcher in updates.fetchers {
+                tracing::info!(fetcher = fetcher.name(), interval = ?fetcher.interval(), "watching for releases");
+                tokio::spawn(updater.clone().poll(fetcher, self.check_now.clone()));
+            }
+        }
         loop {
             if let Some(code) = self.finished() {
                 tracing::info!(exit_code = code, "upshift master exiting");
@@ -178,7 +261,16 @@ impl Master {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Signal(sig, Action::Restart) => self.request_restart(&format!("{sig} received")),
+            Event::Signal(sig, Action::Restart) => {
+                self.request_restart(&format!("{sig} received"), None)
+            }
+            Event::Restart { reason, reply } => self.request_restart(&reason, reply),
+            Event::ProbationOver { generation } => {
+                if let Some(w) = self.serving.as_mut().filter(|w| w.generation == generation) {
+                    let pid = w.pid.as_raw() as u32;
+                    w.report(RestartOutcome::Survived { generation, pid });
+                }
+            }
             Event::Signal(sig, Action::Stop) => self.begin_stop(sig),
             Event::Signal(_, Action::Reap) => self.reap(),
             Event::Signal(sig, Action::Forward(_)) => self.forward(sig),
@@ -187,7 +279,7 @@ impl Master {
             Event::DrainTimeout { generation } => self.on_drain_timeout(generation),
             Event::BackoffElapsed => {
                 if self.stopping.is_none() && self.serving.is_none() && self.starting.is_none() {
-                    self.start_worker("restart after a crash");
+                    self.start_worker("restart after a crash", None);
                 }
             }
         }
@@ -199,13 +291,20 @@ impl Master {
         idle.then_some(stop.exit_code)
     }
 
-    fn start_worker(&mut self, reason: &str) {
+    fn start_worker(&mut self, reason: &str, reply: Option<oneshot::Sender<RestartOutcome>>) {
         let generation = self.next_generation;
         self.next_generation += 1;
         let spawned = match self.launch.spawn(generation, &self.sockets) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, generation, "cannot start a worker");
+                if let Some(reply) = reply {
+                    let reason = e.to_string();
+                    let _ = reply.send(RestartOutcome::Failed {
+                        reason,
+                        after_ready: false,
+                    });
+                }
                 if self.serving.is_none() {
                     self.schedule_respawn();
                 }
@@ -214,11 +313,14 @@ impl Master {
         };
         let (read, write) = spawned.control.into_split();
         let tx = self.events.clone();
+        let check_now = self.check_now.clone();
         let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.as_bytes() == &READY_LINE[..READY_LINE.len() - 1] {
+                if line.as_bytes() == without_newline(READY_LINE) {
                     let _ = tx.send(Event::Ready { generation });
+                } else if line.as_bytes() == without_newline(CHECK_LINE) {
+                    check_now.notify_waiters();
                 }
             }
         });
@@ -231,14 +333,29 @@ impl Master {
             started: Instant::now(),
             ready_at: None,
             killed_because: None,
+            reply,
             reader,
         });
     }
 
-    fn request_restart(&mut self, reason: &str) {
+    fn request_restart(&mut self, reason: &str, reply: Option<oneshot::Sender<RestartOutcome>>) {
         if self.stopping.is_some() {
             tracing::info!(reason, "not restarting: the master is stopping");
-        } else if let Some(w) = &self.starting {
+            if let Some(reply) = reply {
+                let reason = "the master is stopping".to_string();
+                let _ = reply.send(RestartOutcome::Failed {
+                    reason,
+                    after_ready: false,
+                });
+            }
+            return;
+        }
+        if reply.is_some() {
+            // A later request supersedes an earlier queued one; dropping the earlier sender
+            // tells its waiter so.
+            self.queued_reply = reply;
+        }
+        if let Some(w) = &self.starting {
             tracing::info!(
                 reason,
                 starting = w.generation,
@@ -254,7 +371,8 @@ impl Master {
             self.restart_queued = true;
         } else {
             self.restart_queued = false;
-            self.start_worker(reason);
+            let reply = self.queued_reply.take();
+            self.start_worker(reason, reply);
         }
     }
 
@@ -264,11 +382,14 @@ impl Master {
         };
         new.ready_at = Some(Instant::now());
         tracing::info!(generation, pid = %new.pid, startup = ?new.started.elapsed(), "worker ready");
+        if new.reply.is_some() {
+            self.after(self.cfg.probation, Event::ProbationOver { generation });
+        }
         if let Some(old) = self.serving.replace(new) {
             self.drain(old, "replaced by a ready worker");
         }
         if std::mem::take(&mut self.restart_queued) {
-            self.request_restart("queued restart");
+            self.request_restart("queued restart", None);
         }
     }
 
@@ -291,6 +412,9 @@ impl Master {
 
     fn drain(&mut self, mut worker: Worker, why: &str) {
         tracing::info!(generation = worker.generation, pid = %worker.pid, why, "worker draining");
+        // Replaced or stopped while still on probation: it did not fail.
+        let (generation, pid) = (worker.generation, worker.pid.as_raw() as u32);
+        worker.report(RestartOutcome::Survived { generation, pid });
         // A fresh socket's buffer always takes six bytes; if not, SIGTERM says the same thing.
         if worker.control.try_write(DRAIN_LINE).ok() != Some(DRAIN_LINE.len()) {
             let _ = kill(worker.pid, Signal::SIGTERM);
@@ -370,19 +494,37 @@ impl Master {
     }
 
     fn on_exit(&mut self, pid: Pid, exit: Exit) {
-        if let Some(w) = self.starting.take_if(|w| w.pid == pid) {
+        if let Some(mut w) = self.starting.take_if(|w| w.pid == pid) {
             let why = w
                 .killed_because
                 .clone()
                 .unwrap_or_else(|| format!("exited before it was ready ({exit})"));
             tracing::warn!(generation = w.generation, %pid, %exit, "new worker failed: {why}; the previous worker keeps serving");
+            w.report(RestartOutcome::Failed {
+                reason: why,
+                after_ready: false,
+            });
             // The binary that failed would fail again: a queued restart waits for a new trigger.
             self.restart_queued = false;
             if self.serving.is_none() {
                 self.on_no_worker(exit, w.ready_at, false);
             }
-        } else if let Some(w) = self.serving.take_if(|w| w.pid == pid) {
-            if self.starting.is_some() {
+        } else if let Some(mut w) = self.serving.take_if(|w| w.pid == pid) {
+            if w.reply.is_some() {
+                let lived = w.ready_at.map(|t| t.elapsed()).unwrap_or_default();
+                let reason =
+                    format!("{exit} {lived:?} after it became ready, within the probation window");
+                tracing::warn!(generation = w.generation, %pid, "new worker failed: {reason}");
+                w.report(RestartOutcome::Failed {
+                    reason,
+                    after_ready: true,
+                });
+                if self.starting.is_none() && self.stopping.is_none() {
+                    // The pipeline restores the previous binary and restarts at once; this is
+                    // the fallback should it not.
+                    self.after(PROBATION_FALLBACK, Event::BackoffElapsed);
+                }
+            } else if self.starting.is_some() {
                 tracing::warn!(generation = w.generation, %pid, %exit, "serving worker exited while its successor starts");
             } else {
                 tracing::warn!(generation = w.generation, %pid, %exit, "serving worker exited on its own");
@@ -406,7 +548,7 @@ impl Master {
                 stop.exit_code = exit.code();
             }
             if std::mem::take(&mut self.restart_queued) {
-                self.request_restart("queued restart");
+                self.request_restart("queued restart", None);
             }
         }
     }
@@ -457,4 +599,8 @@ impl Master {
             let _ = tx.send(event);
         });
     }
+}
+
+fn without_newline(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
 }

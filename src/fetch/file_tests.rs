@@ -1,0 +1,357 @@
+//! Tests of the File fetcher: real files, real inotify events, bounded in time.
+
+use super::*;
+use std::sync::atomic::AtomicUsize;
+use tokio::io::AsyncReadExt;
+use tokio::time::timeout;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("upshift-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn current(sha256: &str) -> Current {
+    Current {
+        sha256: sha256.into(),
+        identity: None,
+        version: None,
+    }
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+async fn body(release: Release) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut body = release.body;
+    body.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+async fn check(f: &mut FileFetcher, cur: &Current) -> Option<Release> {
+    timeout(BOUND, f.check(cur))
+        .await
+        .expect("check timed out")
+        .expect("check failed")
+}
+
+#[tokio::test]
+async fn missing_then_written() {
+    let dir = TempDir::new("missing");
+    let path = dir.join("app");
+    let mut f = FileFetcher::new(&path);
+    assert_eq!(f.name(), format!("file:{}", path.display()));
+    assert_eq!(f.interval(), Duration::from_secs(1));
+    let none = current("0000");
+    assert!(check(&mut f, &none).await.is_none());
+
+    let content = b"#!/bin/sh\necho new build\n".repeat(1000);
+    std::fs::write(&path, &content).unwrap();
+    let r = check(&mut f, &none).await.expect("a release");
+    let hash = sha(&content);
+    assert_eq!(r.identity, format!("sha256:{hash}"));
+    assert_eq!(r.sha256.as_deref(), Some(hash.as_str()));
+    assert_eq!(r.size_hint, Some(content.len() as u64));
+    assert_eq!(r.format, Format::Raw);
+    assert_eq!(r.origin, Origin::Local);
+    assert!(r.signature.is_none());
+    assert_eq!(body(r).await, content);
+}
+
+#[tokio::test]
+async fn unchanged_touched_or_installed_is_none() {
+    let dir = TempDir::new("unchanged");
+    let path = dir.join("app");
+    std::fs::write(&path, b"build 1").unwrap();
+    let mut f = FileFetcher::new(&path);
+    let old = current("0000");
+    assert!(check(&mut f, &old).await.is_some());
+    // Nothing changed: None even though the content differs from `current` (no re-read).
+    assert!(check(&mut f, &old).await.is_none());
+
+    // touch: a new mtime, the same content, which is now installed.
+    let installed = current(&sha(b"build 1"));
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(file);
+    assert!(check(&mut f, &installed).await.is_none());
+
+    // A re-copy of the installed build: None.
+    std::fs::write(&path, b"build 1").unwrap();
+    assert!(check(&mut f, &installed).await.is_none());
+    // A fresh fetcher, content equal to current: None.
+    let mut fresh = FileFetcher::new(&path);
+    assert!(check(&mut fresh, &installed).await.is_none());
+    // A different build: offered. (Another size: a same-size rewrite within the same tick of
+    // the kernel's coarse mtime clock is invisible to `stat`.)
+    std::fs::write(&path, b"build 2!").unwrap();
+    let r = check(&mut f, &installed).await.expect("build 2");
+    assert_eq!(body(r).await, b"build 2!");
+}
+
+#[tokio::test]
+async fn sidecar_digest_is_the_expected_hash() {
+    let dir = TempDir::new("sidecar");
+    let path = dir.join("app");
+    let claimed = "AB".repeat(32);
+    std::fs::write(dir.join("app.sha256"), format!("{claimed}  app\n")).unwrap();
+    std::fs::write(&path, b"content").unwrap();
+    let mut f = FileFetcher::new(&path);
+    let r = check(&mut f, &current("0000")).await.expect("a release");
+    assert_eq!(r.sha256, Some(claimed.to_ascii_lowercase()));
+    assert_eq!(r.identity, format!("sha256:{}", sha(b"content")));
+
+    // Sidecar changed alone: checked again; the `--tag` format.
+    std::fs::write(
+        dir.join("app.sha256"),
+        format!("SHA256 (app) = {}\n", sha(b"content")),
+    )
+    .unwrap();
+    let r = check(&mut f, &current("0000")).await.expect("re-offered");
+    assert_eq!(r.sha256, Some(sha(b"content")));
+
+    // Turned off: the computed hash.
+    let mut off = FileFetcher::new(&path).sidecar(false);
+    std::fs::write(dir.join("app.sha256"), format!("{claimed}  app\n")).unwrap();
+    let r = check(&mut off, &current("0000")).await.expect("a release");
+    assert_eq!(r.sha256, Some(sha(b"content")));
+}
+
+#[tokio::test]
+async fn malformed_sidecar_is_an_error_naming_it() {
+    let dir = TempDir::new("badsidecar");
+    let path = dir.join("app");
+    let side = dir.join("app.sha256");
+    std::fs::write(&path, b"content").unwrap();
+    let mut f = FileFetcher::new(&path);
+    for bad in ["not-a-digest  app\n", "", &"a".repeat(63), &"g".repeat(64)] {
+        std::fs::write(&side, bad).unwrap();
+        let res = timeout(BOUND, f.check(&current("0000"))).await.unwrap();
+        let err = res.expect_err("a malformed sidecar must fail the check");
+        assert!(matches!(err, FetchError::Source(_)), "{err:?}");
+        assert!(
+            err.to_string().contains(&side.display().to_string()),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn minisig_is_the_signature() {
+    let dir = TempDir::new("minisig");
+    let path = dir.join("app");
+    let sig = "untrusted comment: signature\nRWQ...\ntrusted comment: t\nabc\n";
+    std::fs::write(dir.join("app.minisig"), sig).unwrap();
+    std::fs::write(&path, b"content").unwrap();
+    let mut f = FileFetcher::new(&path);
+    let r = check(&mut f, &current("0000")).await.expect("a release");
+    assert_eq!(r.signature.as_deref(), Some(sig));
+}
+
+#[tokio::test]
+async fn format_from_the_file_name() {
+    let dir = TempDir::new("format");
+    let path = dir.join("app.tar.gz");
+    std::fs::write(&path, b"not really a tarball").unwrap();
+    let mut f = FileFetcher::new(&path);
+    let r = check(&mut f, &current("0000")).await.expect("a release");
+    assert_eq!(r.format, Format::TarGz { binary: None });
+}
+
+/// Waits for `changed()` while another thread runs `act`; returns how long after `act`
+/// finished `changed()` resolved (zero if it resolved before), and when `act` finished.
+async fn changed_after(
+    f: &mut FileFetcher,
+    act: impl FnOnce() + Send + 'static,
+) -> (Duration, Instant) {
+    let actor = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        act();
+        Instant::now()
+    });
+    timeout(Duration::from_secs(1), f.changed())
+        .await
+        .expect("changed() did not resolve");
+    let resolved = Instant::now();
+    let done = tokio::task::spawn_blocking(move || actor.join().unwrap())
+        .await
+        .unwrap();
+    (resolved.saturating_duration_since(done), done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_after_copy_and_rename_not_for_other_files() {
+    let dir = TempDir::new("changed");
+    let path = dir.join("app");
+    let src = dir.join("build-output");
+    let content: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(&src, &content).unwrap();
+    let mut f = FileFetcher::new(&path);
+    // Events queued by the setup above are for other files: nothing pending.
+    assert!(timeout(Duration::from_millis(300), f.changed())
+        .await
+        .is_err());
+
+    let (s, p) = (src.clone(), path.clone());
+    let (lag, copied) = changed_after(&mut f, move || {
+        std::fs::copy(&s, &p).unwrap();
+    })
+    .await;
+    let r = check(&mut f, &current("0000"))
+        .await
+        .expect("the copied build");
+    eprintln!(
+        "cp of 4 MiB: changed() resolved {lag:?} after cp returned, release in hand after {:?}",
+        copied.elapsed()
+    );
+    assert_eq!(body(r).await, content);
+    // Drain what the copy queued; then reading the file (as check and the pipeline do)
+    // wakes nothing.
+    while timeout(Duration::from_millis(100), f.changed())
+        .await
+        .is_ok()
+    {}
+    assert_eq!(std::fs::read(&path).unwrap().len(), content.len());
+    assert!(timeout(Duration::from_millis(300), f.changed())
+        .await
+        .is_err());
+
+    // Write a temporary file, then rename it into place.
+    let tmp = dir.join("app.tmp");
+    let p = path.clone();
+    let (lag, renamed) = changed_after(&mut f, move || {
+        std::fs::write(&tmp, b"renamed build").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+    })
+    .await;
+    let r = check(&mut f, &current("0000"))
+        .await
+        .expect("the renamed build");
+    eprintln!(
+        "write + rename: changed() resolved {lag:?} after rename, release in hand after {:?}",
+        renamed.elapsed()
+    );
+    assert_eq!(body(r).await, b"renamed build");
+    while timeout(Duration::from_millis(100), f.changed())
+        .await
+        .is_ok()
+    {}
+
+    // Unrelated files in the same directory: changed() stays pending.
+    let other = dir.join("other");
+    std::fs::write(&other, b"x").unwrap();
+    std::fs::rename(&other, dir.join("other2")).unwrap();
+    std::fs::write(dir.join("app.log"), b"x").unwrap();
+    assert!(timeout(Duration::from_millis(300), f.changed())
+        .await
+        .is_err());
+
+    // The sidecar counts.
+    let side = dir.join("app.sha256");
+    let (lag, _) = changed_after(&mut f, move || std::fs::write(&side, sha(b"x")).unwrap()).await;
+    eprintln!("changed() {lag:?} after writing the sidecar");
+}
+
+/// Writes five chunks 40 ms apart to `path`, holding it open; signals after the first.
+fn slow_writer(path: PathBuf) -> (tokio::sync::oneshot::Receiver<()>, Vec<u8>) {
+    use std::io::Write;
+    let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'a' + i; 100_000]).collect();
+    let all = chunks.concat();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(&path).unwrap();
+        let mut tx = Some(tx);
+        for chunk in chunks {
+            file.write_all(&chunk).unwrap();
+            file.flush().unwrap();
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
+    (rx, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_progress_yields_the_complete_file() {
+    let dir = TempDir::new("inprogress");
+    let path = dir.join("app");
+    // Watched (the default settle; inotify shows the writer still has it open), then polling
+    // with a settle well clear of the 40 ms gaps, so a busy machine that oversleeps cannot
+    // fake a pause.
+    let mut f = FileFetcher::new(&path);
+    let (first, all) = slow_writer(path.clone());
+    first.await.unwrap();
+    let started = Instant::now();
+    let r = check(&mut f, &current("0000")).await.expect("a release");
+    eprintln!("check during a 5-chunk write took {:?}", started.elapsed());
+    assert_eq!(r.size_hint, Some(all.len() as u64));
+    assert_eq!(body(r).await, all);
+
+    let path = dir.join("app2");
+    let mut f = FileFetcher::new(&path)
+        .settle(Duration::from_millis(150))
+        .unwatched();
+    let (first, all) = slow_writer(path.clone());
+    first.await.unwrap();
+    let r = check(&mut f, &current("0000")).await.expect("a release");
+    assert_eq!(body(r).await, all);
+}
+
+#[tokio::test]
+async fn polling_fallback_without_a_parent_directory() {
+    let dir = TempDir::new("noparent");
+    let path = dir.join("not-yet").join("app");
+    let mut f = FileFetcher::new(&path).poll_interval(Duration::from_millis(20));
+    assert!(f.watch.is_none());
+    let started = Instant::now();
+    timeout(BOUND, f.changed()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert!(check(&mut f, &current("0000")).await.is_none());
+    // The directory appears: the next changed() sets the watcher up and resolves at once.
+    std::fs::create_dir(dir.join("not-yet")).unwrap();
+    timeout(BOUND, f.changed()).await.unwrap();
+    assert!(f.watch.is_some());
+    let p = path.clone();
+    changed_after(&mut f, move || std::fs::write(&p, b"build").unwrap()).await;
+    assert!(check(&mut f, &current("0000")).await.is_some());
+}
+
+#[test]
+fn sidecar_formats() {
+    let p = Path::new("app.sha256");
+    let h = "0123456789abcdef".repeat(4);
+    assert_eq!(parse_sidecar(&format!("{h}  app\n"), p).unwrap(), h);
+    assert_eq!(parse_sidecar(&format!("{h} *app\n"), p).unwrap(), h);
+    assert_eq!(parse_sidecar(&format!("\\{h}  a\\\\pp\n"), p).unwrap(), h);
+    assert_eq!(parse_sidecar(&h.to_ascii_uppercase(), p).unwrap(), h);
+    assert_eq!(parse_sidecar(&format!("\n{h}\n"), p).unwrap(), h);
+    assert_eq!(
+        parse_sidecar(&format!("SHA256 (app) = {h}\n"), p).unwrap(),
+        h
+    );
+    assert!(parse_sidecar("", p).is_err());
+    assert!(parse_sidecar("SHA256 (app) = xyz", p).is_err());
+}

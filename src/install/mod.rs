@@ -1,0 +1,165 @@
+//! The release install pipeline: the stages between "a fetcher found a release" and "the new
+//! binary is in place", each a function the master's upgrade loop calls in order.
+//!
+//! 1. [`stage`] streams the release into a temporary file beside the target, unpacking on the fly
+//!    and checking size, checksum and signature; nothing is left behind on any error.
+//! 2. [`test_run`] executes the staged binary once with a handshake only an upshift program answers
+//!    ([`answer_test_run_if_asked`] is that answer), proving it runs on this machine.
+//! 3. [`install`] renames it over the target, keeping the previous binary as `<target>.prev` so that
+//!    [`rollback`] can restore it when the new worker fails.
+//!
+//! The running binary is never touched until the rename, and the target path names a complete
+//! executable at every instant.
+
+mod child;
+mod replace;
+mod stage;
+mod testrun;
+mod unpack;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::time::Duration;
+
+pub(crate) use replace::{file_sha256, install, resolve_target, rollback};
+pub(crate) use stage::{stage, StageOptions, Staged};
+pub(crate) use testrun::{answer_test_run_if_asked, test_run};
+
+/// Why a release was not installed. Each message says what was wrong with the release or the
+/// machine, so the operator knows whether to republish, re-sign, free disk space or rebuild.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// The downloaded file does not match the published checksum: corrupted in transit, or the
+    /// checksum belongs to another file.
+    #[error("checksum mismatch: the release's sha256 is {actual}, but {expected} was published")]
+    ChecksumMismatch {
+        /// The sha256 the release announced.
+        expected: String,
+        /// The sha256 of what was received.
+        actual: String,
+    },
+
+    /// A release from the network came without a checksum, and unchecked remote releases are
+    /// refused.
+    #[error(
+        "the release came over the network without a sha256 checksum; publish one, or allow \
+         unchecked remote releases in the configuration"
+    )]
+    MissingChecksum,
+
+    /// The release (or the executable unpacked from it) is larger than the configured limit.
+    #[error(
+        "the release is larger than the limit of {limit} bytes; raise the limit if it is genuine"
+    )]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+
+    /// The transfer ended before the announced size was received.
+    #[error("the release ended after {received} of {expected} bytes; the transfer was cut short")]
+    Truncated {
+        /// The announced size.
+        expected: u64,
+        /// What arrived.
+        received: u64,
+    },
+
+    /// The archive or compressed stream is corrupt or of an unsupported kind.
+    #[error("cannot unpack the release: {0}")]
+    Unpack(String),
+
+    /// The archive does not contain exactly one executable to install; the message lists what it
+    /// holds.
+    #[error("cannot find the executable in the release archive: {0}")]
+    BinaryNotInArchive(String),
+
+    /// The minisign signature does not verify with the configured public key.
+    #[error("the release's minisign signature is not valid for the configured public key: {0}")]
+    BadSignature(String),
+
+    /// A public key is configured but the release has no signature.
+    #[error(
+        "a minisign public key is configured but the release is not signed; publish its .minisig"
+    )]
+    Unsigned,
+
+    /// The kernel refused to execute the new binary (`ENOEXEC`).
+    #[error("{0} is not an executable for this machine (wrong architecture or not a binary)")]
+    NotExecutable(String),
+
+    /// The new binary's test run exited with a failure or was killed by a signal.
+    #[error("the new binary failed its test run ({status}); last of its stderr: {stderr_tail:?}")]
+    TestRunFailed {
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// The end of what it wrote to stderr (at most about 2 KiB).
+        stderr_tail: String,
+    },
+
+    /// The new binary exited successfully without answering the handshake.
+    #[error(
+        "the new binary did not answer upshift's test-run handshake: is it built with upshift and \
+         does it call Upgrader::run?"
+    )]
+    NotUpshift,
+
+    /// The test run did not finish in time; the process was killed.
+    #[error(
+        "the new binary's test run did not finish within {0:?}; it must exit as soon as it \
+         starts (does it do work before calling Upgrader::run?)"
+    )]
+    TestRunTimeout(Duration),
+
+    /// The application's own check refused the release.
+    #[error("the release was vetoed: {0}")]
+    Vetoed(String),
+
+    /// A file operation failed; `what` says which (running out of disk space shows up here).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl InstallError {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        InstallError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// 128 unpredictable bits as hex, for temporary file names and the test-run token.
+///
+/// `RandomState` is seeded from the OS once per thread and changes with every use; time, pid and
+/// a counter are mixed in so that two processes or two calls never share a value. No crate needed.
+pub(crate) fn random_hex() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut out = String::with_capacity(32);
+    for half in 0..2u8 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(count);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.write_u8(half);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}

@@ -1,0 +1,230 @@
+//! Putting a staged binary in place, atomically and durably, and putting the previous one back.
+//!
+//! The target path names a complete executable at every instant: the previous binary is kept by
+//! giving its inode a second name (`<target>.prev`), never by renaming the target away, and the
+//! new one arrives by a single `rename(2)` over the target. The directory is fsynced afterwards,
+//! so a power cut leaves either the old or the new binary, never a missing or partial one.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{InstallError, Staged};
+
+/// The binary to replace: the file a symlink points to, so that the link itself stays (a deploy
+/// layout's `current -> releases/v3/app` keeps working and now names the new content).
+pub(crate) fn resolve_target(invoked: &Path) -> io::Result<PathBuf> {
+    if fs::symlink_metadata(invoked)?.file_type().is_symlink() {
+        fs::canonicalize(invoked)
+    } else {
+        Ok(invoked.to_path_buf())
+    }
+}
+
+/// Where the previous binary is kept.
+pub(crate) fn prev_path(target: &Path) -> PathBuf {
+    with_suffix(target, ".prev")
+}
+
+/// Installs `staged` as `target`, keeping the current target as `<target>.prev`.
+///
+/// On error the target is unchanged and the staged file is removed. `.prev` may already name the
+/// current binary then, which is harmless.
+pub(crate) fn install(mut staged: Staged, target: &Path) -> Result<(), InstallError> {
+    let shown = target.display();
+    let current = match fs::metadata(target) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(InstallError::io(format!("reading {shown}"), e)),
+    };
+    if let Some(meta) = &current {
+        copy_owner_and_mode(&staged.path, meta)?;
+    }
+    File::open(&staged.path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| InstallError::io(format!("flushing {}", staged.path.display()), e))?;
+    if let Some(meta) = &current {
+        keep_previous(target, meta)?;
+    }
+    retry_busy(|| fs::rename(&staged.path, target))
+        .map_err(|e| InstallError::io(format!("renaming the new binary over {shown}"), e))?;
+    staged.keep();
+    sync_dir(target);
+    tracing::info!(target = %shown, sha256 = %staged.binary_sha256, "installed the new binary");
+    Ok(())
+}
+
+/// Puts `<target>.prev` back as `target`, atomically; `.prev` stays, so a rollback can be repeated.
+pub(crate) fn rollback(target: &Path) -> Result<(), InstallError> {
+    let prev = prev_path(target);
+    let prev_meta = fs::metadata(&prev).map_err(|e| {
+        InstallError::io(
+            format!(
+                "reading the previous binary {} to roll back to",
+                prev.display()
+            ),
+            e,
+        )
+    })?;
+    if fs::metadata(target).is_ok_and(|t| same_file(&t, &prev_meta)) {
+        // Already the previous binary; renaming a link over itself would also be a no-op.
+        return Ok(());
+    }
+    let tmp = with_suffix(
+        target,
+        &format!(".rollback-{}.tmp", &super::random_hex()[..12]),
+    );
+    let guard = Leftover(&tmp);
+    link_or_copy(&prev, &tmp)?;
+    retry_busy(|| fs::rename(&tmp, target)).map_err(|e| {
+        InstallError::io(
+            format!(
+                "renaming the previous binary back over {}",
+                target.display()
+            ),
+            e,
+        )
+    })?;
+    std::mem::forget(guard);
+    sync_dir(target);
+    tracing::warn!(target = %target.display(), "rolled back to the previous binary");
+    Ok(())
+}
+
+/// Hex sha256 of a file, read in chunks.
+pub(crate) fn file_sha256(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hex::encode(hash.finalize())),
+            Ok(n) => hash.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The new binary gets the current one's mode, and its owner when we are root (chown first: it
+/// clears set-id bits). Not being allowed to chown is expected when not root and ignored.
+fn copy_owner_and_mode(staged: &Path, current: &fs::Metadata) -> Result<(), InstallError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        match std::os::unix::fs::chown(staged, Some(current.uid()), Some(current.gid())) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                tracing::debug!(error = %e, "cannot give the new binary the old one's owner")
+            }
+            Err(e) => {
+                return Err(InstallError::io(
+                    format!("setting the owner of {}", staged.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    fs::set_permissions(staged, fs::Permissions::from_mode(current.mode() & 0o7777))
+        .map_err(|e| InstallError::io(format!("setting the mode of {}", staged.display()), e))
+}
+
+/// Gives the current target's inode the name `<target>.prev` (via a temporary name, so an older
+/// `.prev` is replaced atomically).
+fn keep_previous(target: &Path, current: &fs::Metadata) -> Result<(), InstallError> {
+    let prev = prev_path(target);
+    if fs::metadata(&prev).is_ok_and(|p| same_file(&p, current)) {
+        // After a rollback, `.prev` and the target are one inode, and rename(2) between two
+        // names of one file does nothing, which would leave the temporary name behind.
+        return Ok(());
+    }
+    let tmp = with_suffix(target, ".prev.tmp");
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(InstallError::io(format!("removing {}", tmp.display()), e)),
+    }
+    let guard = Leftover(&tmp);
+    link_or_copy(target, &tmp)?;
+    fs::rename(&tmp, &prev).map_err(|e| {
+        InstallError::io(
+            format!("keeping the previous binary as {}", prev.display()),
+            e,
+        )
+    })?;
+    std::mem::forget(guard);
+    Ok(())
+}
+
+/// A second name for `from` at `to`: a hard link, or where links are not possible (another
+/// filesystem, a filesystem without them, a hardened `protected_hardlinks`) a durable copy.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), InstallError> {
+    let linked = fs::hard_link(from, to);
+    let Err(e) = linked else {
+        return Ok(());
+    };
+    let fallback = matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::ENOTSUP | libc::EACCES)
+    );
+    if !fallback {
+        return Err(InstallError::io(
+            format!("linking {} to {}", from.display(), to.display()),
+            e,
+        ));
+    }
+    tracing::debug!(error = %e, "cannot hard-link the previous binary; copying it");
+    fs::copy(from, to)
+        .and_then(|_| File::open(to)?.sync_all())
+        .map_err(|e| InstallError::io(format!("copying {} to {}", from.display(), to.display()), e))
+}
+
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// `rename(2)` is not expected to fail with `ETXTBSY`, but some filesystems do; it passes quickly.
+fn retry_busy(mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Makes the renames in `target`'s directory durable. Runs after the rename, when the new binary
+/// is already in place: a failure is logged rather than returned, since reporting "not installed"
+/// for a binary that is in place would mislead the caller.
+fn sync_dir(target: &Path) {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot flush the directory; the change may not survive a power cut");
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s: OsString = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Removes a temporary name on an early return.
+struct Leftover<'a>(&'a Path);
+
+impl Drop for Leftover<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}

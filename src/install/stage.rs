@@ -1,0 +1,300 @@
+//! Staging: a release's body streamed into a temporary file beside the target binary, unpacked on
+//! the fly, hashed and verified as it passes. Only a fully checked file survives; every error and a
+//! dropped future remove what was written.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use minisign_verify::{PublicKey, Signature, StreamVerifier};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use super::unpack::{self, BinaryWriter, ChannelReader};
+use super::InstallError;
+use crate::fetch::{Format, Origin, Release};
+
+const CHUNK: usize = 64 * 1024;
+
+/// How many chunks may wait for the unpacker: enough to keep both sides busy, small enough that
+/// memory stays bounded (4 × 64 KiB) whatever the release size.
+const CHANNEL_CHUNKS: usize = 4;
+
+/// What staging accepts.
+#[derive(Debug, Clone)]
+pub(crate) struct StageOptions {
+    /// The most bytes accepted, downloaded or unpacked: a runaway or malicious source cannot fill
+    /// the disk.
+    pub(crate) max_bytes: u64,
+    /// Refuse releases that came over the network without a checksum.
+    pub(crate) require_checksum_for_remote: bool,
+    /// When set, every release must carry a minisign signature by this key.
+    pub(crate) public_key: Option<PublicKey>,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        StageOptions {
+            max_bytes: 1 << 30,
+            require_checksum_for_remote: true,
+            public_key: None,
+        }
+    }
+}
+
+/// A verified executable in a temporary file beside the target, removed on drop unless it was
+/// installed ([`keep`](Self::keep)).
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The temporary file holding the final executable (mode 0o755).
+    pub(crate) path: PathBuf,
+    /// Hex sha256 of the release file as published (the archive, for archives).
+    pub(crate) asset_sha256: String,
+    /// Hex sha256 of the executable itself: what [`super::file_sha256`] of the installed target
+    /// will say, and so what a fetcher is told is current.
+    pub(crate) binary_sha256: String,
+    /// Bytes downloaded.
+    pub(crate) bytes: u64,
+    /// Bytes of the executable.
+    pub(crate) binary_bytes: u64,
+    armed: bool,
+}
+
+impl Staged {
+    /// Disarms the removal: the file has been renamed into place or is otherwise taken care of.
+    pub(crate) fn keep(&mut self) {
+        self.armed = false;
+    }
+
+    /// Adopts an existing file as staged, for tests of the later stages.
+    #[cfg(test)]
+    pub(crate) fn adopt(path: PathBuf) -> Self {
+        Staged {
+            path,
+            asset_sha256: String::new(),
+            binary_sha256: String::new(),
+            bytes: 0,
+            binary_bytes: 0,
+            armed: true,
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.armed {
+            remove_quietly(&self.path);
+        }
+    }
+}
+
+/// Removes the temporary file while staging is under way.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            remove_quietly(path);
+        }
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "removed a staged release"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a staged release")
+        }
+    }
+}
+
+/// Streams `release` into a new temporary file in `target`'s directory (same filesystem, so the
+/// install is an atomic rename) and verifies it.
+///
+/// Checks that need no download (size hint over the limit, missing checksum, missing or unreadable
+/// signature) fail before anything is written. After the stream, a short transfer is reported
+/// before a checksum mismatch, and both before archive errors, which they would explain.
+pub(crate) async fn stage(
+    release: Release,
+    target: &Path,
+    opts: &StageOptions,
+) -> Result<Staged, InstallError> {
+    let Release {
+        identity,
+        sha256: expected,
+        signature,
+        size_hint,
+        format,
+        origin,
+        mut body,
+    } = release;
+    let limit = opts.max_bytes;
+    if size_hint.is_some_and(|n| n > limit) {
+        return Err(InstallError::TooLarge { limit });
+    }
+    if expected.is_none() && origin == Origin::Remote && opts.require_checksum_for_remote {
+        return Err(InstallError::MissingChecksum);
+    }
+    let signature =
+        match (&opts.public_key, signature) {
+            (None, _) => None,
+            (Some(_), None) => return Err(InstallError::Unsigned),
+            (Some(_), Some(text)) => Some(Signature::decode(&text).map_err(|e| {
+                InstallError::BadSignature(format!("cannot read the signature: {e}"))
+            })?),
+        };
+    let mut verifier = match (&opts.public_key, &signature) {
+        (Some(key), Some(sig)) => Some(key.verify_stream(sig).map_err(|e| {
+            InstallError::BadSignature(format!(
+                "{e} (a signature by another key, or a legacy non-prehashed one: sign with a \
+                 current minisign)"
+            ))
+        })?),
+        _ => None,
+    };
+
+    let (file, temp) = create_temp(target)?;
+    let path = temp.0.clone().unwrap_or_default();
+    tracing::debug!(%identity, temp = %path.display(), ?format, "staging a release");
+    let raw = format == Format::Raw;
+    let writer = BinaryWriter::new(file, path.clone(), !raw, limit);
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let unpacker =
+        tokio::task::spawn_blocking(move || unpack::unpack(format, ChannelReader::new(rx), writer));
+
+    let mut asset_hash = Sha256::new();
+    let pumped = pump(&mut body, tx, &mut asset_hash, verifier.as_mut(), limit).await;
+    // The sender is gone by now, so the unpacker sees EOF and returns promptly; waiting for it
+    // means no thread still writes to the file once this function has returned.
+    let unpacked = unpacker.await.map_err(|e| {
+        InstallError::Unpack(format!("the unpacking thread stopped unexpectedly: {e}"))
+    });
+    let pumped = pumped?;
+    if pumped.unpacker_quit {
+        return Err(unpacked?.err().unwrap_or_else(|| {
+            InstallError::Unpack("the unpacker stopped before the end of the release".into())
+        }));
+    }
+    if let Some(expected) = size_hint.filter(|&n| n > pumped.received) {
+        return Err(InstallError::Truncated {
+            expected,
+            received: pumped.received,
+        });
+    }
+    let asset_sha256 = hex::encode(asset_hash.finalize());
+    if let Some(expected) = expected {
+        if !expected.trim().eq_ignore_ascii_case(&asset_sha256) {
+            return Err(InstallError::ChecksumMismatch {
+                expected,
+                actual: asset_sha256,
+            });
+        }
+    }
+    if let Some(verifier) = verifier.as_mut() {
+        verifier
+            .finalize()
+            .map_err(|e| InstallError::BadSignature(e.to_string()))?;
+    }
+    let unpacked = unpacked??;
+    let mut temp = temp;
+    temp.0 = None;
+    tracing::info!(%identity, bytes = pumped.received, sha256 = %asset_sha256, "staged a release");
+    Ok(Staged {
+        path,
+        binary_sha256: unpacked.sha256.unwrap_or_else(|| asset_sha256.clone()),
+        asset_sha256,
+        bytes: pumped.received,
+        binary_bytes: unpacked.bytes,
+        armed: true,
+    })
+}
+
+struct Pumped {
+    received: u64,
+    /// The unpacker hung up before the end: it failed, and its error is the answer.
+    unpacker_quit: bool,
+}
+
+/// Reads the body to its end, hashing every byte and handing it to the unpacker.
+async fn pump(
+    body: &mut (impl AsyncRead + Unpin),
+    tx: mpsc::Sender<Vec<u8>>,
+    hash: &mut Sha256,
+    mut verifier: Option<&mut StreamVerifier<'_>>,
+    limit: u64,
+) -> Result<Pumped, InstallError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut received = 0u64;
+    loop {
+        let n = match body.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(InstallError::io("downloading the release", e)),
+        };
+        received += n as u64;
+        if received > limit {
+            return Err(InstallError::TooLarge { limit });
+        }
+        let bytes = &buf[..n];
+        hash.update(bytes);
+        if let Some(v) = verifier.as_deref_mut() {
+            v.update(bytes);
+        }
+        if tx.send(bytes.to_vec()).await.is_err() {
+            return Ok(Pumped {
+                received,
+                unpacker_quit: true,
+            });
+        }
+    }
+    Ok(Pumped {
+        received,
+        unpacker_quit: false,
+    })
+}
+
+/// Creates `.<name>.upshift-<pid>-<random>.tmp` beside `target`, exclusively (never follows or
+/// reuses a planted file) and private until it is complete.
+fn create_temp(target: &Path) -> Result<(File, TempGuard), InstallError> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upshift".into());
+    let mut last = None;
+    for _ in 0..8 {
+        let path = dir.join(format!(
+            ".{name}.upshift-{}-{}.tmp",
+            std::process::id(),
+            &super::random_hex()[..16]
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&path)
+        {
+            Ok(file) => return Ok((file, TempGuard(Some(path)))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    Err(InstallError::io(
+        format!(
+            "creating a temporary file for the new binary in {} (the directory must be writable \
+             by this process)",
+            dir.display()
+        ),
+        last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)),
+    ))
+}

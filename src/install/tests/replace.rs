@@ -1,0 +1,133 @@
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{sha256_hex, TempDir};
+use crate::install::replace::prev_path;
+use crate::install::{file_sha256, install, resolve_target, rollback, Staged};
+
+fn staged(dir: &TempDir, content: &[u8]) -> Staged {
+    let path = dir.exe(
+        &format!(".staged-{}", crate::install::random_hex()),
+        content,
+    );
+    Staged::adopt(path)
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn install_keeps_the_previous_binary_and_its_mode() {
+    let dir = TempDir::new("install");
+    let target = dir.exe("app", b"old binary");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o750)).unwrap();
+    install(staged(&dir, b"new binary"), &target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"new binary");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"old binary");
+    assert_eq!(mode(&target), 0o750);
+    assert_eq!(dir.names(), ["app", "app.prev"]);
+
+    install(staged(&dir, b"newer binary"), &target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"newer binary");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"new binary");
+    assert_eq!(dir.names(), ["app", "app.prev"]);
+}
+
+#[test]
+fn rollback_restores_the_previous_binary_and_can_be_installed_over_again() {
+    let dir = TempDir::new("rollback");
+    let target = dir.exe("app", b"v1");
+    install(staged(&dir, b"v2"), &target).unwrap();
+    rollback(&target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"v1");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v1");
+    rollback(&target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"v1");
+    assert_eq!(dir.names(), ["app", "app.prev"]);
+
+    // After a rollback target and .prev are one file; the next install must still work.
+    install(staged(&dir, b"v3"), &target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"v3");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v1");
+    assert_eq!(dir.names(), ["app", "app.prev"]);
+}
+
+#[test]
+fn rollback_without_a_previous_binary_is_an_error() {
+    let dir = TempDir::new("noprev");
+    let target = dir.exe("app", b"v1");
+    let err = rollback(&target).unwrap_err();
+    assert!(err.to_string().contains("app.prev"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"v1");
+}
+
+#[test]
+fn through_a_symlink_the_link_stays_and_names_the_new_content() {
+    let dir = TempDir::new("link");
+    std::fs::create_dir(dir.path().join("releases")).unwrap();
+    let real = dir.exe("releases/app", b"old");
+    let link = dir.path().join("current");
+    std::os::unix::fs::symlink("releases/app", &link).unwrap();
+    let target = resolve_target(&link).unwrap();
+    assert_eq!(target, std::fs::canonicalize(&real).unwrap());
+    assert_eq!(resolve_target(&real).unwrap(), real);
+    install(staged(&dir, b"new"), &target).unwrap();
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("releases/app")
+    );
+    assert_eq!(std::fs::read(&link).unwrap(), b"new");
+    assert_eq!(std::fs::read(prev_path(&real)).unwrap(), b"old");
+}
+
+#[test]
+fn failed_install_leaves_the_target_and_removes_the_staged_file() {
+    let dir = TempDir::new("failinstall");
+    let target = dir.exe("app", b"old");
+    // A directory where .prev.tmp must go makes keeping the previous binary fail.
+    std::fs::create_dir(dir.path().join("app.prev.tmp")).unwrap();
+    std::fs::write(dir.path().join("app.prev.tmp/x"), b"").unwrap();
+    let err = install(staged(&dir, b"new"), &target).unwrap_err();
+    assert!(err.to_string().contains("app.prev.tmp"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    assert_eq!(dir.names(), ["app", "app.prev.tmp"]);
+}
+
+#[test]
+fn the_target_never_disappears_during_installs() {
+    let dir = TempDir::new("atomic");
+    let target = dir.exe("app", b"v0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, target) = (stop.clone(), target.clone());
+        std::thread::spawn(move || {
+            let mut opened = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match std::fs::read(&target) {
+                    Ok(content) => assert!(content.starts_with(b"v"), "partial content"),
+                    Err(e) => panic!("opening the target failed mid-install: {e}"),
+                }
+                opened += 1;
+            }
+            opened
+        })
+    };
+    for i in 1..=200 {
+        install(staged(&dir, format!("v{i}").as_bytes()), &target).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened = reader.join().expect("the reader saw the target missing");
+    assert!(opened > 0);
+    assert_eq!(std::fs::read(&target).unwrap(), b"v200");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v199");
+}
+
+#[test]
+fn file_sha256_streams_a_file() {
+    let dir = TempDir::new("hash");
+    let data = vec![42u8; 200_000];
+    let path = dir.exe("f", &data);
+    assert_eq!(file_sha256(&path).unwrap(), sha256_hex(&data));
+}

@@ -1,0 +1,337 @@
+//! The blocking half of staging: turns the release's bytes, as they arrive, into the executable
+//! on disk. Runs on a blocking thread fed through a bounded channel, so an archive is never held
+//! whole in memory or on disk and decoders that only speak `std::io::Read` can be used.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::InstallError;
+use crate::fetch::Format;
+
+const CHUNK: usize = 64 * 1024;
+
+/// How many entry names an error message lists before saying "and N more".
+const LIST_MAX: usize = 20;
+
+/// The release's bytes as a blocking reader. EOF when the sender is dropped: at the end of the
+/// body, or when the async side gives up (its error then takes precedence over ours).
+pub(super) struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    pub(super) fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Writes the executable to the temporary file, hashing it and enforcing the size limit on the
+/// unpacked bytes too (a small gzip bomb must not fill the disk).
+pub(super) struct BinaryWriter {
+    file: File,
+    path: PathBuf,
+    /// `None` for raw releases, whose binary hash is the asset hash computed on the async side.
+    hasher: Option<Sha256>,
+    bytes: u64,
+    limit: u64,
+}
+
+/// What the blocking side produced.
+pub(super) struct Unpacked {
+    /// Hex sha256 of the executable, unless it is the release file itself.
+    pub(super) sha256: Option<String>,
+    pub(super) bytes: u64,
+}
+
+impl BinaryWriter {
+    pub(super) fn new(file: File, path: PathBuf, hash: bool, limit: u64) -> Self {
+        BinaryWriter {
+            file,
+            path,
+            hasher: hash.then(Sha256::new),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn write_chunk(&mut self, buf: &[u8]) -> Result<(), InstallError> {
+        self.bytes += buf.len() as u64;
+        if self.bytes > self.limit {
+            return Err(InstallError::TooLarge { limit: self.limit });
+        }
+        self.file.write_all(buf).map_err(|e| {
+            InstallError::io(
+                format!("writing the new binary to {}", self.path.display()),
+                e,
+            )
+        })?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(buf);
+        }
+        Ok(())
+    }
+
+    /// Copies `from` to the file; read errors are the archive's fault, write errors the disk's.
+    fn copy_from(&mut self, from: &mut impl Read, what: &str) -> Result<(), InstallError> {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(InstallError::Unpack(format!("{what}: {e}"))),
+            };
+            self.write_chunk(&buf[..n])?;
+        }
+    }
+
+    /// Makes the file executable and durable. 0o755 for now: `install` copies the real target's
+    /// mode and owner over it.
+    fn finish(self) -> Result<Unpacked, InstallError> {
+        let ctx = |what: &str, e| InstallError::io(format!("{what} {}", self.path.display()), e);
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| ctx("making executable", e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| ctx("flushing to disk", e))?;
+        Ok(Unpacked {
+            sha256: self.hasher.map(|h| hex::encode(h.finalize())),
+            bytes: self.bytes,
+        })
+    }
+}
+
+/// Unpacks `input` according to `format` into `out`. Always reads `input` to its end on success,
+/// so that the async side can keep feeding it.
+pub(super) fn unpack(
+    format: Format,
+    mut input: ChannelReader,
+    mut out: BinaryWriter,
+) -> Result<Unpacked, InstallError> {
+    match &format {
+        Format::Raw => out.copy_from(&mut input, "reading the release")?,
+        Format::Gzip => {
+            let mut gz = MultiGzDecoder::new(&mut input);
+            out.copy_from(&mut gz, "decompressing the gzip release")?;
+        }
+        Format::TarGz { binary } => unpack_tar(&mut input, binary.as_deref(), &mut out)?,
+        Format::Zip { binary } => unpack_zip(&mut input, binary.as_deref(), &mut out)?,
+    }
+    drain(&mut input)?;
+    out.finish()
+}
+
+fn drain(input: &mut impl Read) -> Result<(), InstallError> {
+    io::copy(input, &mut io::sink())
+        .map(drop)
+        .map_err(|e| InstallError::Unpack(format!("reading past the executable: {e}")))
+}
+
+fn unpack_tar(
+    input: &mut ChannelReader,
+    wanted: Option<&str>,
+    out: &mut BinaryWriter,
+) -> Result<(), InstallError> {
+    let bad = |e: io::Error| InstallError::Unpack(format!("reading the .tar.gz archive: {e}"));
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(input));
+    let mut found = Finder::new(wanted);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let regular = kind.is_file();
+        let executable = regular && entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
+        if found.consider(&name, regular, executable)? {
+            out.copy_from(&mut entry, &format!("unpacking {name} from the archive"))?;
+        }
+    }
+    // The gzip trailer (and its CRC check) comes after the tar end marker.
+    let mut gz = archive.into_inner();
+    drain(&mut gz)?;
+    found.finish("a regular file with an execute bit", "Format::TarGz")
+}
+
+fn unpack_zip(
+    input: &mut ChannelReader,
+    wanted: Option<&str>,
+    out: &mut BinaryWriter,
+) -> Result<(), InstallError> {
+    let mut found = Finder::new(wanted);
+    loop {
+        let mut file = match zip::read::read_zipfile_from_stream(input) {
+            Ok(Some(file)) => file,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(InstallError::Unpack(format!(
+                    "reading the .zip archive as a stream: {e} (zips written with sizes after \
+                     the data cannot be streamed; publish a .tar.gz or re-create the zip)"
+                )))
+            }
+        };
+        if file.is_dir() {
+            continue;
+        }
+        let name = file.name().to_owned();
+        let what = format!("unpacking {name} from the archive");
+        // A streamed zip has no permission bits (they live in the central directory at the end),
+        // so without a name the executable is recognised by its first bytes.
+        let mut head = Vec::with_capacity(4);
+        if wanted.is_none() {
+            (&mut file)
+                .take(4)
+                .read_to_end(&mut head)
+                .map_err(|e| InstallError::Unpack(format!("{what}: {e}")))?;
+        }
+        if found.consider(&name, true, looks_executable(&head))? {
+            out.write_chunk(&head)?;
+            out.copy_from(&mut file, &what)?;
+        }
+    }
+    found.finish(
+        "a file that starts like an executable (ELF, Mach-O or #!)",
+        "Format::Zip",
+    )
+}
+
+fn looks_executable(head: &[u8]) -> bool {
+    const MAGICS: [&[u8]; 6] = [
+        b"\x7fELF",
+        b"#!",
+        &[0xfe, 0xed, 0xfa, 0xce],
+        &[0xfe, 0xed, 0xfa, 0xcf],
+        &[0xce, 0xfa, 0xed, 0xfe],
+        &[0xcf, 0xfa, 0xed, 0xfe],
+    ];
+    MAGICS.iter().any(|m| head.starts_with(m))
+}
+
+/// Decides, entry by entry, which one is the executable: the named one, or else the only
+/// executable-looking one. The first candidate is streamed out at once (it cannot be known to be
+/// the only one until the end); a second one turns the result into an error.
+struct Finder<'a> {
+    wanted: Option<&'a str>,
+    chosen: Vec<String>,
+    others: Vec<String>,
+}
+
+impl<'a> Finder<'a> {
+    fn new(wanted: Option<&'a str>) -> Self {
+        Finder {
+            wanted,
+            chosen: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+
+    /// Whether to stream this entry to the output.
+    fn consider(
+        &mut self,
+        name: &str,
+        regular: bool,
+        executable: bool,
+    ) -> Result<bool, InstallError> {
+        let pick = match self.wanted {
+            Some(wanted) if same_path(name, wanted) => {
+                if !regular {
+                    return Err(InstallError::BinaryNotInArchive(format!(
+                        "{name} is not a regular file in the archive (a link or a device)"
+                    )));
+                }
+                true
+            }
+            Some(_) => false,
+            None => executable,
+        };
+        if pick {
+            self.chosen.push(name.to_owned());
+        } else {
+            self.others.push(name.to_owned());
+        }
+        Ok(pick && self.chosen.len() == 1)
+    }
+
+    fn finish(self, criterion: &str, format: &str) -> Result<(), InstallError> {
+        match (self.chosen.len(), self.wanted) {
+            (1, _) => Ok(()),
+            (0, Some(wanted)) => Err(InstallError::BinaryNotInArchive(format!(
+                "no entry {wanted:?} in the archive, which holds: {}",
+                list(&self.others)
+            ))),
+            (0, None) => Err(InstallError::BinaryNotInArchive(format!(
+                "no {criterion} in the archive, which holds: {}; name the executable with \
+                 {format} {{ binary: Some(..) }}",
+                list(&self.others)
+            ))),
+            (_, Some(wanted)) => Err(InstallError::BinaryNotInArchive(format!(
+                "the archive holds {wanted:?} more than once"
+            ))),
+            (_, None) => Err(InstallError::BinaryNotInArchive(format!(
+                "several executables in the archive: {}; name the one to install with {format} \
+                 {{ binary: Some(..) }}",
+                list(&self.chosen)
+            ))),
+        }
+    }
+}
+
+/// Archive paths compare equal ignoring `./` prefixes and doubled slashes.
+fn same_path(a: &str, b: &str) -> bool {
+    let parts = |p: &'_ str| -> Vec<String> {
+        Path::new(p)
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect()
+    };
+    parts(a) == parts(b)
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "nothing".into();
+    }
+    let mut out = names
+        .iter()
+        .take(LIST_MAX)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > LIST_MAX {
+        out.push_str(&format!(" and {} more", names.len() - LIST_MAX));
+    }
+    out
+}

@@ -1,0 +1,471 @@
+//! The poll loop and the install pipeline's order of stages, in the master.
+//!
+//! Each fetcher gets its own loop (its interval, with jitter; backoff on errors). Upgrades never
+//! overlap: a release is taken through stage → test-run → veto → install → readiness-gated
+//! restart → probation under one lock, and rolled back if the new worker fails.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::{mpsc::UnboundedSender, oneshot, Mutex, Notify};
+
+use super::{Event, RestartOutcome};
+use crate::events::UpgradeEvent;
+use crate::fetch::{Current, FetchError, Fetcher, Release};
+use crate::install::{self, InstallError, StageOptions};
+
+/// Called with every event; runs in the master.
+pub(crate) type EventHook = Arc<dyn Fn(&UpgradeEvent) + Send + Sync>;
+/// May veto a release that passed every check, like overseer's PreUpgrade.
+pub(crate) type VetoHook = Arc<dyn Fn(&crate::ReleaseInfo) -> Result<(), String> + Send + Sync>;
+
+/// How many rejected releases are remembered.
+const REJECTED_MEMORY: usize = 64;
+/// The longest pause between attempts after repeated fetch errors.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The pipeline's settings, shared by every fetcher's loop.
+pub(crate) struct PipelineConfig {
+    pub(crate) stage: StageOptions,
+    pub(crate) test_run_timeout: Duration,
+    pub(crate) on_event: Option<EventHook>,
+    pub(crate) veto: Option<VetoHook>,
+    pub(crate) version: Option<String>,
+}
+
+/// What is installed and what was refused: one per master, behind the lock that keeps upgrades
+/// from overlapping.
+struct Installed {
+    /// The file upgrades replace: the invoked path with symlinks resolved.
+    target: PathBuf,
+    current: Current,
+    /// Identities and binary hashes of releases that were rejected or rolled back.
+    rejected: VecDeque<String>,
+}
+
+pub(crate) struct Updater {
+    cfg: PipelineConfig,
+    master: UnboundedSender<Event>,
+    installed: Mutex<Option<Installed>>,
+    invoked: PathBuf,
+    /// The master's arguments, which the test-run gets too.
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Updater {
+    pub(crate) fn new(
+        cfg: PipelineConfig,
+        invoked: PathBuf,
+        args: Vec<std::ffi::OsString>,
+        master: UnboundedSender<Event>,
+    ) -> Arc<Self> {
+        Arc::new(Updater {
+            cfg,
+            master,
+            installed: Mutex::new(None),
+            invoked,
+            args,
+        })
+    }
+
+    /// Polls one fetcher for the master's whole life. `check_now` is the manual trigger.
+    pub(crate) async fn poll(
+        self: Arc<Self>,
+        mut fetcher: Box<dyn Fetcher>,
+        check_now: Arc<Notify>,
+    ) {
+        let interval = fetcher.interval();
+        let mut errors: u32 = 0;
+        // The first check is at once: the first worker is already starting, nothing waits on it.
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = fetcher.changed() => {}
+                () = check_now.notified() => {}
+            }
+            let outcome = self.check_once(fetcher.as_mut()).await;
+            delay = match outcome {
+                Ok(()) => {
+                    errors = 0;
+                    jittered(interval)
+                }
+                Err(FetchError::RateLimited(wait)) => wait,
+                Err(e) => {
+                    errors = errors.saturating_add(1);
+                    let retry_in = jittered(error_backoff(errors, interval));
+                    tracing::warn!(fetcher = fetcher.name(), error = %e, ?retry_in, "checking for a release failed");
+                    self.emit(UpgradeEvent::CheckFailed {
+                        fetcher: fetcher.name().to_string(),
+                        error: e.to_string(),
+                        retry_in,
+                    });
+                    retry_in
+                }
+            };
+        }
+    }
+
+    async fn check_once(&self, fetcher: &mut dyn Fetcher) -> Result<(), FetchError> {
+        let mut guard = self.installed.lock().await;
+        let installed = match guard.as_mut() {
+            Some(i) => i,
+            None => guard.insert(self.discover_installed().await?),
+        };
+        self.emit(UpgradeEvent::Checking {
+            fetcher: fetcher.name().to_string(),
+        });
+        let Some(release) = fetcher.check(&installed.current).await? else {
+            tracing::debug!(fetcher = fetcher.name(), "no new release");
+            return Ok(());
+        };
+        self.upgrade(installed, release).await;
+        Ok(())
+    }
+
+    /// Hashes the binary on disk once, off the first worker's critical path.
+    async fn discover_installed(&self) -> Result<Installed, FetchError> {
+        let invoked = self.invoked.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let target = install::resolve_target(&invoked)?;
+            let sha256 = install::file_sha256(&target)?;
+            Ok::<_, std::io::Error>((target, sha256))
+        })
+        .await
+        .map_err(|e| FetchError::Source(format!("hashing the installed binary: {e}")))?
+        .map_err(|e| FetchError::Io {
+            what: format!("reading the installed binary {}", self.invoked.display()),
+            source: e,
+        })?;
+        let (target, sha256) = found;
+        tracing::debug!(target = %target.display(), %sha256, "installed binary");
+        Ok(Installed {
+            target,
+            current: Current {
+                sha256,
+                identity: None,
+                version: self.cfg.version.clone(),
+            },
+            rejected: VecDeque::new(),
+        })
+    }
+
+    async fn upgrade(&self, installed: &mut Installed, mut release: Release) {
+        let identity = release.identity.clone();
+        // The expected checksum is part of what was refused: a sidecar corrected after the
+        // binary was published makes a new candidate, the same pair stays refused.
+        let key = format!("{identity}#{}", release.sha256.as_deref().unwrap_or("-"));
+        if installed.rejected.contains(&key) {
+            tracing::debug!(%identity, "release was rejected before; not trying it again");
+            return;
+        }
+        tracing::info!(%identity, "new release found");
+        release.body = Box::new(Progress::new(
+            release.body,
+            identity.clone(),
+            release.size_hint,
+            self.cfg.on_event.clone(),
+        ));
+        let staged = match install::stage(release, &installed.target, &self.cfg.stage).await {
+            Ok(s) => s,
+            Err(e) => return self.reject(installed, &key, &identity, None, &e),
+        };
+        tracing::debug!(
+            %identity,
+            downloaded = staged.bytes,
+            binary_bytes = staged.binary_bytes,
+            asset_sha256 = %staged.asset_sha256,
+            "release staged and verified"
+        );
+        if staged.binary_sha256 == installed.current.sha256 {
+            self.emit(UpgradeEvent::Skipped {
+                identity: identity.clone(),
+                reason: "it is the binary already running".into(),
+            });
+            installed.current.identity = Some(identity);
+            return;
+        }
+        let binary_sha256 = staged.binary_sha256.clone();
+        if installed.rejected.contains(&binary_sha256) {
+            self.emit(UpgradeEvent::Skipped {
+                identity,
+                reason: "the same binary was rejected before".into(),
+            });
+            return;
+        }
+        self.emit(UpgradeEvent::TestRunning {
+            identity: identity.clone(),
+        });
+        if let Err(e) = install::test_run(&staged.path, &self.args, self.cfg.test_run_timeout).await
+        {
+            return self.reject(installed, &key, &identity, Some(&binary_sha256), &e);
+        }
+        if let Some(veto) = &self.cfg.veto {
+            let info = crate::ReleaseInfo {
+                identity: identity.clone(),
+                sha256: binary_sha256.clone(),
+            };
+            if let Err(why) = veto(&info) {
+                return self.reject(
+                    installed,
+                    &key,
+                    &identity,
+                    Some(&binary_sha256),
+                    &InstallError::Vetoed(why),
+                );
+            }
+        }
+        self.emit(UpgradeEvent::Installing {
+            identity: identity.clone(),
+        });
+        let target = installed.target.clone();
+        let installed_now =
+            tokio::task::spawn_blocking(move || install::install(staged, &target)).await;
+        match installed_now {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.reject(installed, &key, &identity, Some(&binary_sha256), &e),
+            Err(e) => {
+                let e = InstallError::Io {
+                    what: "installing the new binary".into(),
+                    source: std::io::Error::other(e.to_string()),
+                };
+                return self.reject(installed, &key, &identity, Some(&binary_sha256), &e);
+            }
+        }
+
+        self.emit(UpgradeEvent::HandingOff {
+            identity: identity.clone(),
+        });
+        let (tx, rx) = oneshot::channel();
+        let reason = format!("release {identity}");
+        if self
+            .master
+            .send(Event::Restart {
+                reason,
+                reply: Some(tx),
+            })
+            .is_err()
+        {
+            return;
+        }
+        match rx.await {
+            Ok(RestartOutcome::Survived { generation, .. }) => {
+                installed.current.sha256 = binary_sha256;
+                installed.current.identity = Some(identity.clone());
+                installed.rejected.clear();
+                self.emit(UpgradeEvent::Upgraded {
+                    identity,
+                    generation,
+                });
+            }
+            Ok(RestartOutcome::Failed {
+                reason,
+                after_ready,
+            }) => {
+                self.roll_back(installed, &key, &identity, &binary_sha256, &reason)
+                    .await;
+                if after_ready {
+                    let reason = format!("rollback from release {identity}");
+                    let _ = self.master.send(Event::Restart {
+                        reason,
+                        reply: None,
+                    });
+                }
+            }
+            Err(_) => {
+                // A later restart superseded ours before it started; the binary on disk is
+                // the new one and that later restart runs it.
+                installed.current.sha256 = binary_sha256;
+                installed.current.identity = Some(identity);
+            }
+        }
+    }
+
+    async fn roll_back(
+        &self,
+        installed: &mut Installed,
+        key: &str,
+        identity: &str,
+        binary_sha256: &str,
+        reason: &str,
+    ) {
+        let target = installed.target.clone();
+        match tokio::task::spawn_blocking(move || install::rollback(&target)).await {
+            Ok(Ok(())) => tracing::warn!(%identity, %reason, "rolled back to the previous binary"),
+            Ok(Err(e)) => {
+                tracing::error!(%identity, error = %e, "could not restore the previous binary")
+            }
+            Err(e) => {
+                tracing::error!(%identity, error = %e, "could not restore the previous binary")
+            }
+        }
+        remember(&mut installed.rejected, key);
+        remember(&mut installed.rejected, binary_sha256);
+        self.emit(UpgradeEvent::RolledBack {
+            identity: identity.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn reject(
+        &self,
+        installed: &mut Installed,
+        key: &str,
+        identity: &str,
+        binary_sha256: Option<&str>,
+        error: &InstallError,
+    ) {
+        tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
+        remember(&mut installed.rejected, key);
+        if let Some(h) = binary_sha256 {
+            remember(&mut installed.rejected, h);
+        }
+        self.emit(UpgradeEvent::Rejected {
+            identity: identity.to_string(),
+            reason: error.to_string(),
+        });
+    }
+
+    fn emit(&self, event: UpgradeEvent) {
+        emit(&self.cfg.on_event, event);
+    }
+}
+
+fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
+    match &event {
+        // Every poll: only worth a line when debugging.
+        UpgradeEvent::Checking { .. } | UpgradeEvent::Downloading { .. } => {
+            tracing::debug!(%event, "upgrade")
+        }
+        UpgradeEvent::CheckFailed { .. }
+        | UpgradeEvent::Rejected { .. }
+        | UpgradeEvent::RolledBack { .. } => tracing::warn!(%event, "upgrade"),
+        _ => tracing::info!(%event, "upgrade"),
+    }
+    if let Some(hook) = hook {
+        hook(&event);
+    }
+}
+
+fn remember(rejected: &mut VecDeque<String>, key: &str) {
+    if !rejected.iter().any(|k| k == key) {
+        if rejected.len() == REJECTED_MEMORY {
+            rejected.pop_front();
+        }
+        rejected.push_back(key.to_string());
+    }
+}
+
+/// ±10 % so that a fleet started together does not poll together.
+fn jittered(d: Duration) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let unit = (h.finish() % 2001) as f64 / 1000.0 - 1.0; // in [-1, 1]
+    d.mul_f64(1.0 + 0.1 * unit)
+}
+
+fn error_backoff(errors: u32, interval: Duration) -> Duration {
+    let exp = Duration::from_secs(1).saturating_mul(1u32 << errors.min(10));
+    exp.min(MAX_ERROR_BACKOFF.max(interval))
+}
+
+/// Counts a release's bytes as they pass, for `Downloading` events.
+struct Progress {
+    inner: crate::fetch::ReleaseBody,
+    identity: String,
+    total: Option<u64>,
+    bytes: u64,
+    last_report: Instant,
+    hook: Option<EventHook>,
+}
+
+impl Progress {
+    fn new(
+        inner: crate::fetch::ReleaseBody,
+        identity: String,
+        total: Option<u64>,
+        hook: Option<EventHook>,
+    ) -> Self {
+        Progress {
+            inner,
+            identity,
+            total,
+            bytes: 0,
+            last_report: Instant::now(),
+            hook,
+        }
+    }
+
+    fn report(&mut self) {
+        self.last_report = Instant::now();
+        let event = UpgradeEvent::Downloading {
+            identity: self.identity.clone(),
+            bytes: self.bytes,
+            total: self.total,
+        };
+        tracing::debug!(%event, "upgrade");
+        if let Some(hook) = &self.hook {
+            hook(&event);
+        }
+    }
+}
+
+impl AsyncRead for Progress {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let n = (buf.filled().len() - before) as u64;
+            self.bytes += n;
+            if n == 0 || self.last_report.elapsed() >= Duration::from_millis(100) {
+                self.report();
+            }
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let j = jittered(Duration::from_secs(10));
+            assert!(
+                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
+                "{j:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_backoff_grows_and_is_capped() {
+        let i = Duration::from_secs(60);
+        assert_eq!(error_backoff(1, i), Duration::from_secs(2));
+        assert_eq!(error_backoff(3, i), Duration::from_secs(8));
+        assert_eq!(error_backoff(30, i), MAX_ERROR_BACKOFF);
+    }
+
+    #[test]
+    fn rejected_memory_is_bounded_and_deduplicated() {
+        let mut r = VecDeque::new();
+        for i in 0..(REJECTED_MEMORY + 10) {
+            remember(&mut r, &i.to_string());
+            remember(&mut r, &i.to_string());
+        }
+        assert_eq!(r.len(), REJECTED_MEMORY);
+        assert!(!r.contains(&"0".to_string()));
+    }
+}
