@@ -52,7 +52,14 @@ pub enum UpgradeEvent {
         /// The release.
         identity: String,
     },
-    /// The new worker became ready and served through its probation window.
+    /// The new worker is ready and serving; its probation window has begun.
+    Serving {
+        /// The release.
+        identity: String,
+        /// The new worker's generation.
+        generation: u64,
+    },
+    /// The new worker served through its probation window (or until a newer release replaced it).
     Upgraded {
         /// The release.
         identity: String,
@@ -115,11 +122,23 @@ impl fmt::Display for UpgradeEvent {
             UpgradeEvent::HandingOff { identity } => {
                 write!(f, "starting a worker from release {identity}")
             }
+            UpgradeEvent::Serving {
+                identity,
+                generation,
+            } => {
+                write!(
+                    f,
+                    "release {identity} is serving (generation {generation}), on probation"
+                )
+            }
             UpgradeEvent::Upgraded {
                 identity,
                 generation,
             } => {
-                write!(f, "release {identity} is serving (generation {generation})")
+                write!(
+                    f,
+                    "release {identity} passed probation (generation {generation})"
+                )
             }
             UpgradeEvent::Rejected { identity, reason } => {
                 write!(f, "release {identity} rejected: {reason}")

@@ -91,6 +91,15 @@ unsafe fn cloexec_from(first: RawFd) {
     }
 }
 
+/// In a forked child before exec: dispositions the master set to "ignore" would survive exec;
+/// a worker or test-run starts with the defaults. `signal` is async-signal-safe.
+pub(crate) fn restore_default_signals() {
+    // SAFETY: resetting a disposition to its default has no memory-safety requirements.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+    }
+}
+
 /// The most descriptors (listeners plus the control socket) one worker can inherit.
 pub(crate) const MAX_INHERITED_FDS: usize = 64;
 

@@ -217,6 +217,7 @@ impl ExecPlan {
         // SAFETY: plain syscalls on descriptor numbers and on pointers into `self`, which lives
         // until exec; all are async-signal-safe.
         unsafe {
+            crate::fds::restore_default_signals();
             if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }

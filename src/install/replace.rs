@@ -31,11 +31,17 @@ pub(crate) fn prev_path(target: &Path) -> PathBuf {
     with_suffix(target, ".prev")
 }
 
-/// Installs `staged` as `target`, keeping the current target as `<target>.prev`.
+/// Installs `staged` as `target`, keeping the current target as `<target>.prev` unless
+/// `keep_prev` says `.prev` already holds the binary to fall back to (the current one has not
+/// proven itself yet: `.prev` is always the last binary that did).
 ///
 /// On error the target is unchanged and the staged file is removed. `.prev` may already name the
 /// current binary then, which is harmless.
-pub(crate) fn install(mut staged: Staged, target: &Path) -> Result<(), InstallError> {
+pub(crate) fn install(
+    mut staged: Staged,
+    target: &Path,
+    keep_prev: bool,
+) -> Result<(), InstallError> {
     let shown = target.display();
     let current = match fs::metadata(target) {
         Ok(meta) => Some(meta),
@@ -48,7 +54,7 @@ pub(crate) fn install(mut staged: Staged, target: &Path) -> Result<(), InstallEr
     File::open(&staged.path)
         .and_then(|f| f.sync_all())
         .map_err(|e| InstallError::io(format!("flushing {}", staged.path.display()), e))?;
-    if let Some(meta) = &current {
+    if let Some(meta) = current.as_ref().filter(|_| !keep_prev) {
         keep_previous(target, meta)?;
     }
     retry_busy(|| fs::rename(&staged.path, target))

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{CrashPolicy, MasterConfig};
@@ -126,15 +126,22 @@ pub(crate) enum Event {
     BackoffElapsed,
     Restart {
         reason: String,
-        reply: Option<oneshot::Sender<RestartOutcome>>,
+        reply: Option<Reply>,
     },
 }
 
-/// How a restart asked for with a reply ended: the install pipeline rolls back on `Failed`.
+/// Where the master reports how a restart goes: `Ready`, then `Survived` or `Failed`; or only
+/// `Failed`. Two messages, so that the pipeline can take the next release while this one is on
+/// probation.
+pub(crate) type Reply = tokio::sync::mpsc::UnboundedSender<RestartOutcome>;
+
+/// How a restart asked for with a reply goes: the install pipeline rolls back on `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RestartOutcome {
-    /// The new worker became ready and served through the probation window (or was itself
-    /// replaced by a later restart before the window ended).
+    /// The new worker is ready and serving; its probation window has begun.
+    Ready { generation: u64, pid: u32 },
+    /// The new worker served through the probation window (or was itself replaced or stopped
+    /// after it became ready, before the window ended).
     Survived { generation: u64, pid: u32 },
     /// The new worker never became ready, or exited during probation. When `after_ready` is
     /// set, nobody is serving: the master waits for the pipeline to restart after its rollback
@@ -151,13 +158,20 @@ struct Worker {
     /// Why the master killed it, for the log line when its exit is reaped.
     killed_because: Option<String>,
     /// Who waits to hear whether this worker made it through readiness and probation.
-    reply: Option<oneshot::Sender<RestartOutcome>>,
+    reply: Option<Reply>,
     reader: JoinHandle<()>,
 }
 
 impl Worker {
+    /// Sends `outcome` to whoever asked for this worker; after a final outcome nobody is left.
     fn report(&mut self, outcome: RestartOutcome) {
-        if let Some(reply) = self.reply.take() {
+        let last = !matches!(outcome, RestartOutcome::Ready { .. });
+        let reply = if last {
+            self.reply.take()
+        } else {
+            self.reply.clone()
+        };
+        if let Some(reply) = reply {
             let _ = reply.send(outcome);
         }
     }
@@ -187,7 +201,7 @@ struct Master {
     /// A restart was asked for while another was under way or too many workers drained.
     restart_queued: bool,
     /// The reply of a queued restart, handed to the worker the queued restart starts.
-    queued_reply: Option<oneshot::Sender<RestartOutcome>>,
+    queued_reply: Option<Reply>,
     crash_streak: u32,
     stopping: Option<Stopping>,
     /// Wakes every fetcher's poll loop: a worker asked for a check.
@@ -203,6 +217,10 @@ impl Master {
         }
         let (events, rx) = mpsc::unbounded_channel();
         signals::install(cfg.restart_signal, &events)?;
+        // A full disk or a file-size limit must fail the release's write with EFBIG, not kill
+        // the master; children get the default back before exec.
+        // SAFETY: setting a signal's disposition to ignore has no memory-safety requirements.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
         tracing::info!(
             pid = launch.master_pid,
             program = %launch.program.display(),
@@ -291,7 +309,7 @@ impl Master {
         idle.then_some(stop.exit_code)
     }
 
-    fn start_worker(&mut self, reason: &str, reply: Option<oneshot::Sender<RestartOutcome>>) {
+    fn start_worker(&mut self, reason: &str, reply: Option<Reply>) {
         let generation = self.next_generation;
         self.next_generation += 1;
         let spawned = match self.launch.spawn(generation, &self.sockets) {
@@ -338,7 +356,7 @@ impl Master {
         });
     }
 
-    fn request_restart(&mut self, reason: &str, reply: Option<oneshot::Sender<RestartOutcome>>) {
+    fn request_restart(&mut self, reason: &str, reply: Option<Reply>) {
         if self.stopping.is_some() {
             tracing::info!(reason, "not restarting: the master is stopping");
             if let Some(reply) = reply {
@@ -383,6 +401,8 @@ impl Master {
         new.ready_at = Some(Instant::now());
         tracing::info!(generation, pid = %new.pid, startup = ?new.started.elapsed(), "worker ready");
         if new.reply.is_some() {
+            let pid = new.pid.as_raw() as u32;
+            new.report(RestartOutcome::Ready { generation, pid });
             self.after(self.cfg.probation, Event::ProbationOver { generation });
         }
         if let Some(old) = self.serving.replace(new) {
@@ -412,9 +432,18 @@ impl Master {
 
     fn drain(&mut self, mut worker: Worker, why: &str) {
         tracing::info!(generation = worker.generation, pid = %worker.pid, why, "worker draining");
-        // Replaced or stopped while still on probation: it did not fail.
+        // Replaced or stopped while on probation, it did not fail; stopped before it was even
+        // ready, it did not succeed either.
         let (generation, pid) = (worker.generation, worker.pid.as_raw() as u32);
-        worker.report(RestartOutcome::Survived { generation, pid });
+        if worker.ready_at.is_some() {
+            worker.report(RestartOutcome::Survived { generation, pid });
+        } else {
+            let reason = format!("stopped before it was ready ({why})");
+            worker.report(RestartOutcome::Failed {
+                reason,
+                after_ready: false,
+            });
+        }
         // A fresh socket's buffer always takes six bytes; if not, SIGTERM says the same thing.
         if worker.control.try_write(DRAIN_LINE).ok() != Some(DRAIN_LINE.len()) {
             let _ = kill(worker.pid, Signal::SIGTERM);

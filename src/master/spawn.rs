@@ -90,6 +90,7 @@ impl Launch {
         unsafe {
             cmd.pre_exec(move || {
                 plan.apply_in_child()?;
+                crate::fds::restore_default_signals();
                 stop_with_parent(master_pid)
             });
         }

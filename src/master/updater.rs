@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{mpsc::UnboundedSender, oneshot, Mutex, Notify};
+use tokio::sync::{mpsc, mpsc::UnboundedSender, Mutex, Notify};
 
 use super::{Event, RestartOutcome};
 use crate::events::UpgradeEvent;
@@ -47,6 +47,16 @@ struct Installed {
     current: Current,
     /// Identities and binary hashes of releases that were rejected or rolled back.
     rejected: VecDeque<String>,
+    /// The hash of the installed binary while it is on probation: installing over it keeps
+    /// `.prev`, which must stay the last binary that proved itself.
+    on_probation: Option<String>,
+}
+
+/// A release from the moment it is installed: what to remember if it fails.
+struct Candidate {
+    key: String,
+    identity: String,
+    binary_sha256: String,
 }
 
 pub(crate) struct Updater {
@@ -112,7 +122,7 @@ impl Updater {
         }
     }
 
-    async fn check_once(&self, fetcher: &mut dyn Fetcher) -> Result<(), FetchError> {
+    async fn check_once(self: &Arc<Self>, fetcher: &mut dyn Fetcher) -> Result<(), FetchError> {
         let mut guard = self.installed.lock().await;
         let installed = match guard.as_mut() {
             Some(i) => i,
@@ -153,10 +163,11 @@ impl Updater {
                 version: self.cfg.version.clone(),
             },
             rejected: VecDeque::new(),
+            on_probation: None,
         })
     }
 
-    async fn upgrade(&self, installed: &mut Installed, mut release: Release) {
+    async fn upgrade(self: &Arc<Self>, installed: &mut Installed, mut release: Release) {
         let identity = release.identity.clone();
         // The expected checksum is part of what was refused: a sidecar corrected after the
         // binary was published makes a new candidate, the same pair stays refused.
@@ -225,8 +236,9 @@ impl Updater {
             identity: identity.clone(),
         });
         let target = installed.target.clone();
+        let keep_prev = installed.on_probation.is_some();
         let installed_now =
-            tokio::task::spawn_blocking(move || install::install(staged, &target)).await;
+            tokio::task::spawn_blocking(move || install::install(staged, &target, keep_prev)).await;
         match installed_now {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return self.reject(installed, &key, &identity, Some(&binary_sha256), &e),
@@ -242,7 +254,7 @@ impl Updater {
         self.emit(UpgradeEvent::HandingOff {
             identity: identity.clone(),
         });
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let reason = format!("release {identity}");
         if self
             .master
@@ -254,47 +266,104 @@ impl Updater {
         {
             return;
         }
-        match rx.await {
-            Ok(RestartOutcome::Survived { generation, .. }) => {
-                installed.current.sha256 = binary_sha256;
-                installed.current.identity = Some(identity.clone());
-                installed.rejected.clear();
-                self.emit(UpgradeEvent::Upgraded {
-                    identity,
+        let candidate = Candidate {
+            key,
+            identity,
+            binary_sha256,
+        };
+        match rx.recv().await {
+            Some(RestartOutcome::Ready { generation, .. })
+            | Some(RestartOutcome::Survived { generation, .. }) => {
+                let previous = std::mem::replace(
+                    &mut installed.current.sha256,
+                    candidate.binary_sha256.clone(),
+                );
+                installed.current.identity = Some(candidate.identity.clone());
+                installed.on_probation = Some(candidate.binary_sha256.clone());
+                self.emit(UpgradeEvent::Serving {
+                    identity: candidate.identity.clone(),
                     generation,
                 });
+                // Probation is watched without the lock: the next release need not wait for it.
+                tokio::spawn(self.clone().watch_probation(rx, candidate, previous));
             }
-            Ok(RestartOutcome::Failed {
+            Some(RestartOutcome::Failed {
                 reason,
                 after_ready,
             }) => {
-                self.roll_back(installed, &key, &identity, &binary_sha256, &reason)
+                self.roll_back(installed, &candidate, &reason, after_ready)
                     .await;
-                if after_ready {
-                    let reason = format!("rollback from release {identity}");
-                    let _ = self.master.send(Event::Restart {
-                        reason,
-                        reply: None,
-                    });
-                }
             }
-            Err(_) => {
+            None => {
                 // A later restart superseded ours before it started; the binary on disk is
                 // the new one and that later restart runs it.
-                installed.current.sha256 = binary_sha256;
-                installed.current.identity = Some(identity);
+                installed.current.sha256 = candidate.binary_sha256;
+                installed.current.identity = Some(candidate.identity);
             }
         }
     }
 
+    /// Waits for the end of a serving release's probation; rolls back if it failed and is still
+    /// what is installed.
+    async fn watch_probation(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<RestartOutcome>,
+        candidate: Candidate,
+        previous_sha256: String,
+    ) {
+        let outcome = rx.recv().await;
+        let mut guard = self.installed.lock().await;
+        let Some(installed) = guard.as_mut() else {
+            return;
+        };
+        let still_installed = installed.current.sha256 == candidate.binary_sha256;
+        if still_installed {
+            installed.on_probation = None;
+        }
+        match outcome {
+            Some(RestartOutcome::Failed {
+                reason,
+                after_ready,
+            }) if still_installed => {
+                self.roll_back(installed, &candidate, &reason, after_ready)
+                    .await;
+                installed.current.sha256 = previous_sha256;
+                installed.current.identity = None;
+            }
+            Some(RestartOutcome::Failed { reason, .. }) => {
+                // A newer release replaced it already; only remember not to try it again.
+                remember(&mut installed.rejected, &candidate.key);
+                remember(&mut installed.rejected, &candidate.binary_sha256);
+                let reason = format!("{reason} (already replaced by a newer release)");
+                self.emit(UpgradeEvent::Rejected {
+                    identity: candidate.identity,
+                    reason,
+                });
+            }
+            Some(RestartOutcome::Survived { generation, .. }) => {
+                self.emit(UpgradeEvent::Upgraded {
+                    identity: candidate.identity,
+                    generation,
+                });
+            }
+            Some(RestartOutcome::Ready { .. }) | None => {}
+        }
+    }
+
+    /// Restores the last proven binary; when nobody serves any more (the release failed after it
+    /// became ready), starts a worker from it.
     async fn roll_back(
         &self,
         installed: &mut Installed,
-        key: &str,
-        identity: &str,
-        binary_sha256: &str,
+        candidate: &Candidate,
         reason: &str,
+        restart: bool,
     ) {
+        let (key, identity, binary_sha256) = (
+            &candidate.key,
+            &candidate.identity,
+            &candidate.binary_sha256,
+        );
         let target = installed.target.clone();
         match tokio::task::spawn_blocking(move || install::rollback(&target)).await {
             Ok(Ok(())) => tracing::warn!(%identity, %reason, "rolled back to the previous binary"),
@@ -311,6 +380,13 @@ impl Updater {
             identity: identity.to_string(),
             reason: reason.to_string(),
         });
+        if restart {
+            let reason = format!("rollback from release {identity}");
+            let _ = self.master.send(Event::Restart {
+                reason,
+                reply: None,
+            });
+        }
     }
 
     fn reject(

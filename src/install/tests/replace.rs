@@ -23,23 +23,35 @@ fn install_keeps_the_previous_binary_and_its_mode() {
     let dir = TempDir::new("install");
     let target = dir.exe("app", b"old binary");
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o750)).unwrap();
-    install(staged(&dir, b"new binary"), &target).unwrap();
+    install(staged(&dir, b"new binary"), &target, false).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"new binary");
     assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"old binary");
     assert_eq!(mode(&target), 0o750);
     assert_eq!(dir.names(), ["app", "app.prev"]);
 
-    install(staged(&dir, b"newer binary"), &target).unwrap();
+    install(staged(&dir, b"newer binary"), &target, false).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"newer binary");
     assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"new binary");
     assert_eq!(dir.names(), ["app", "app.prev"]);
 }
 
 #[test]
+fn installing_over_an_unproven_binary_keeps_the_last_proven_one_as_prev() {
+    let dir = TempDir::new("keep-prev");
+    let target = dir.exe("app", b"proven");
+    install(staged(&dir, b"on probation"), &target, false).unwrap();
+    install(staged(&dir, b"newest"), &target, true).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"newest");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"proven");
+    rollback(&target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"proven");
+}
+
+#[test]
 fn rollback_restores_the_previous_binary_and_can_be_installed_over_again() {
     let dir = TempDir::new("rollback");
     let target = dir.exe("app", b"v1");
-    install(staged(&dir, b"v2"), &target).unwrap();
+    install(staged(&dir, b"v2"), &target, false).unwrap();
     rollback(&target).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"v1");
     assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v1");
@@ -48,7 +60,7 @@ fn rollback_restores_the_previous_binary_and_can_be_installed_over_again() {
     assert_eq!(dir.names(), ["app", "app.prev"]);
 
     // After a rollback target and .prev are one file; the next install must still work.
-    install(staged(&dir, b"v3"), &target).unwrap();
+    install(staged(&dir, b"v3"), &target, false).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"v3");
     assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v1");
     assert_eq!(dir.names(), ["app", "app.prev"]);
@@ -73,7 +85,7 @@ fn through_a_symlink_the_link_stays_and_names_the_new_content() {
     let target = resolve_target(&link).unwrap();
     assert_eq!(target, std::fs::canonicalize(&real).unwrap());
     assert_eq!(resolve_target(&real).unwrap(), real);
-    install(staged(&dir, b"new"), &target).unwrap();
+    install(staged(&dir, b"new"), &target, false).unwrap();
     assert_eq!(
         std::fs::read_link(&link).unwrap(),
         std::path::Path::new("releases/app")
@@ -89,7 +101,7 @@ fn failed_install_leaves_the_target_and_removes_the_staged_file() {
     // A directory where .prev.tmp must go makes keeping the previous binary fail.
     std::fs::create_dir(dir.path().join("app.prev.tmp")).unwrap();
     std::fs::write(dir.path().join("app.prev.tmp/x"), b"").unwrap();
-    let err = install(staged(&dir, b"new"), &target).unwrap_err();
+    let err = install(staged(&dir, b"new"), &target, false).unwrap_err();
     assert!(err.to_string().contains("app.prev.tmp"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"old");
     assert_eq!(dir.names(), ["app", "app.prev.tmp"]);
@@ -115,7 +127,7 @@ fn the_target_never_disappears_during_installs() {
         })
     };
     for i in 1..=200 {
-        install(staged(&dir, format!("v{i}").as_bytes()), &target).unwrap();
+        install(staged(&dir, format!("v{i}").as_bytes()), &target, false).unwrap();
     }
     stop.store(true, Ordering::Relaxed);
     let opened = reader.join().expect("the reader saw the target missing");
