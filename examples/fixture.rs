@@ -7,6 +7,7 @@
 //! ```text
 //! fixture --listen 127.0.0.1:8080 [--listen /tmp/s.sock] [--behavior-file PATH]
 //!         [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]
+//!         [--watch PATH] [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]
 //! ```
 //!
 //! With `--starts-file`, each worker appends `<pid> <generation> <behavior>` to that file as its
@@ -33,7 +34,7 @@ use axum::Router;
 const USAGE: &str =
     "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] [--watch PATH] \
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
-[--probation-ms N] [--test-run-timeout-ms N]";
+[--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -46,6 +47,8 @@ struct Args {
     watch: Option<PathBuf>,
     probation_ms: Option<u64>,
     test_run_timeout_ms: Option<u64>,
+    /// A `minisign.pub` file (or a bare base64 key): releases must be signed by it.
+    minisign_pubkey: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "--watch" => args.watch = Some(PathBuf::from(value()?)),
             "--probation-ms" => args.probation_ms = Some(number(value()?)?),
             "--test-run-timeout-ms" => args.test_run_timeout_ms = Some(number(value()?)?),
+            "--minisign-pubkey" => args.minisign_pubkey = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -207,6 +211,15 @@ fn main() -> ExitCode {
     }
     if let Some(ms) = args.test_run_timeout_ms {
         upgrader = upgrader.test_run_timeout(Duration::from_millis(ms));
+    }
+    if let Some(path) = &args.minisign_pubkey {
+        match std::fs::read_to_string(path) {
+            Ok(text) => upgrader = upgrader.minisign_public_key(text),
+            Err(e) => {
+                eprintln!("fixture: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
     }
     if let Some(ms) = args.backoff_ms {
         upgrader =

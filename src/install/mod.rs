@@ -23,7 +23,7 @@ mod tests;
 use std::io;
 use std::time::Duration;
 
-pub(crate) use replace::{file_sha256, install, resolve_target, rollback};
+pub(crate) use replace::{file_sha256, install, resolve_target, rollback, sweep_leftovers};
 pub(crate) use stage::{stage, StageOptions, Staged};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
 
@@ -129,6 +129,13 @@ pub enum InstallError {
 }
 
 impl InstallError {
+    /// Whether the release itself is at fault, so that trying the same bytes again would fail
+    /// the same way. A write error (disk full, file-size limit) is the machine's: once there is
+    /// room, the same release should be tried again.
+    pub fn is_release_fault(&self) -> bool {
+        !matches!(self, InstallError::Io { .. })
+    }
+
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
         InstallError::Io {
             what: what.into(),

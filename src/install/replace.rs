@@ -234,3 +234,68 @@ impl Drop for Leftover<'_> {
         let _ = fs::remove_file(self.0);
     }
 }
+
+/// How old a `.prev.tmp` or rollback temp must be before a sweep takes it for a crash's leftover
+/// rather than the work of a master that is installing right now.
+const LEFTOVER_AGE: Duration = Duration::from_secs(60);
+
+/// Removes what a master killed mid-upgrade left beside `target`: staged releases of processes
+/// that no longer exist, and stale `.prev.tmp` / rollback temps. Returns how many were removed.
+/// Failures are logged; a sweep never stops an upgrade.
+pub(crate) fn sweep_leftovers(target: &Path) -> usize {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return 0;
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let name = name.to_string_lossy();
+    let staged_prefix = format!(".{name}.upshift-");
+    let rollback_prefix = format!("{name}.rollback-");
+    let prev_tmp = format!("{name}.prev.tmp");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let stale = if let Some(rest) = file_name.strip_prefix(&staged_prefix) {
+            // `.<name>.upshift-<pid>-<random>.tmp`: stale once its writer is gone.
+            rest.ends_with(".tmp")
+                && rest
+                    .split('-')
+                    .next()
+                    .and_then(|pid| pid.parse::<i32>().ok())
+                    .is_some_and(|pid| pid as u32 != std::process::id() && !process_exists(pid))
+        } else if file_name.starts_with(&rollback_prefix) && file_name.ends_with(".tmp")
+            || file_name == prev_tmp
+        {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= LEFTOVER_AGE)
+        } else {
+            false
+        };
+        if stale {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(path = %path.display(), "removed a leftover of an interrupted upgrade");
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover of an interrupted upgrade"),
+            }
+        }
+    }
+    removed
+}
+
+fn process_exists(pid: i32) -> bool {
+    // Signal 0 checks existence; EPERM means it exists but is not ours.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}

@@ -144,6 +144,7 @@ impl Updater {
         let invoked = self.invoked.clone();
         let found = tokio::task::spawn_blocking(move || {
             let target = install::resolve_target(&invoked)?;
+            install::sweep_leftovers(&target);
             let sha256 = install::file_sha256(&target)?;
             Ok::<_, std::io::Error>((target, sha256))
         })
@@ -169,9 +170,9 @@ impl Updater {
 
     async fn upgrade(self: &Arc<Self>, installed: &mut Installed, mut release: Release) {
         let identity = release.identity.clone();
-        // The expected checksum is part of what was refused: a sidecar corrected after the
-        // binary was published makes a new candidate, the same pair stays refused.
-        let key = format!("{identity}#{}", release.sha256.as_deref().unwrap_or("-"));
+        // What vouches for the bytes is part of what was refused: a sidecar or signature
+        // corrected after the binary was published makes a new candidate.
+        let key = rejection_key(&release);
         if installed.rejected.contains(&key) {
             tracing::debug!(%identity, "release was rejected before; not trying it again");
             return;
@@ -398,9 +399,11 @@ impl Updater {
         error: &InstallError,
     ) {
         tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
-        remember(&mut installed.rejected, key);
-        if let Some(h) = binary_sha256 {
-            remember(&mut installed.rejected, h);
+        if error.is_release_fault() {
+            remember(&mut installed.rejected, key);
+            if let Some(h) = binary_sha256 {
+                remember(&mut installed.rejected, h);
+            }
         }
         self.emit(UpgradeEvent::Rejected {
             identity: identity.to_string(),
@@ -427,6 +430,17 @@ fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
     if let Some(hook) = hook {
         hook(&event);
     }
+}
+
+fn rejection_key(release: &Release) -> String {
+    use sha2::Digest;
+    let signature = release
+        .signature
+        .as_deref()
+        .map(|s| hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8]))
+        .unwrap_or_else(|| "-".into());
+    let sha256 = release.sha256.as_deref().unwrap_or("-");
+    format!("{}#{sha256}#{signature}", release.identity)
 }
 
 fn remember(rejected: &mut VecDeque<String>, key: &str) {

@@ -5,6 +5,9 @@
 //! lock are for `zero_downtime`, fd counting and `--starts-file` reading for `process_model`, ...),
 //! dead code is allowed on that module, so a crate is not warned about another crate's tools.
 
+// The fetcher conformance suite; used by the `*_fetcher_conformance` crates only.
+#[allow(dead_code)]
+pub mod conformance;
 mod examples;
 #[allow(dead_code)]
 mod http_client;
@@ -24,4 +27,6 @@ pub use http_client::*;
 pub use load::*;
 pub use procfs::*;
 pub use sandbox::*;
+// Not used by the fetcher conformance crates, which start no server.
+#[allow(unused_imports)]
 pub use server::*;

@@ -85,6 +85,28 @@ impl Master {
         envs: &[(&str, &str)],
         extra_fds: &[ExtraFd<'_>],
     ) -> Master {
+        Master::spawn_inner(program, args, envs, extra_fds, None)
+    }
+
+    /// Like [`Master::spawn`], with the server's file-size limit (`RLIMIT_FSIZE`, soft) set to
+    /// `max_file_bytes`: writing past it fails with `EFBIG` (or raises `SIGXFSZ`), as on a full
+    /// or quota-limited disk. Inherited by everything the server starts.
+    pub fn spawn_with_fsize_limit(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        max_file_bytes: u64,
+    ) -> Master {
+        Master::spawn_inner(program, args, envs, &[], Some(max_file_bytes))
+    }
+
+    fn spawn_inner(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        extra_fds: &[ExtraFd<'_>],
+        fsize_limit: Option<u64>,
+    ) -> Master {
         for (i, e) in extra_fds.iter().enumerate() {
             let source = e.source.as_raw_fd();
             // One pass of dup2 in the child must not overwrite a source before it is copied.
@@ -137,6 +159,9 @@ impl Master {
                 mark_fds_cloexec_from(3);
                 for &(source, target) in &extra {
                     inherit_fd_at(source, target)?;
+                }
+                if let Some(limit) = fsize_limit {
+                    limit_file_size(limit)?;
                 }
                 Ok(())
             });
@@ -360,6 +385,26 @@ fn inherit_fd_at(source: RawFd, target: RawFd) -> io::Result<()> {
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lowers the soft `RLIMIT_FSIZE` to `bytes` (never above the hard limit). Runs between fork and
+/// exec: raw syscalls only.
+fn limit_file_size(bytes: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim.rlim_cur = (bytes as libc::rlim_t).min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{sha256_hex, TempDir};
 use crate::install::replace::prev_path;
-use crate::install::{file_sha256, install, resolve_target, rollback, Staged};
+use crate::install::{file_sha256, install, resolve_target, rollback, sweep_leftovers, Staged};
 
 fn staged(dir: &TempDir, content: &[u8]) -> Staged {
     let path = dir.exe(
@@ -142,4 +142,19 @@ fn file_sha256_streams_a_file() {
     let data = vec![42u8; 200_000];
     let path = dir.exe("f", &data);
     assert_eq!(file_sha256(&path).unwrap(), sha256_hex(&data));
+}
+
+#[test]
+fn sweep_removes_what_a_dead_master_left_and_nothing_else() {
+    let dir = TempDir::new("sweep");
+    let target = dir.exe("app", b"binary");
+    // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
+    let dead = dir.exe(".app.upshift-99999999-0123456789abcdef.tmp", b"partial");
+    let mine = dir.exe(&format!(".app.upshift-{}-fedcba9876543210.tmp", std::process::id()), b"mine");
+    let other_app = dir.exe(".other.upshift-99999999-0123456789abcdef.tmp", b"not ours");
+    let fresh_prev_tmp = dir.exe("app.prev.tmp", b"in progress");
+    assert_eq!(sweep_leftovers(&target), 1);
+    assert!(!dead.exists(), "a dead master's staged file must go");
+    assert!(mine.exists() && other_app.exists() && target.exists());
+    assert!(fresh_prev_tmp.exists(), "a recent .prev.tmp may belong to an install under way");
 }
