@@ -1,4 +1,4 @@
-//! The fetcher conformance suite (`tests/common/conformance.rs`) against [`FileFetcher`]: the
+//! The fetcher conformance suite (crate `upshift-fetcher-conformance`) against [`FileFetcher`]: the
 //! source is a file in a private temp dir, published the way a deploy script should (side file
 //! first, then the build written to a temporary name and renamed into place).
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::conformance::{Failure, Source};
+use upshift_fetcher_conformance::{Failure, Source};
 use common::TestDir;
 use upshift::fetch::{Fetcher, FileFetcher};
 
@@ -109,7 +109,7 @@ impl Source for FileSource {
     }
 }
 
-fetcher_conformance_tests!(FileSource::new());
+upshift_fetcher_conformance::fetcher_conformance_tests!(FileSource::new());
 
 /// The suite's own sanity: a check that must fail does fail against a source that lies. Here the
 /// source claims to publish but writes a different file, so `published_release_reads_back_exactly`
@@ -147,7 +147,7 @@ async fn suite_catches_a_source_that_serves_other_bytes() {
     }
     let outcome = tokio::spawn(async {
         let src = Lying(FileSource::new());
-        common::conformance::published_release_reads_back_exactly(&src).await;
+        upshift_fetcher_conformance::published_release_reads_back_exactly(&src).await;
     })
     .await;
     let err = outcome.expect_err("the suite accepted a source that serves other bytes");

@@ -5,9 +5,6 @@
 //! lock are for `zero_downtime`, fd counting and `--starts-file` reading for `process_model`, ...),
 //! dead code is allowed on that module, so a crate is not warned about another crate's tools.
 
-// The fetcher conformance suite; used by the `*_fetcher_conformance` crates only.
-#[allow(dead_code)]
-pub mod conformance;
 mod examples;
 #[allow(dead_code)]
 mod http_client;

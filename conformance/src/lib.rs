@@ -9,15 +9,15 @@
 //!
 //! # Plugging in a backend
 //!
-//! 1. Create `tests/<backend>_fetcher_conformance.rs` with `mod common;` and a type that owns the
-//!    source (its temp dir or server) and implements [`Source`]. Return `false` / `None` from the
+//! 1. Add `upshift-fetcher-conformance` (this crate, in the workspace) to the backend's
+//!    dev-dependencies, create `tests/conformance.rs` with a type that owns the source (its temp
+//!    dir or server) and implements [`Source`]. Return `false` / `None` from the
 //!    optional methods the backend cannot express; the checks then say so and skip that part.
 //! 2. Invoke the macro at the crate root, with an expression that builds a fresh source (it is
 //!    evaluated inside each `#[tokio::test]`, so it may `.await`):
 //!
 //!    ```ignore
-//!    mod common;
-//!    crate::fetcher_conformance_tests!(MySource::start().await);
+//!    upshift_fetcher_conformance::fetcher_conformance_tests!(MySource::start().await);
 //!    ```
 //!
 //!    That defines one `#[tokio::test]` per check, named after it. Or call the `pub async fn`
@@ -561,7 +561,7 @@ macro_rules! fetcher_conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let source = $make;
-                $crate::common::conformance::$check(&source).await;
+                $crate::$check(&source).await;
             }
         )*
     };
