@@ -12,6 +12,9 @@ mod http_client;
 mod load;
 #[allow(dead_code)]
 mod procfs;
+// Only the release_* crates run releases through the master.
+#[allow(dead_code)]
+mod release_rig;
 #[allow(dead_code)]
 mod sandbox;
 #[allow(dead_code)]
@@ -23,6 +26,8 @@ pub use http_client::*;
 #[allow(unused_imports)]
 pub use load::*;
 pub use procfs::*;
+#[allow(unused_imports)]
+pub use release_rig::*;
 pub use sandbox::*;
 // Not used by the fetcher conformance crates, which start no server.
 #[allow(unused_imports)]
