@@ -1,0 +1,221 @@
+//! GET requests: redirects followed by hand (so that configured headers never leave the release
+//! URL's origin), statuses classified, errors naming the URL.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue, LOCATION};
+use reqwest::{Response, StatusCode, Url};
+use tokio::time::Instant;
+use upshift::fetch::FetchError;
+
+use crate::body::Validators;
+use crate::meta::{self, redact};
+
+/// The most redirects followed for one request (reqwest's default limit too).
+const MAX_REDIRECTS: usize = 10;
+
+pub(crate) struct Getter<'a> {
+    pub(crate) client: reqwest::Client,
+    /// The release URL: configured headers go only to its origin.
+    pub(crate) origin: &'a Url,
+    pub(crate) headers: &'a [(HeaderName, HeaderValue)],
+}
+
+/// The answer to the release `GET`.
+#[allow(clippy::large_enum_variant)] // one per check, moved once: boxing would buy nothing
+pub(crate) enum Got {
+    NotModified,
+    Missing,
+    /// `200`, and the URL that answered (after redirects).
+    Ok(Response, Url),
+}
+
+/// A small document: checksum or signature.
+pub(crate) enum Doc {
+    NotModified,
+    Missing,
+    Found {
+        text: String,
+        validators: Validators,
+    },
+}
+
+/// `GET <requested>`, and ` (redirected to <final>)` when it was.
+fn describe(requested: &Url, at: &Url) -> String {
+    match requested == at {
+        true => format!("GET {}", redact(requested)),
+        false => format!("GET {} (redirected to {})", redact(requested), redact(at)),
+    }
+}
+
+fn send_error(what: &str, e: reqwest::Error, timeout: Duration) -> FetchError {
+    if e.is_timeout() {
+        return FetchError::Source(format!("{what}: timed out (limit {timeout:?})"));
+    }
+    let kind = meta::io_kind(&e);
+    let chain = meta::error_chain(&e.without_url());
+    match kind {
+        Some(kind) => FetchError::Io {
+            what: what.to_string(),
+            source: std::io::Error::new(kind, chain),
+        },
+        None => FetchError::Source(format!("{what}: {chain}")),
+    }
+}
+
+impl Getter<'_> {
+    /// Sends `GET url` (conditional on `validators`) and follows redirects, all within `timeout`
+    /// (which keeps running while the caller reads the body). Configured headers are sent while
+    /// every URL so far is of the release URL's origin.
+    async fn send(
+        &self,
+        url: &Url,
+        validators: Option<&Validators>,
+        timeout: Duration,
+    ) -> Result<(Response, Url), FetchError> {
+        let deadline = Instant::now() + timeout;
+        let mut at = url.clone();
+        let mut trusted = meta::same_origin(url, self.origin);
+        for hop in 0..=MAX_REDIRECTS {
+            let what = describe(url, &at);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FetchError::Source(format!(
+                    "{what}: timed out (limit {timeout:?})"
+                )));
+            }
+            let mut req = self.client.get(at.clone()).timeout(left);
+            if trusted {
+                for (name, value) in self.headers {
+                    req = req.header(name.clone(), value.clone());
+                }
+            }
+            if let Some(v) = validators {
+                req = v.apply(req);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| send_error(&what, e, timeout))?;
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok((resp, at));
+            }
+            let Some(location) = resp.headers().get(LOCATION) else {
+                return Ok((resp, at)); // a 3xx without a target: classified as a bad status
+            };
+            let next = location
+                .to_str()
+                .ok()
+                .and_then(|l| at.join(l).ok())
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    FetchError::Source(format!(
+                        "{what}: HTTP {} redirects to an invalid or non-HTTP location",
+                        resp.status()
+                    ))
+                })?;
+            if hop == MAX_REDIRECTS {
+                return Err(FetchError::Source(format!(
+                    "{what}: more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            trusted = trusted && meta::same_origin(&next, self.origin);
+            tracing::debug!(
+                from = %redact(&at),
+                to = %redact(&next),
+                status = resp.status().as_u16(),
+                headers_sent = trusted,
+                "following a redirect"
+            );
+            at = next;
+        }
+        // The loop returns on every path: its last round either answers or errs.
+        Err(FetchError::Source(format!(
+            "{}: more than {MAX_REDIRECTS} redirects",
+            describe(url, &at)
+        )))
+    }
+
+    /// The release file: `304` (when conditional), `404`/`410`, or `200` with its body unread.
+    pub(crate) async fn release(
+        &self,
+        url: &Url,
+        validators: Option<&Validators>,
+        timeout: Duration,
+    ) -> Result<Got, FetchError> {
+        let (resp, at) = self.send(url, validators, timeout).await?;
+        match classify(&resp, url, &at, validators.is_some())? {
+            Class::NotModified => Ok(Got::NotModified),
+            Class::Missing => Ok(Got::Missing),
+            Class::Ok => Ok(Got::Ok(resp, at)),
+        }
+    }
+
+    /// A small text document, read whole (at most `limit` bytes) within `timeout`.
+    pub(crate) async fn small_doc(
+        &self,
+        url: &Url,
+        validators: Option<&Validators>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Doc, FetchError> {
+        let (mut resp, at) = self.send(url, validators, timeout).await?;
+        match classify(&resp, url, &at, validators.is_some())? {
+            Class::NotModified => return Ok(Doc::NotModified),
+            Class::Missing => return Ok(Doc::Missing),
+            Class::Ok => {}
+        }
+        let what = describe(url, &at);
+        let validators = Validators::of(resp.headers());
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > limit {
+                        return Err(FetchError::Source(format!(
+                            "{what}: larger than {limit} bytes; not a checksum or signature file"
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(send_error(&format!("{what}: reading the body"), e, timeout)),
+            }
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| FetchError::Source(format!("{what}: not UTF-8 text")))?;
+        Ok(Doc::Found { text, validators })
+    }
+}
+
+enum Class {
+    NotModified,
+    Missing,
+    Ok,
+}
+
+fn classify(resp: &Response, url: &Url, at: &Url, conditional: bool) -> Result<Class, FetchError> {
+    let status = resp.status();
+    match status {
+        StatusCode::OK => Ok(Class::Ok),
+        StatusCode::NOT_MODIFIED if conditional => Ok(Class::NotModified),
+        StatusCode::NOT_FOUND | StatusCode::GONE => {
+            tracing::debug!(url = %redact(at), status = status.as_u16(), "not found");
+            Ok(Class::Missing)
+        }
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+            match meta::retry_after(resp.headers()) {
+                Some(d) => {
+                    tracing::debug!(url = %redact(at), status = status.as_u16(), retry_after = ?d, "rate limited");
+                    Err(FetchError::RateLimited(d))
+                }
+                None => Err(bad_status(url, at, status)),
+            }
+        }
+        _ => Err(bad_status(url, at, status)),
+    }
+}
+
+fn bad_status(url: &Url, at: &Url, status: StatusCode) -> FetchError {
+    FetchError::Source(format!("{}: HTTP {status}", describe(url, at)))
+}

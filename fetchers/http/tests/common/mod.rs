@@ -1,0 +1,18 @@
+//! Test helpers: a real nginx on 127.0.0.1, and the one fault nginx cannot produce by itself (a
+//! transfer cut short), injected by a raw TCP upstream. Each test crate uses part of them.
+
+#![allow(dead_code)]
+
+pub mod nginx;
+pub mod truncating;
+
+#[allow(unused_imports)]
+pub use nginx::{Hit, Nginx, Options, TOKEN};
+#[allow(unused_imports)]
+pub use truncating::Truncating;
+
+use sha2::{Digest, Sha256};
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

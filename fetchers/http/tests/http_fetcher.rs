@@ -1,0 +1,586 @@
+//! [`HttpFetcher`] against a real nginx on 127.0.0.1: what polls cost (from nginx's access log),
+//! conditional requests, checksums, formats, credentials across redirects, timeouts, statuses.
+
+mod common;
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use common::{sha256_hex, Hit, Nginx, Options, TOKEN};
+use tokio::io::AsyncReadExt;
+use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
+use upshift_http::HttpFetcher;
+
+const LEN: usize = 300 * 1024;
+
+fn payload(tag: &str) -> Vec<u8> {
+    format!("upshift-http test payload {tag}\n")
+        .bytes()
+        .cycle()
+        .take(LEN)
+        .collect()
+}
+
+fn nothing_installed() -> Current {
+    Current {
+        sha256: sha256_hex(b"the installed binary, never published"),
+        identity: None,
+        version: None,
+    }
+}
+
+async fn read_all(release: &mut Release) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    release.body.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+async fn expect_release(f: &mut HttpFetcher, current: &Current, what: &str) -> Release {
+    match f.check(current).await {
+        Ok(Some(r)) => r,
+        Ok(None) => panic!("{what}: no release"),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+async fn expect_none(f: &mut HttpFetcher, current: &Current, what: &str) {
+    match f.check(current).await {
+        Ok(None) => {}
+        Ok(Some(r)) => panic!("{what}: unexpected release {r:?}"),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+async fn expect_error(f: &mut HttpFetcher, current: &Current, what: &str) -> FetchError {
+    match f.check(current).await {
+        Err(e) => e,
+        Ok(r) => panic!("{what}: expected an error, got {r:?}"),
+    }
+}
+
+/// Publishes `rel` and its `.sha256` sidecar, both with settled (reliable) validators.
+fn publish_settled(nginx: &Nginx, rel: &str, bytes: &[u8]) -> String {
+    let sha = sha256_hex(bytes);
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    nginx.put_settled(
+        &format!("{rel}.sha256"),
+        format!("{sha}  {name}\n").as_bytes(),
+    );
+    nginx.put_settled(rel, bytes);
+    sha
+}
+
+fn since(hits: &[Hit], before: usize) -> Vec<Hit> {
+    hits.get(before..).unwrap_or_default().to_vec()
+}
+
+fn body_bytes(hits: &[Hit]) -> u64 {
+    hits.iter().map(|h| h.body_bytes).sum()
+}
+
+/// A plain reqwest client (redirects followed by reqwest itself), for looking at nginx directly.
+fn plain_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The ETag and Last-Modified nginx sends for `url`.
+async fn validators_of(url: &str) -> (String, String) {
+    let resp = plain_client()
+        .head(url)
+        .send()
+        .await
+        .expect("HEAD for the validators");
+    let get = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} from nginx"))
+            .to_string()
+    };
+    (get("etag"), get("last-modified"))
+}
+
+/// nginx's access log escapes `"` as `\x22`.
+fn unescape(logged: &str) -> String {
+    logged.replace("\\x22", "\"")
+}
+
+#[tokio::test]
+async fn an_unchanged_poll_is_one_request_and_no_body() {
+    let nginx = Nginx::start();
+    let bytes = payload("v1");
+    publish_settled(&nginx, "releases/app", &bytes);
+    let mut f = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+
+    let mut release = expect_release(&mut f, &nothing_installed(), "first poll").await;
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    let first = nginx.settled_hits();
+    let requests: Vec<(&str, u16)> = first.iter().map(|h| (h.uri.as_str(), h.status)).collect();
+    assert_eq!(
+        requests,
+        [
+            ("/releases/app.sha256", 200),
+            ("/releases/app", 200),
+            ("/releases/app.minisig", 404)
+        ],
+        "a new release costs its checksum, itself and the signature lookup"
+    );
+    let release_bytes = first
+        .iter()
+        .find(|h| h.uri == "/releases/app")
+        .map(|h| h.body_bytes);
+    assert_eq!(release_bytes, Some(LEN as u64));
+
+    expect_none(&mut f, &nothing_installed(), "unchanged poll").await;
+    let poll = since(&nginx.settled_hits(), first.len());
+    eprintln!(
+        "COST new release: {} requests, {} body bytes; unchanged poll: {} request(s), {} body bytes",
+        first.len(),
+        body_bytes(&first),
+        poll.len(),
+        body_bytes(&poll)
+    );
+    assert_eq!(
+        poll.len(),
+        1,
+        "an unchanged poll made these requests: {poll:#?}"
+    );
+    assert_eq!(
+        body_bytes(&poll),
+        0,
+        "an unchanged poll transferred a body: {poll:#?}"
+    );
+    let hit = &poll[0];
+    assert_eq!(
+        (hit.uri.as_str(), hit.status),
+        ("/releases/app.sha256", 304)
+    );
+
+    // Both validators were sent, exactly as nginx gave them.
+    let (etag, last_modified) = validators_of(&nginx.url("releases/app.sha256")).await;
+    assert_eq!(hit.if_none_match.as_deref().map(unescape), Some(etag));
+    assert_eq!(
+        hit.if_modified_since.as_deref(),
+        Some(last_modified.as_str())
+    );
+}
+
+#[tokio::test]
+async fn without_a_checksum_the_release_get_itself_is_conditional() {
+    let nginx = Nginx::start();
+    let bytes = payload("bare");
+    nginx.put_settled("releases/app", &bytes);
+    let mut f = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .no_checksum();
+
+    let mut release = expect_release(&mut f, &nothing_installed(), "first poll").await;
+    assert_eq!(release.sha256, None);
+    assert!(
+        release.identity.starts_with("etag:"),
+        "{}",
+        release.identity
+    );
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    let before = nginx.settled_hits().len();
+
+    expect_none(&mut f, &nothing_installed(), "unchanged poll").await;
+    let poll = since(&nginx.settled_hits(), before);
+    eprintln!(
+        "COST unchanged poll without a checksum: {} request(s), {} body bytes",
+        poll.len(),
+        body_bytes(&poll)
+    );
+    assert_eq!(poll.len(), 1, "{poll:#?}");
+    assert_eq!(body_bytes(&poll), 0, "{poll:#?}");
+    let hit = &poll[0];
+    assert_eq!((hit.uri.as_str(), hit.status), ("/releases/app", 304));
+    let (etag, last_modified) = validators_of(&nginx.url("releases/app")).await;
+    assert_eq!(hit.if_none_match.as_deref().map(unescape), Some(etag));
+    assert_eq!(
+        hit.if_modified_since.as_deref(),
+        Some(last_modified.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_checksum_rewritten_within_the_second_is_not_missed() {
+    // nginx's validators have one-second resolution and a sidecar always has the same size: the
+    // fetcher must not trust validators of a file modified in the second it was served.
+    let nginx = Nginx::start();
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    for tag in ["a", "b", "c"] {
+        let bytes = payload(tag);
+        let sha = sha256_hex(&bytes);
+        nginx.put("app.sha256", format!("{sha}  app\n").as_bytes());
+        nginx.put("app", &bytes);
+        let mut release = expect_release(&mut f, &nothing_installed(), tag).await;
+        assert_eq!(release.identity, format!("sha256:{sha}"));
+        assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    }
+}
+
+#[tokio::test]
+async fn a_release_dropped_unread_is_offered_again_and_a_read_one_is_not() {
+    let nginx = Nginx::start();
+    let sha = publish_settled(&nginx, "app", &payload("x"));
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let dropped = expect_release(&mut f, &nothing_installed(), "first").await;
+    drop(dropped);
+    let mut again = expect_release(&mut f, &nothing_installed(), "after a drop").await;
+    assert_eq!(again.identity, format!("sha256:{sha}"));
+    read_all(&mut again).await.expect("body");
+    expect_none(&mut f, &nothing_installed(), "after reading it").await;
+}
+
+#[tokio::test]
+async fn the_installed_release_costs_no_release_request() {
+    let nginx = Nginx::start();
+    let sha = publish_settled(&nginx, "app.tar.gz", &payload("installed"));
+    // By the installed binary's hash (a raw release), or by the identity last installed (an
+    // archive, whose digest is not the binary's).
+    for current in [
+        Current {
+            sha256: sha.clone(),
+            identity: None,
+            version: None,
+        },
+        Current {
+            sha256: sha256_hex(b"the binary inside the archive"),
+            identity: Some(format!("sha256:{sha}")),
+            version: None,
+        },
+    ] {
+        let mut f = HttpFetcher::new(nginx.url("app.tar.gz")).expect("valid URL");
+        let before = nginx.settled_hits().len();
+        expect_none(&mut f, &current, "installed").await;
+        let hits = since(&nginx.settled_hits(), before);
+        let uris: Vec<&str> = hits.iter().map(|h| h.uri.as_str()).collect();
+        assert_eq!(uris, ["/app.tar.gz.sha256"], "{current:?}");
+    }
+}
+
+#[tokio::test]
+async fn sha256sums_gives_the_line_of_the_release_file() {
+    let nginx = Nginx::start();
+    let bytes = payload("targz");
+    let sha = sha256_hex(&bytes);
+    let other = sha256_hex(b"another platform");
+    nginx.put_settled("v1/app-x86_64-linux.tar.gz", &bytes);
+    let sums = format!(
+        "{other}  app-aarch64-linux.tar.gz\n{sha}  app-x86_64-linux.tar.gz\n{other}  app-x86_64-windows.zip\n"
+    );
+    nginx.put_settled("v1/SHA256SUMS", sums.as_bytes());
+    let mut f = HttpFetcher::new(nginx.url("v1/app-x86_64-linux.tar.gz"))
+        .expect("valid URL")
+        .sha256sums_url("SHA256SUMS");
+    let mut release = expect_release(&mut f, &nothing_installed(), "sums").await;
+    assert_eq!(release.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(release.identity, format!("sha256:{sha}"));
+    assert_eq!(
+        release.format,
+        Format::TarGz { binary: None },
+        "by file name"
+    );
+    assert_eq!(release.size_hint, Some(LEN as u64));
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    let before = nginx.settled_hits().len();
+    expect_none(&mut f, &nothing_installed(), "unchanged").await;
+    let hits = since(&nginx.settled_hits(), before);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].uri.as_str(), hits[0].status),
+        ("/v1/SHA256SUMS", 304)
+    );
+
+    // A sums file without a line for the release fails the check, naming the sums file.
+    let mut f = HttpFetcher::new(nginx.url("v1/app-riscv64-linux.tar.gz"))
+        .expect("valid URL")
+        .sha256sums_url("SHA256SUMS");
+    let msg = expect_error(&mut f, &nothing_installed(), "no line")
+        .await
+        .to_string();
+    assert!(
+        msg.contains(&nginx.url("v1/SHA256SUMS")) && msg.contains("app-riscv64-linux.tar.gz"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn format_from_name_content_type_or_override() {
+    let nginx = Nginx::start();
+    let bytes = payload("fmt");
+    for rel in ["f/app.zip", "f/app.gz", "f/app", "typed/download"] {
+        nginx.put(rel, &bytes);
+    }
+    for (rel, format) in [
+        ("f/app.zip", Format::Zip { binary: None }),
+        ("f/app.gz", Format::Gzip),
+        ("f/app", Format::Raw),
+        // No extension, served as application/zip.
+        ("typed/download", Format::Zip { binary: None }),
+    ] {
+        let mut f = HttpFetcher::new(nginx.url(rel))
+            .expect("valid URL")
+            .no_checksum();
+        let release = expect_release(&mut f, &nothing_installed(), rel).await;
+        assert_eq!(release.format, format, "{rel}");
+    }
+    let forced = Format::TarGz {
+        binary: Some("bin/app".into()),
+    };
+    let mut f = HttpFetcher::new(nginx.url("typed/download"))
+        .expect("valid URL")
+        .no_checksum()
+        .format(forced.clone());
+    let release = expect_release(&mut f, &nothing_installed(), "override").await;
+    assert_eq!(release.format, forced);
+}
+
+#[tokio::test]
+async fn credentials_reach_their_origin_and_no_other() {
+    let nginx = Nginx::start();
+    let bytes = payload("private");
+    let sha = publish_settled(&nginx, "private/app", &bytes);
+    nginx.put_alt("landing", &bytes);
+    let with_credentials = |path: &str| {
+        HttpFetcher::new(nginx.url(path))
+            .expect("valid URL")
+            .header("Authorization", TOKEN)
+            .header("X-Api-Key", "k-123")
+    };
+
+    // Same origin: sent with every request (sidecar, release, signature).
+    let mut f = with_credentials("private/app");
+    let mut release = expect_release(&mut f, &nothing_installed(), "authorized").await;
+    assert_eq!(release.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    let hits = nginx.settled_hits();
+    assert_eq!(hits.len(), 3, "{hits:#?}");
+    assert!(
+        hits.iter().all(|h| h.authorization && h.api_key),
+        "{hits:#?}"
+    );
+
+    // Without: 401, an error naming the URL and the status.
+    let mut f = HttpFetcher::new(nginx.url("private/app")).expect("valid URL");
+    let msg = expect_error(&mut f, &nothing_installed(), "unauthorized")
+        .await
+        .to_string();
+    assert!(
+        msg.contains(&nginx.url("private/app")) && msg.contains("401"),
+        "{msg}"
+    );
+
+    // A redirect within the origin keeps them.
+    let before = nginx.settled_hits().len();
+    let mut f = with_credentials("private/same")
+        .no_checksum()
+        .no_signature();
+    let mut release = expect_release(&mut f, &nothing_installed(), "same-origin redirect").await;
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    let hits = since(&nginx.settled_hits(), before);
+    let seen: Vec<(&str, u16, bool, bool)> = hits
+        .iter()
+        .map(|h| (h.uri.as_str(), h.status, h.authorization, h.api_key))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/private/same", 302, true, true),
+            ("/private/app", 200, true, true)
+        ]
+    );
+
+    // A redirect to another origin (another port) drops them, Authorization and custom alike.
+    let before = nginx.settled_hits().len();
+    let mut f = with_credentials("private/away")
+        .no_checksum()
+        .no_signature();
+    let mut release = expect_release(&mut f, &nothing_installed(), "cross-origin redirect").await;
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+    let hits = since(&nginx.settled_hits(), before);
+    let seen: Vec<(u16, &str, u16, bool, bool)> = hits
+        .iter()
+        .map(|h| (h.port, h.uri.as_str(), h.status, h.authorization, h.api_key))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (nginx.port, "/private/away", 302, true, true),
+            (nginx.alt_port, "/landing", 200, false, false)
+        ]
+    );
+}
+
+/// Why the fetcher follows redirects itself: reqwest's own redirect policy strips
+/// `Authorization` when the origin changes, but forwards any other header.
+#[tokio::test]
+async fn reqwest_alone_would_forward_custom_credentials_across_origins() {
+    let nginx = Nginx::start();
+    nginx.put_alt("landing", b"landed");
+    let resp = plain_client()
+        .get(nginx.url("private/away"))
+        .header("Authorization", TOKEN)
+        .header("X-Api-Key", "k-123")
+        .send()
+        .await
+        .expect("GET through reqwest's redirects");
+    assert_eq!(resp.status(), 200);
+    let hits = nginx.settled_hits();
+    let seen: Vec<(u16, bool, bool)> = hits
+        .iter()
+        .map(|h| (h.port, h.authorization, h.api_key))
+        .collect();
+    assert_eq!(
+        seen,
+        [(nginx.port, true, true), (nginx.alt_port, false, true)],
+        "reqwest's behaviour changed: {hits:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_server_fails_the_check_within_the_timeout() {
+    let nginx = Nginx::start();
+    publish_settled(&nginx, "app", &payload("stall"));
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .timeout(Duration::from_secs(1));
+    nginx.pause();
+    let started = Instant::now();
+    let result = f.check(&nothing_installed()).await;
+    let took = started.elapsed();
+    nginx.resume();
+    let msg = match result {
+        Err(e) => e.to_string(),
+        Ok(r) => panic!("a frozen server gave {r:?}"),
+    };
+    assert!(
+        msg.contains(&nginx.url("app")) && msg.contains("timed out"),
+        "{msg}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?} with a 1 s timeout"
+    );
+    // Recovered: the same fetcher finds the release.
+    expect_release(&mut f, &nothing_installed(), "after resuming").await;
+}
+
+#[tokio::test]
+async fn a_download_slower_than_the_timeout_fails_the_read_within_it() {
+    let nginx = Nginx::start();
+    nginx.put("slow/app", &payload("slow")); // served at 10 KB/s: 30 s
+    let mut f = HttpFetcher::new(nginx.url("slow/app"))
+        .expect("valid URL")
+        .no_checksum()
+        .no_signature()
+        .timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let mut release = expect_release(&mut f, &nothing_installed(), "slow").await;
+    let err = read_all(&mut release)
+        .await
+        .expect_err("a 30 s download finished within 1 s");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains(&nginx.url("slow/app")), "{err}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?} with a 1 s timeout"
+    );
+}
+
+#[tokio::test]
+async fn statuses_map_to_errors_naming_the_url() {
+    let nginx = Nginx::start();
+    publish_settled(&nginx, "app", &payload("status"));
+
+    let mut f = HttpFetcher::new(nginx.url("limited/app")).expect("valid URL");
+    match f.check(&nothing_installed()).await {
+        Err(FetchError::RateLimited(d)) => assert_eq!(d, Duration::from_secs(7)),
+        other => panic!("429 with Retry-After gave {other:?}"),
+    }
+
+    let mut f = HttpFetcher::new(nginx.url("busy/app")).expect("valid URL");
+    let msg = expect_error(&mut f, &nothing_installed(), "503")
+        .await
+        .to_string();
+    assert!(
+        msg.contains(&nginx.url("busy/app.sha256")) && msg.contains("503"),
+        "{msg}"
+    );
+
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    nginx.fault("500", true);
+    let msg = expect_error(&mut f, &nothing_installed(), "500")
+        .await
+        .to_string();
+    nginx.fault("500", false);
+    assert!(
+        msg.contains(&nginx.url("app")) && msg.contains("500 Internal Server Error"),
+        "{msg}"
+    );
+
+    let mut f = HttpFetcher::new(nginx.url("nothing/here")).expect("valid URL");
+    expect_none(&mut f, &nothing_installed(), "404 is nothing published").await;
+
+    let mut f = HttpFetcher::new(nginx.url("loop"))
+        .expect("valid URL")
+        .no_checksum();
+    let msg = expect_error(&mut f, &nothing_installed(), "redirect loop")
+        .await
+        .to_string();
+    assert!(
+        msg.contains("more than 10 redirects") && msg.contains(&nginx.url("loop")),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_an_io_error_naming_the_url() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }; // closed again: nothing listens there
+    let url = format!("http://127.0.0.1:{port}/app");
+    let mut f = HttpFetcher::new(url.as_str()).expect("valid URL");
+    match f.check(&nothing_installed()).await {
+        Err(e @ FetchError::Io { .. }) => {
+            let FetchError::Io { source, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+            assert!(e.to_string().contains(&url), "{e}");
+        }
+        other => panic!("a closed port gave {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn https_runs_a_real_rustls_handshake_with_ring() {
+    if !common::nginx::have_openssl() {
+        eprintln!(
+            "SKIPPED: no `openssl` command to make a test certificate (apt-get install openssl)"
+        );
+        return;
+    }
+    let nginx = Nginx::start_with(Options {
+        upstream: None,
+        tls: true,
+    });
+    publish_settled(&nginx, "app", &payload("tls"));
+    let url = nginx.tls_url("app");
+    let mut f = HttpFetcher::new(url.as_str()).expect("valid URL");
+    // The self-signed certificate is trusted by nobody: the handshake got as far as checking it
+    // (key exchange and decryption done by ring), and the error says why it stopped.
+    let msg = expect_error(&mut f, &nothing_installed(), "self-signed")
+        .await
+        .to_string();
+    eprintln!("TLS error as reported: {msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(
+        msg.contains("UnknownIssuer") || msg.contains("certificate"),
+        "not a certificate error: {msg}"
+    );
+}
