@@ -21,11 +21,14 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
     None => "dev",
 };
 
-const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--interval SECS]
-             [--drain-timeout SECS] [--ready-timeout SECS]
+const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL] [--s3 s3://BUCKET/KEY
+             [--s3-endpoint URL]] [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
+  --url URL              upgrade from an HTTP(S) URL (checksum from URL.sha256, signature URL.minisig)
+  --s3 s3://BUCKET/KEY   upgrade from an S3 object (credentials from the standard AWS chain)
+  --s3-endpoint URL      a custom S3 endpoint (MinIO, R2, Ceph, a local s3s-fs), path-style
   --interval SECS        how often fetchers poll (default: each fetcher's own; --watch reacts at once)
   --drain-timeout SECS   how long an old worker may drain before SIGKILL (default 30)
   --ready-timeout SECS   how long a new worker may take to become ready (default 30)
@@ -35,6 +38,9 @@ Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT 
 struct Args {
     listen: Vec<String>,
     watch: Option<String>,
+    url: Option<String>,
+    s3: Option<String>,
+    s3_endpoint: Option<String>,
     interval: Option<Duration>,
     drain_timeout: Option<Duration>,
     ready_timeout: Option<Duration>,
@@ -44,6 +50,9 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: Vec::new(),
         watch: None,
+        url: None,
+        s3: None,
+        s3_endpoint: None,
         interval: None,
         drain_timeout: None,
         ready_timeout: None,
@@ -54,12 +63,18 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--listen" => args.listen.push(value()?),
             "--watch" => args.watch = Some(value()?),
+            "--url" => args.url = Some(value()?),
+            "--s3" => args.s3 = Some(value()?),
+            "--s3-endpoint" => args.s3_endpoint = Some(value()?),
             "--interval" => args.interval = Some(secs(&value()?)?),
             "--drain-timeout" => args.drain_timeout = Some(secs(&value()?)?),
             "--ready-timeout" => args.ready_timeout = Some(secs(&value()?)?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.s3_endpoint.is_some() && args.s3.is_none() {
+        return Err("--s3-endpoint needs --s3".into());
     }
     if args.listen.is_empty() {
         args.listen.push("127.0.0.1:8080".into());
@@ -73,6 +88,35 @@ fn secs(s: &str) -> Result<Duration, String> {
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+/// One fetcher per source flag; each polls on its own, and their upgrades never overlap.
+fn add_fetchers(mut upgrader: upshift::Upgrader, args: &Args) -> Result<upshift::Upgrader, String> {
+    if let Some(path) = &args.watch {
+        let mut watch = upshift::fetch::FileFetcher::new(path);
+        if let Some(interval) = args.interval {
+            watch = watch.poll_interval(interval);
+        }
+        upgrader = upgrader.fetcher(watch);
+    }
+    if let Some(url) = &args.url {
+        let mut http = upshift_http::HttpFetcher::new(url.as_str()).map_err(|e| format!("--url: {e}"))?;
+        if let Some(interval) = args.interval {
+            http = http.interval(interval);
+        }
+        upgrader = upgrader.fetcher(http);
+    }
+    if let Some(url) = &args.s3 {
+        let mut s3 = upshift_s3::S3Fetcher::from_url(url).map_err(|e| format!("--s3: {e}"))?;
+        if let Some(endpoint) = &args.s3_endpoint {
+            s3 = s3.endpoint(endpoint);
+        }
+        if let Some(interval) = args.interval {
+            s3 = s3.interval(interval);
+        }
+        upgrader = upgrader.fetcher(s3);
+    }
+    Ok(upgrader)
 }
 
 #[derive(serde::Deserialize)]
@@ -118,12 +162,12 @@ async fn main() -> std::process::ExitCode {
     if let Some(d) = args.ready_timeout {
         upgrader = upgrader.ready_timeout(d);
     }
-    if let Some(path) = &args.watch {
-        let mut watch = upshift::fetch::FileFetcher::new(path);
-        if let Some(interval) = args.interval {
-            watch = watch.poll_interval(interval);
+    match add_fetchers(upgrader, &args) {
+        Ok(u) => upgrader = u,
+        Err(msg) => {
+            eprintln!("hello: {msg}");
+            return std::process::ExitCode::from(2);
         }
-        upgrader = upgrader.fetcher(watch);
     }
 
     let served = upgrader
