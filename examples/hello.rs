@@ -21,12 +21,15 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
     None => "dev",
 };
 
-const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL] [--s3 s3://BUCKET/KEY
-             [--s3-endpoint URL]] [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS]
+const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
+             [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
+             [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
   --url URL              upgrade from an HTTP(S) URL (checksum from URL.sha256, signature URL.minisig)
+  --github OWNER/REPO    upgrade from GitHub releases newer than this build (GITHUB_TOKEN if set)
+  --github-api URL       the GitHub API base (GitHub Enterprise, a local fixture)
   --s3 s3://BUCKET/KEY   upgrade from an S3 object (credentials from the standard AWS chain)
   --s3-endpoint URL      a custom S3 endpoint (MinIO, R2, Ceph, a local s3s-fs), path-style
   --interval SECS        how often fetchers poll (default: each fetcher's own; --watch reacts at once)
@@ -39,6 +42,8 @@ struct Args {
     listen: Vec<String>,
     watch: Option<String>,
     url: Option<String>,
+    github: Option<String>,
+    github_api: Option<String>,
     s3: Option<String>,
     s3_endpoint: Option<String>,
     interval: Option<Duration>,
@@ -51,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
         listen: Vec::new(),
         watch: None,
         url: None,
+        github: None,
+        github_api: None,
         s3: None,
         s3_endpoint: None,
         interval: None,
@@ -64,6 +71,8 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => args.listen.push(value()?),
             "--watch" => args.watch = Some(value()?),
             "--url" => args.url = Some(value()?),
+            "--github" => args.github = Some(value()?),
+            "--github-api" => args.github_api = Some(value()?),
             "--s3" => args.s3 = Some(value()?),
             "--s3-endpoint" => args.s3_endpoint = Some(value()?),
             "--interval" => args.interval = Some(secs(&value()?)?),
@@ -72,6 +81,9 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.github_api.is_some() && args.github.is_none() {
+        return Err("--github-api needs --github".into());
     }
     if args.s3_endpoint.is_some() && args.s3.is_none() {
         return Err("--s3-endpoint needs --s3".into());
@@ -100,11 +112,23 @@ fn add_fetchers(mut upgrader: upshift::Upgrader, args: &Args) -> Result<upshift:
         upgrader = upgrader.fetcher(watch);
     }
     if let Some(url) = &args.url {
-        let mut http = upshift_http::HttpFetcher::new(url.as_str()).map_err(|e| format!("--url: {e}"))?;
+        let mut http =
+            upshift_http::HttpFetcher::new(url.as_str()).map_err(|e| format!("--url: {e}"))?;
         if let Some(interval) = args.interval {
             http = http.interval(interval);
         }
         upgrader = upgrader.fetcher(http);
+    }
+    if let Some(repo) = &args.github {
+        let mut github =
+            upshift_github::GithubFetcher::new(repo).map_err(|e| format!("--github: {e}"))?;
+        if let Some(api) = &args.github_api {
+            github = github.api_base(api);
+        }
+        if let Some(interval) = args.interval {
+            github = github.interval(interval);
+        }
+        upgrader = upgrader.fetcher(github);
     }
     if let Some(url) = &args.s3 {
         let mut s3 = upshift_s3::S3Fetcher::from_url(url).map_err(|e| format!("--s3: {e}"))?;
@@ -152,7 +176,8 @@ async fn main() -> std::process::ExitCode {
         }
     };
 
-    let mut upgrader = upshift::Upgrader::new();
+    // The running version, against which GitHub release tags are compared (never a downgrade).
+    let mut upgrader = upshift::Upgrader::new().version(env!("CARGO_PKG_VERSION"));
     for addr in &args.listen {
         upgrader = upgrader.listen(addr);
     }
