@@ -20,6 +20,9 @@ pub(crate) const LISTENERS: &str = "UPSHIFT_LISTENERS";
 pub(crate) const CONTROL_FD: &str = "UPSHIFT_CONTROL_FD";
 /// The master's drain timeout in milliseconds; an orphaned worker exits after it.
 pub(crate) const DRAIN_TIMEOUT_MS: &str = "UPSHIFT_DRAIN_TIMEOUT_MS";
+/// The master's restart signal number: a worker that receives it (a `pkill -USR2 app` reaches
+/// every process of the name) says where it belongs instead of dying of the default action.
+pub(crate) const RESTART_SIGNAL: &str = "UPSHIFT_RESTART_SIGNAL";
 /// Set to `1` (or `true`) by a user to run `prog` in-process without a master.
 pub const DISABLE: &str = "UPSHIFT_DISABLE";
 
@@ -31,6 +34,7 @@ pub(crate) struct WorkerEnv {
     pub(crate) listeners: Vec<(SocketKind, String)>,
     pub(crate) control_fd: RawFd,
     pub(crate) drain_timeout: Duration,
+    pub(crate) restart_signal: i32,
 }
 
 impl WorkerEnv {
@@ -47,6 +51,7 @@ impl WorkerEnv {
             (LISTENERS, listeners.join("\n")),
             (CONTROL_FD, self.control_fd.to_string()),
             (DRAIN_TIMEOUT_MS, self.drain_timeout.as_millis().to_string()),
+            (RESTART_SIGNAL, self.restart_signal.to_string()),
         ]
     }
 
@@ -86,6 +91,10 @@ impl WorkerEnv {
             listeners,
             control_fd,
             drain_timeout: Duration::from_millis(number(DRAIN_TIMEOUT_MS)?),
+            // Absent from a master of an older version: no guard then.
+            restart_signal: get(RESTART_SIGNAL)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         }))
     }
 }
@@ -100,7 +109,14 @@ pub(crate) fn disabled_by_env() -> bool {
 
 /// Removes the protocol's variables from this process's environment.
 pub(crate) fn scrub() {
-    for var in [WORKER, MASTER_PID, LISTENERS, CONTROL_FD, DRAIN_TIMEOUT_MS] {
+    for var in [
+        WORKER,
+        MASTER_PID,
+        LISTENERS,
+        CONTROL_FD,
+        DRAIN_TIMEOUT_MS,
+        RESTART_SIGNAL,
+    ] {
         // Environment mutation races with concurrent getenv in other threads; `run` documents
         // that it must be called before the program starts threads that read the environment.
         std::env::remove_var(var);
@@ -123,6 +139,7 @@ mod tests {
             ],
             control_fd: 5,
             drain_timeout: Duration::from_millis(1500),
+            restart_signal: 12,
         };
         let vars: HashMap<_, _> = env.encode().into_iter().collect();
         let decoded = WorkerEnv::decode(|k| vars.get(k).cloned())

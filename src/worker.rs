@@ -62,6 +62,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
     let (to_master_tx, to_master) = tokio::sync::mpsc::unbounded_channel();
     let agent_token = shutdown.clone();
     let drain_timeout = env.drain_timeout;
+    let (restart_signal, master_pid) = (env.restart_signal, env.master_pid);
     std::thread::Builder::new()
         .name("upshift-agent".into())
         .spawn(move || {
@@ -70,6 +71,8 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
                     control,
                     to_master,
                     drain_timeout,
+                    restart_signal,
+                    master_pid,
                 }),
                 agent_token,
             )
@@ -117,6 +120,8 @@ struct AgentControl {
     control: OwnedFd,
     to_master: tokio::sync::mpsc::UnboundedReceiver<ToMaster>,
     drain_timeout: Duration,
+    restart_signal: i32,
+    master_pid: u32,
 }
 
 /// The agent runs on its own thread with its own small runtime, so it works whatever `prog` does
@@ -177,7 +182,16 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
         control,
         mut to_master,
         drain_timeout,
+        restart_signal,
+        master_pid,
     } = c;
+    // Only a signal nobody else in the runtime handles, and never one that means "stop".
+    let mut stray_restart = match restart_signal {
+        sig if sig > 0 && sig != libc::SIGTERM && sig != libc::SIGINT => {
+            signal(SignalKind::from_raw(sig)).ok()
+        }
+        _ => None,
+    };
     let std_stream = std::os::unix::net::UnixStream::from(control);
     let stream = match tokio::net::UnixStream::from_std(std_stream) {
         Ok(s) => s,
@@ -199,6 +213,13 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
                 }
                 None => agent_open = false,
             },
+            Some(()) = async { match stray_restart.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                tracing::warn!(
+                    signal = restart_signal,
+                    master_pid,
+                    "this worker got the master's restart signal and ignores it; send it to the master (kill -s <signal> {master_pid})"
+                );
+            }
             line = lines.next_line() => match line {
                 Ok(Some(l)) if l.as_bytes() == &DRAIN_LINE[..DRAIN_LINE.len() - 1] => {
                     tracing::info!("master asked this worker to drain");

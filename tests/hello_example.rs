@@ -303,3 +303,30 @@ fn greeting_parser_accepts_only_the_exact_shape() {
         assert_eq!(parse_greeting(bad), None, "accepted {bad:?}");
     }
 }
+
+/// `pkill -USR2 hello` reaches the workers too (same name). SIGUSR2's default action would kill
+/// the serving worker; instead it keeps serving and says that the signal belongs to the master.
+#[test]
+fn sigusr2_sent_to_a_worker_does_not_kill_it() {
+    let addrs = free_tcp_addrs(1);
+    let a = &addrs[0].1;
+    let master = start(&addrs);
+    let before = greeting(&master, a, "/");
+    signal(before.pid, Signal::SIGUSR2);
+    let said = wait_until(Duration::from_secs(5), || {
+        master
+            .log_contents()
+            .contains("got the master's restart signal")
+    });
+    assert!(
+        said,
+        "the worker did not say where the restart signal belongs"
+    );
+    let after = greeting(&master, a, "/");
+    assert_eq!(
+        (after.pid, after.generation),
+        (before.pid, before.generation),
+        "the worker that got SIGUSR2 was replaced or died"
+    );
+    assert!(is_alive(before.pid), "the worker died of SIGUSR2");
+}

@@ -210,7 +210,7 @@ struct Master {
 
 impl Master {
     fn start(cfg: MasterConfig) -> Result<(Self, UnboundedReceiver<Event>), Error> {
-        let launch = Launch::capture(cfg.drain_timeout)?;
+        let launch = Launch::capture(cfg.drain_timeout, cfg.restart_signal as i32)?;
         let mut sockets = Vec::with_capacity(cfg.addrs.len());
         for (name, addr) in &cfg.addrs {
             sockets.push(listener::bind(addr, name.clone())?);

@@ -26,6 +26,7 @@ pub(crate) struct Launch {
     pub(crate) cwd: PathBuf,
     pub(crate) master_pid: u32,
     pub(crate) drain_timeout: Duration,
+    pub(crate) restart_signal: i32,
 }
 
 /// A worker process just started: its pid and the master's end of its control socket.
@@ -36,7 +37,7 @@ pub(crate) struct Spawned {
 }
 
 impl Launch {
-    pub(crate) fn capture(drain_timeout: Duration) -> Result<Self, Error> {
+    pub(crate) fn capture(drain_timeout: Duration, restart_signal: i32) -> Result<Self, Error> {
         let cwd = std::env::current_dir().map_err(|e| {
             Error::io(
                 "cannot read the current directory to re-execute workers from it",
@@ -52,6 +53,7 @@ impl Launch {
             cwd,
             master_pid: std::process::id(),
             drain_timeout,
+            restart_signal,
         })
     }
 
@@ -78,6 +80,7 @@ impl Launch {
             listeners: sockets.iter().map(|s| (s.kind, s.name.clone())).collect(),
             control_fd: FIRST_INHERITED_FD + sockets.len() as i32,
             drain_timeout: self.drain_timeout,
+            restart_signal: self.restart_signal,
         };
 
         let mut cmd = Command::new(&self.program);
