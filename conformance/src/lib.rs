@@ -29,6 +29,8 @@
 //! Every call into the fetcher runs in its own task, bounded by [`CHECK_BOUND`]: a panic or a hang
 //! is a test failure with a message, never a stuck test.
 
+pub mod hello;
+
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};

@@ -186,6 +186,15 @@ impl Updater {
         ));
         let staged = match install::stage(release, &installed.target, &self.cfg.stage).await {
             Ok(s) => s,
+            Err(InstallError::ChecksumMismatch { actual, .. }) if actual == installed.current.sha256 => {
+                // The new checksum was published but the old file is still served (a deploy
+                // writes the checksum first): not a bad release, the next poll gets the new file.
+                tracing::info!(
+                    %identity,
+                    "the source still serves the installed binary under the new checksum; retrying on the next poll"
+                );
+                return;
+            }
             Err(e) => return self.reject(installed, &key, &identity, None, &e),
         };
         tracing::debug!(

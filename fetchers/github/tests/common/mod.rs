@@ -4,6 +4,12 @@
 
 #![allow(dead_code)] // each test crate uses part of this
 
+/// The root package's `hello` example as a self-upgrading server under test.
+/// The hello end-to-end harness, shared by every fetcher crate.
+// Only the hello_upgrade test uses it.
+#[allow(unused_imports)]
+pub use upshift_fetcher_conformance::hello;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -385,6 +391,25 @@ impl Repo {
 
     pub fn remove_file(&self, tag: &str, name: &str) {
         remove_if_present(&self.dir.join(tag).join(name));
+    }
+
+    /// Publishes a whole release at once: its files are written into a dot directory (which the
+    /// fixture ignores) and that is renamed to `tag`, so that no request ever sees the release
+    /// with only some of its assets. `tag` must not be published yet.
+    pub fn publish(&self, tag: &str, files: &[(&str, &[u8])]) {
+        let staging = self.dir.join(format!(".{tag}.publishing"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", staging.display()));
+        for (name, bytes) in files {
+            let path = staging.join(name);
+            std::fs::write(&path, bytes)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        let target = self.dir.join(tag);
+        assert!(!target.exists(), "release {tag} is published already");
+        std::fs::rename(&staging, &target)
+            .unwrap_or_else(|e| panic!("rename to {}: {e}", target.display()));
     }
 
     pub fn remove_all(&self) {

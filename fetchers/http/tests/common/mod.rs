@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+/// The hello end-to-end harness, shared by every fetcher crate.
+// Only the hello_upgrade test uses it.
+#[allow(unused_imports)]
+pub use upshift_fetcher_conformance::hello;
 pub mod nginx;
 pub mod truncating;
 

@@ -8,6 +8,10 @@
 
 #![allow(dead_code)]
 
+/// The hello end-to-end harness, shared by every fetcher crate.
+// Only the hello_upgrade test uses it.
+#[allow(unused_imports)]
+pub use upshift_fetcher_conformance::hello;
 pub mod proxy;
 
 use std::future::Future;
@@ -24,6 +28,7 @@ use aws_sdk_s3::types::ChecksumAlgorithm;
 use aws_smithy_http_client::tls;
 use upshift_s3::S3Fetcher;
 
+#[allow(unused_imports)]
 pub use proxy::{Mode, Proxy};
 
 pub const ACCESS_KEY: &str = "upshift-test-access-key";

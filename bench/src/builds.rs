@@ -1,0 +1,207 @@
+//! Building the `hello` example with distinct `BUILD_ID`s, and the temporary directory that holds
+//! the copies, the servers' logs and wrk's output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::procs::Guard;
+
+/// The workspace root: the directory above this crate.
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// The workspace's git commit, and whether tracked files had uncommitted changes: the `hello`
+/// builds are made from the work tree as it is.
+pub fn source_line() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace_root())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("git {head} with uncommitted changes")
+            } else {
+                format!("git {head}")
+            }
+        }
+        None => "not a git checkout".into(),
+    }
+}
+
+/// `5.4 MiB`, or `5.4–5.5 MiB` when the files differ in size.
+pub fn sizes(paths: &[PathBuf]) -> String {
+    let mib: Vec<f64> = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len() as f64 / 1024.0 / 1024.0)
+        .collect();
+    let lo = mib.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = mib.iter().copied().fold(0.0, f64::max);
+    if mib.is_empty() {
+        "?".into()
+    } else if format!("{lo:.1}") == format!("{hi:.1}") {
+        format!("{hi:.1} MiB")
+    } else {
+        format!("{lo:.1}–{hi:.1} MiB")
+    }
+}
+
+/// A temporary directory, removed when dropped unless kept.
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn new(keep: bool) -> Result<TempDir, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("upshift-bench-{}-{nanos:08x}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        // Canonical, so that /proc/<pid>/exe of what runs from it starts with this path.
+        let path = path.canonicalize().unwrap_or(path);
+        Ok(TempDir { path, keep })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A fresh subdirectory.
+    pub fn sub(&self, name: &str) -> Result<PathBuf, String> {
+        let p = self.path.join(name);
+        std::fs::create_dir_all(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Nothing may still run from it: callers stop their servers first; this is the backstop.
+        let left = crate::procs::kill_leftovers(&self.path);
+        if !left.is_empty() {
+            eprintln!(
+                "upshift-bench: killed leftover processes {left:?} running from {}",
+                self.path.display()
+            );
+        }
+        if self.keep {
+            eprintln!("upshift-bench: kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Builds `hello` once per id (`BUILD_ID=<id> cargo build --release --example hello`) and copies
+/// each result to `<out>/<id>`. Checks that consecutive builds differ, so a build that cargo did
+/// not redo for a new `BUILD_ID` cannot pass for a new version.
+pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut paths = Vec::new();
+    let mut previous: Option<Vec<u8>> = None;
+    for id in ids {
+        crate::procs::check()?;
+        let started = Instant::now();
+        let mut cmd = Command::new(&cargo);
+        cmd.args([
+            "build",
+            "--release",
+            "--example",
+            "hello",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(&root)
+        .env("BUILD_ID", id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let child = Guard::spawn(&mut cmd, "cargo build", std::time::Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let output = wait_output(child)?;
+        let stdout = String::from_utf8_lossy(&output.0);
+        if !output.2 {
+            return Err(format!(
+                "`BUILD_ID={id} cargo build --release --example hello` failed:\n{}",
+                String::from_utf8_lossy(&output.1)
+            ));
+        }
+        let built = executable_from_json(&stdout)
+            .unwrap_or_else(|| root.join("target/release/examples/hello"));
+        let dest = out.join(id);
+        std::fs::copy(&built, &dest)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), dest.display()))?;
+        let bytes = std::fs::read(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        if previous.as_ref() == Some(&bytes) {
+            return Err(format!(
+                "the build for BUILD_ID={id} is identical to the previous one: cargo did not rebuild"
+            ));
+        }
+        previous = Some(bytes);
+        eprintln!(
+            "upshift-bench: built hello BUILD_ID={id} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        paths.push(dest);
+    }
+    Ok(paths)
+}
+
+/// `(stdout, stderr, success)` of a guarded child with piped output.
+fn wait_output(mut guard: Guard) -> Result<(Vec<u8>, Vec<u8>, bool), String> {
+    use std::io::Read;
+    // Read both pipes on threads so that neither fills up; the guard still owns the process.
+    let child = guard.child_mut();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_end(&mut v);
+        }
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_end(&mut v);
+        }
+        v
+    });
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = t_err.join().unwrap_or_default();
+    let status = guard
+        .wait_for(std::time::Duration::from_secs(600))
+        .ok_or("cargo build did not finish in 10 minutes")?;
+    Ok((stdout, stderr, status.success()))
+}
+
+/// The `executable` of the `hello` example's compiler-artifact message.
+fn executable_from_json(stdout: &str) -> Option<PathBuf> {
+    stdout
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"hello\""))
+        .find_map(|l| {
+            let key = "\"executable\":\"";
+            let start = l.find(key)? + key.len();
+            let end = start + l[start..].find('"')?;
+            Some(PathBuf::from(&l[start..end]))
+        })
+}

@@ -1,0 +1,92 @@
+//! `upshift-bench`: the benchmark harness behind BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release -p upshift-bench -- <scenario> [options]
+//! ```
+//!
+//! Each scenario builds what it needs (the `hello` example, with distinct `BUILD_ID`s), starts
+//! real processes on 127.0.0.1, drives them with `wrk`, and prints a Markdown report: the command
+//! that produced it, the machine, a table per run, medians with ranges, the raw per-run numbers
+//! and a verdict against the issue's targets. Progress goes to stderr, the report to stdout.
+//!
+//! Exit status: 0 when every run was performed (whether or not targets were met), 1 when a run
+//! could not be performed (a build failed, the server did not come up, wrk failed), 2 on a usage
+//! error. Every process the harness starts is stopped by pid when it finishes, fails, panics or is
+//! interrupted.
+//!
+//! Adding a scenario: write `scenarios/<name>.rs` with a `SPEC: Scenario` and list it in
+//! [`scenarios::ALL`].
+
+mod builds;
+mod hello;
+mod httpget;
+mod logtime;
+mod machine;
+mod opts;
+mod procs;
+mod report;
+mod scenarios;
+mod stats;
+mod wrk;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    procs::install_interrupt_handler();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(name) = args.first() else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    if name == "-h" || name == "--help" || name == "help" {
+        println!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let Some(scenario) = scenarios::ALL.iter().find(|s| s.name == name.as_str()) else {
+        eprintln!("upshift-bench: unknown scenario {name:?}\n\n{}", usage());
+        return ExitCode::from(2);
+    };
+    let opts = match opts::Opts::parse(&args[1..], scenarios::specs(scenario)) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{}", scenarios::help(scenario));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "upshift-bench {}: {e}\n\n{}",
+                scenario.name,
+                scenarios::help(scenario)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match (scenario.run)(&opts) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(_) if procs::interrupted() => {
+            eprintln!("upshift-bench {}: interrupted", scenario.name);
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!(
+                "upshift-bench {}: a run could not be performed: {e}",
+                scenario.name
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    let mut s = String::from(
+        "usage: cargo run --release -p upshift-bench -- <scenario> [options]\n\nscenarios:\n",
+    );
+    for sc in scenarios::ALL {
+        s.push_str(&format!("  {:<16} {}\n", sc.name, sc.summary));
+    }
+    s.push_str("\n`<scenario> --help` lists its options.");
+    s
+}

@@ -1,0 +1,370 @@
+//! The `hello` example upgrades itself end to end from a real nginx: `hello --url <nginx>/hello`
+//! runs as a master from a copy in a temp dir; a new build (the same binary with bytes appended,
+//! so a distinct sha256) is published with its `.sha256` the way a release pipeline does (the
+//! checksum first, then the file, each written atomically), and the master must download, verify,
+//! test-run and install it and hand over to a generation 2 worker, while a client polling `GET /`
+//! every 20 ms sees no failure. A release whose checksum does not match is refused and generation
+//! 1 keeps serving; once upgraded, an unchanged release costs one `304` per poll.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::hello::{hello_binary, is_alive, new_build, proc_stat, Greeting, Hello, Poller};
+use common::{sha256_hex, Hit, Nginx};
+
+/// From publishing to generation 2 answering.
+const UPGRADE: Duration = Duration::from_secs(20);
+/// Between two requests of the polling client.
+const CLIENT_PAUSE: Duration = Duration::from_millis(20);
+/// The master's log filter when the test counts its polls: the pipeline's `checking` events are
+/// at debug level.
+const POLLS_LOG: &str = "info,upshift::master::updater=debug";
+/// What the pipeline logs at the start of every poll.
+const CHECKING: &str = "event=checking ";
+
+fn start(nginx: &Nginx, rust_log: &str) -> Hello {
+    Hello::start(
+        &hello_binary(),
+        &["--url".to_string(), nginx.url("hello")],
+        &[],
+        rust_log,
+    )
+}
+
+/// Publishes as a release pipeline does: the checksum first, then the file, each atomically
+/// (temp file and rename) under nginx's root.
+fn publish(nginx: &Nginx, bytes: &[u8], sha256: &str) {
+    nginx.put("hello.sha256", format!("{sha256}  hello\n").as_bytes());
+    nginx.put("hello", bytes);
+}
+
+/// What an upgrade looked like.
+struct Upgrade {
+    before: Greeting,
+    after: Greeting,
+    /// From the start of publishing to generation 2 answering.
+    took: Duration,
+    /// How long publishing itself took (writing the files).
+    publishing: Duration,
+}
+
+/// Publishes `release` (with its correct checksum) to the master `hello` serves generation 1 of,
+/// and asserts the upgrade: a new worker answers as generation 2 within [`UPGRADE`], the master
+/// (same pid) logs the release as serving, the old worker goes away, the binary on disk is the
+/// published one, and a client polling all along saw no failure.
+fn upgrade_to(hello: &mut Hello, nginx: &Nginx, release: &[u8]) -> Upgrade {
+    let master = hello.pid();
+    let before = hello.greeting();
+    assert_eq!(before.generation, 1, "before publishing: {before:?}");
+    assert_ne!(before.pid, master, "the master itself answers");
+
+    let poller = Poller::start(hello.addr, CLIENT_PAUSE);
+    std::thread::sleep(Duration::from_millis(100));
+    let sha256 = sha256_hex(release);
+    let t0 = Instant::now();
+    publish(nginx, release, &sha256);
+    let publishing = t0.elapsed();
+    let Some(after) = hello.wait_greeting(UPGRADE, |g| g.pid != before.pid) else {
+        hello.fail(format!(
+            "no new worker answered within {UPGRADE:?} of publishing sha256:{sha256}"
+        ))
+    };
+    let took = t0.elapsed();
+
+    let serving = format!("release sha256:{sha256} is serving (generation 2)");
+    if hello.wait_log(&serving, Duration::from_secs(5)).is_none() {
+        hello.fail(format!("the master did not log {serving:?}"));
+    }
+    if after.generation != 2 || after.build_id != before.build_id {
+        hello.fail(format!(
+            "after the upgrade {after:?} answers, expected generation 2 of the same build id as {before:?}"
+        ));
+    }
+    if !hello.is_running() {
+        hello.fail("the master exited during the upgrade");
+    }
+    assert_eq!(
+        proc_stat(after.pid).map(|s| s.ppid),
+        Some(master),
+        "the new worker {} is not the child of the master {master}",
+        after.pid
+    );
+    // The client keeps polling while the old worker drains.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while is_alive(before.pid) {
+        if Instant::now() >= deadline {
+            hello.fail(format!(
+                "the old worker {} was still alive 15 s after the upgrade",
+                before.pid
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let report = poller.finish();
+
+    if !report.failures.is_empty() {
+        let failures: Vec<String> = report
+            .failures
+            .iter()
+            .map(|(at, e)| {
+                format!(
+                    "{:?} after publishing: {e}",
+                    at.saturating_duration_since(t0)
+                )
+            })
+            .collect();
+        hello.fail(format!(
+            "{} of {} requests failed during the upgrade: {failures:#?}",
+            failures.len(),
+            failures.len() + report.answers.len()
+        ));
+    }
+    let workers = report.workers();
+    assert_eq!(
+        workers,
+        [(before.pid, 1), (after.pid, 2)],
+        "the polling client saw these (pid, generation) answer"
+    );
+    let installed = hello.installed();
+    assert!(
+        installed == release,
+        "{} is not the published release: {} bytes, sha256 {}, expected {} bytes, sha256 {sha256}",
+        hello.exe().display(),
+        installed.len(),
+        sha256_hex(&installed),
+        release.len()
+    );
+    assert_eq!(hello.pid(), master);
+    assert_eq!(hello.live_children(), [after.pid], "the master's children");
+    eprintln!(
+        "UPGRADE via nginx: published {} bytes in {publishing:?}; generation 2 (pid {}) answered \
+         {took:?} after publishing began; {} requests by the client, {} connections, 0 failed",
+        release.len(),
+        after.pid,
+        report.answers.len(),
+        report.connections
+    );
+    Upgrade {
+        before,
+        after,
+        took,
+        publishing,
+    }
+}
+
+#[test]
+fn hello_upgrades_itself_from_nginx() {
+    let nginx = Nginx::start();
+    let mut hello = start(&nginx, "info");
+    let current = std::fs::read(hello_binary()).expect("read the hello binary");
+    let v2 = new_build(&current, "v2");
+    let up = upgrade_to(&mut hello, &nginx, &v2);
+    assert!(up.took <= UPGRADE, "{:?}", up.took);
+    assert!(up.publishing <= up.took);
+    assert_eq!((up.before.generation, up.after.generation), (1, 2));
+}
+
+#[test]
+fn hello_rejects_a_bad_release_from_nginx() {
+    let nginx = Nginx::start();
+    let mut hello = start(&nginx, "info");
+    let master = hello.pid();
+    let current = std::fs::read(hello.exe()).expect("read the installed binary");
+    let before = hello.greeting();
+
+    let poller = Poller::start(hello.addr, CLIENT_PAUSE);
+    let bad = new_build(&current, "bad");
+    let wrong = sha256_hex(b"the checksum of some other file");
+    let t0 = Instant::now();
+    publish(&nginx, &bad, &wrong);
+    let rejected = format!("release sha256:{wrong} rejected: checksum mismatch");
+    let Some(line) = hello.wait_log(&rejected, UPGRADE) else {
+        hello.fail(format!(
+            "the master did not log {rejected:?} within {UPGRADE:?}"
+        ))
+    };
+    let took = t0.elapsed();
+    let rejected_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let report = poller.finish();
+
+    if !report.failures.is_empty() {
+        hello.fail(format!(
+            "requests failed around the rejection: {:#?}",
+            report.failures
+        ));
+    }
+    let since_rejection = report
+        .answers
+        .iter()
+        .filter(|(at, _)| *at >= rejected_at)
+        .count();
+    assert!(
+        since_rejection >= 20,
+        "only {since_rejection} answers in the 2 s after the rejection"
+    );
+    assert_eq!(
+        report.workers(),
+        [(before.pid, 1)],
+        "who answered while the bad release was published"
+    );
+    assert_eq!(hello.greeting(), before);
+    assert!(hello.is_running(), "the master exited");
+    assert_eq!(hello.pid(), master);
+    assert_eq!(hello.live_children(), [before.pid], "the master's children");
+    assert!(
+        hello.installed() == current,
+        "the binary on disk changed after a rejected release"
+    );
+    assert_eq!(
+        hello.bin_dir_entries(),
+        ["hello"],
+        "left next to the binary after the rejection"
+    );
+    let log = hello.log();
+    if log.contains(" is serving (")
+        || log.lines().filter(|l| l.contains(" rejected: ")).count() != 1
+    {
+        hello.fail("expected exactly one rejection and no release serving");
+    }
+    eprintln!(
+        "REJECTED via nginx {took:?} after publishing: {}; generation 1 (pid {}) answered {} \
+         requests in the next 2 s, 0 failed",
+        line.trim(),
+        before.pid,
+        since_rejection
+    );
+}
+
+/// The access log's lines from `start` on.
+fn since(hits: &[Hit], start: usize) -> Vec<Hit> {
+    hits.get(start..).unwrap_or_default().to_vec()
+}
+
+/// Waits for the start of a poll and for its request to be done (a poll is one small request on
+/// loopback; the next one is 0.3 s away); the polls and the access log lines so far.
+fn between_polls(hello: &Hello, nginx: &Nginx) -> (usize, usize) {
+    let seen = hello.log_lines(CHECKING).len();
+    if !hello.wait_log_count(CHECKING, seen, Duration::from_secs(5)) {
+        hello.fail("the master stopped polling");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    (hello.log_lines(CHECKING).len(), nginx.settled_hits().len())
+}
+
+#[test]
+fn unchanged_release_costs_one_request_and_no_body() {
+    let nginx = Nginx::start();
+    let mut hello = start(&nginx, POLLS_LOG);
+    let current = std::fs::read(hello_binary()).expect("read the hello binary");
+    let v2 = new_build(&current, "v2-unchanged");
+    upgrade_to(&mut hello, &nginx, &v2);
+
+    // The checksum was written moments before it was served, so its validators are not trusted
+    // until it is a second old: the first polls after the upgrade may fetch it again.
+    let upgraded = nginx.settled_hits().len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled_after = loop {
+        let hits = since(&nginx.settled_hits(), upgraded);
+        if hits
+            .iter()
+            .any(|h| h.uri == "/hello.sha256" && h.status == 304)
+        {
+            break hits.len();
+        }
+        if Instant::now() >= deadline {
+            hello.fail(format!(
+                "no poll was answered 304 within 10 s of the upgrade: {hits:#?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let (checks_a, hits_a) = between_polls(&hello, &nginx);
+    std::thread::sleep(Duration::from_secs(2));
+    let (checks_b, hits_b) = between_polls(&hello, &nginx);
+    let polls = checks_b - checks_a;
+    let hits = since(&nginx.settled_hits(), hits_a);
+    let hits = &hits[..hits_b - hits_a];
+    eprintln!(
+        "UNCHANGED via nginx: {settled_after} request(s) before the first 304; then {polls} polls \
+         in ~2 s made {} requests: {:?}",
+        hits.len(),
+        hits.iter()
+            .map(|h| format!("{} {} {} {}B", h.method, h.uri, h.status, h.body_bytes))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        polls >= 4,
+        "{polls} polls in 2 s at a 0.3 s interval: is the master polling?"
+    );
+    assert_eq!(
+        hits.len(),
+        polls,
+        "{polls} polls made {} requests: {hits:#?}",
+        hits.len()
+    );
+    for h in hits {
+        assert_eq!(
+            (h.method.as_str(), h.uri.as_str(), h.status, h.body_bytes),
+            ("GET", "/hello.sha256", 304, 0),
+            "an unchanged poll: {h:?}"
+        );
+        assert!(
+            h.if_none_match.is_some() && h.if_modified_since.is_some(),
+            "an unchanged poll was not conditional: {h:?}"
+        );
+    }
+    assert!(hello.is_running());
+    assert_eq!(hello.greeting().generation, 2);
+}
+
+/// Publishing over an earlier release in the documented order (the checksum first, then the
+/// file) leaves a window in which nginx serves the new checksum with the old file: for a release
+/// of a few hundred MB, written in about a second, a poll every 0.3 s lands in it. That poll's
+/// download is refused (checksum mismatch), which is right; but the pipeline remembers the refusal
+/// by identity (`sha256:<published checksum>`), and when the file arrives a moment later the
+/// release has the same identity: "rejected before; not trying it again" (at debug level), and the
+/// new build is never installed. Each poll meanwhile fetches the checksum again (its validators
+/// were never committed) and starts the release's download only to drop it.
+///
+/// Here the poll is made to land in the window: the file is written only after the refusal. The
+/// same happens without forcing it, when `publish` writes the checksum and the file back to back
+/// over an earlier release.
+#[test]
+#[ignore = "library bug: a poll between the new checksum and the new file loses the release for good"]
+fn a_poll_between_the_checksum_and_the_file_does_not_lose_the_release() {
+    let nginx = Nginx::start();
+    let current = std::fs::read(hello_binary()).expect("read the hello binary");
+    publish(&nginx, &current, &sha256_hex(&current));
+    // At debug level the log says why the release is not tried again.
+    let hello = start(&nginx, POLLS_LOG);
+    let before = hello.greeting();
+
+    let v2 = new_build(&current, "v2-window");
+    let sha256 = sha256_hex(&v2);
+    nginx.put("hello.sha256", format!("{sha256}  hello\n").as_bytes());
+    let refused = format!("release sha256:{sha256} rejected: checksum mismatch");
+    if hello.wait_log(&refused, UPGRADE).is_none() {
+        hello.fail(format!(
+            "no poll saw the new checksum with the old file: expected {refused:?}"
+        ));
+    }
+    nginx.put("hello", &v2);
+    let t0 = Instant::now();
+    match hello.wait_greeting(UPGRADE, |g| g.pid != before.pid) {
+        Some(g) if g.generation == 2 && hello.installed() == v2 => {
+            eprintln!(
+                "WINDOW via nginx: generation 2 answered {:?} after the file",
+                t0.elapsed()
+            )
+        }
+        Some(g) => hello.fail(format!("after the file was published, {g:?} answers")),
+        None => hello.fail(format!(
+            "the release sha256:{sha256} was not installed within {UPGRADE:?} of its file being \
+             published, after one poll saw its checksum with the previous file"
+        )),
+    }
+}
