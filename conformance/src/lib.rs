@@ -116,6 +116,7 @@ fn unrelated_current() -> Current {
         sha256: sha256_hex(b"the binary that is installed, never published"),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     }
 }
 
@@ -124,6 +125,7 @@ fn installed(sha256: &str, identity: Option<&str>) -> Current {
         sha256: sha256.to_string(),
         identity: identity.map(str::to_string),
         version: None,
+        rejected: Vec::new(),
     }
 }
 
@@ -319,6 +321,39 @@ pub async fn installed_release_is_not_offered(src: &dyn Source) {
     let (_f, r) = check_bounded(f, &installed(&sha, Some(&identity)), "after install").await;
     expect_none(r, "the same fetcher after the release was installed");
     assert_no_body_sent(src, before, "the same fetcher after install");
+}
+
+/// A release the pipeline refused after reading it (it crashed in its test run, say) is not
+/// offered again while it stays published, and deciding that transfers none of its body; a new
+/// release is offered as usual.
+pub async fn refused_release_is_not_downloaded_again(src: &dyn Source) {
+    let bytes = payload("refused", PAYLOAD_LEN);
+    let sha = sha256_hex(&bytes);
+    src.publish(&bytes, Some(&sha));
+    let (f, r) = check_bounded(src.fetcher(), &unrelated_current(), "finding it").await;
+    let mut release = expect_some(r, "finding the release to refuse");
+    assert_release_of(&mut release, &bytes, Some(&sha), "finding the release").await;
+    let mut refused = unrelated_current();
+    refused.rejected.push(Current::rejection_key(
+        &release.identity,
+        release.sha256.as_deref(),
+        release.signature.as_deref(),
+    ));
+    drop(release);
+
+    let before = src.bytes_served();
+    let (f, r) = check_bounded(f, &refused, "after refusing it").await;
+    expect_none(r, "the same fetcher after the pipeline refused the release");
+    let (f, r) = check_bounded(f, &refused, "polling again").await;
+    expect_none(r, "polling again while the refused release stays published");
+    assert_no_body_sent(src, before, "polls after the release was refused");
+
+    let next = payload("after-refused", PAYLOAD_LEN);
+    let next_sha = sha256_hex(&next);
+    src.publish(&next, Some(&next_sha));
+    let (_f, r) = check_bounded(f, &refused, "a new release after a refused one").await;
+    let mut release = expect_some(r, "a new release after a refused one");
+    assert_release_of(&mut release, &next, Some(&next_sha), "the new release").await;
 }
 
 fn assert_no_body_sent(src: &dyn Source, before: Option<u64>, what: &str) {
@@ -549,6 +584,7 @@ macro_rules! fetcher_conformance_tests {
             published_release_reads_back_exactly,
             release_without_checksum_reads_back_exactly,
             installed_release_is_not_offered,
+            refused_release_is_not_downloaded_again,
             republished_identical_bytes_are_not_a_new_release,
             new_bytes_are_a_new_release,
             checksum_mismatch_is_surfaced,

@@ -34,6 +34,7 @@ fn current(sha256: &str) -> Current {
         sha256: sha256.into(),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     }
 }
 

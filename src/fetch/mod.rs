@@ -17,7 +17,24 @@ pub use file::FileFetcher;
 pub type ReleaseBody = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
 /// What is installed now, as a fetcher needs it to decide what is new.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// use upshift::fetch::Current;
+///
+/// let mut current = Current {
+///     sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+///     identity: Some("v1.2.0".into()),
+///     version: Some("1.2.0".into()),
+///     rejected: Vec::new(),
+/// };
+/// // The pipeline refused v1.3.0 (say, it crashed in its test run): a fetcher that finds it
+/// // again with the same checksum and no signature need not download it.
+/// current.rejected.push(Current::rejection_key("v1.3.0", Some("ab12"), None));
+/// assert!(current.was_rejected("v1.3.0", Some("ab12"), None));
+/// // A corrected checksum makes a new candidate.
+/// assert!(!current.was_rejected("v1.3.0", Some("cd34"), None));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Current {
     /// Lower-case hex sha256 of the binary on disk.
     pub sha256: String,
@@ -25,6 +42,39 @@ pub struct Current {
     pub identity: Option<String>,
     /// The running program's version (`CARGO_PKG_VERSION` of the binary, as configured).
     pub version: Option<String>,
+    /// Releases the pipeline refused or rolled back, as keys made by
+    /// [`Current::rejection_key`] (bounded; oldest first). The poll loop would drop such a release
+    /// unread; a fetcher that can tell one before starting its download (see
+    /// [`Current::was_rejected`]) saves the transfer on every poll while it stays published.
+    pub rejected: Vec<String>,
+}
+
+impl Current {
+    /// The key under which a refused release is remembered: its identity, its expected sha256
+    /// and (a digest of) its signature. What vouches for the bytes is part of the key, because a
+    /// checksum or signature corrected after the binary was published makes a new candidate.
+    pub fn rejection_key(identity: &str, sha256: Option<&str>, signature: Option<&str>) -> String {
+        use sha2::Digest;
+        let signature = signature
+            .map(|s| hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8]))
+            .unwrap_or_else(|| "-".into());
+        let sha256 = sha256.map(str::to_ascii_lowercase);
+        format!(
+            "{identity}#{}#{signature}",
+            sha256.as_deref().unwrap_or("-")
+        )
+    }
+
+    /// Whether the release with this identity, expected sha256 and signature was refused before.
+    pub fn was_rejected(
+        &self,
+        identity: &str,
+        sha256: Option<&str>,
+        signature: Option<&str>,
+    ) -> bool {
+        let key = Current::rejection_key(identity, sha256, signature);
+        self.rejected.iter().any(|k| *k == key)
+    }
 }
 
 /// How a release is packaged.

@@ -4,7 +4,6 @@
 //! overlap: a release is taken through stage → test-run → veto → install → readiness-gated
 //! restart → probation under one lock, and rolled back if the new worker fails.
 
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -44,9 +43,9 @@ pub(crate) struct PipelineConfig {
 struct Installed {
     /// The file upgrades replace: the invoked path with symlinks resolved.
     target: PathBuf,
+    /// Also holds (in `rejected`) the keys and binary hashes of releases that were rejected or
+    /// rolled back, so the fetchers can skip them too.
     current: Current,
-    /// Identities and binary hashes of releases that were rejected or rolled back.
-    rejected: VecDeque<String>,
     /// The hash of the installed binary while it is on probation: installing over it keeps
     /// `.prev`, which must stay the last binary that proved itself.
     on_probation: Option<String>,
@@ -162,8 +161,8 @@ impl Updater {
                 sha256,
                 identity: None,
                 version: self.cfg.version.clone(),
+                rejected: Vec::new(),
             },
-            rejected: VecDeque::new(),
             on_probation: None,
         })
     }
@@ -173,7 +172,7 @@ impl Updater {
         // What vouches for the bytes is part of what was refused: a sidecar or signature
         // corrected after the binary was published makes a new candidate.
         let key = rejection_key(&release);
-        if installed.rejected.contains(&key) {
+        if installed.current.rejected.contains(&key) {
             tracing::debug!(%identity, "release was rejected before; not trying it again");
             return;
         }
@@ -186,7 +185,9 @@ impl Updater {
         ));
         let staged = match install::stage(release, &installed.target, &self.cfg.stage).await {
             Ok(s) => s,
-            Err(InstallError::ChecksumMismatch { actual, .. }) if actual == installed.current.sha256 => {
+            Err(InstallError::ChecksumMismatch { actual, .. })
+                if actual == installed.current.sha256 =>
+            {
                 // The new checksum was published but the old file is still served (a deploy
                 // writes the checksum first): not a bad release, the next poll gets the new file.
                 tracing::info!(
@@ -213,7 +214,7 @@ impl Updater {
             return;
         }
         let binary_sha256 = staged.binary_sha256.clone();
-        if installed.rejected.contains(&binary_sha256) {
+        if installed.current.rejected.contains(&binary_sha256) {
             self.emit(UpgradeEvent::Skipped {
                 identity,
                 reason: "the same binary was rejected before".into(),
@@ -342,8 +343,8 @@ impl Updater {
             }
             Some(RestartOutcome::Failed { reason, .. }) => {
                 // A newer release replaced it already; only remember not to try it again.
-                remember(&mut installed.rejected, &candidate.key);
-                remember(&mut installed.rejected, &candidate.binary_sha256);
+                remember(&mut installed.current.rejected, &candidate.key);
+                remember(&mut installed.current.rejected, &candidate.binary_sha256);
                 let reason = format!("{reason} (already replaced by a newer release)");
                 self.emit(UpgradeEvent::Rejected {
                     identity: candidate.identity,
@@ -384,8 +385,8 @@ impl Updater {
                 tracing::error!(%identity, error = %e, "could not restore the previous binary")
             }
         }
-        remember(&mut installed.rejected, key);
-        remember(&mut installed.rejected, binary_sha256);
+        remember(&mut installed.current.rejected, key);
+        remember(&mut installed.current.rejected, binary_sha256);
         self.emit(UpgradeEvent::RolledBack {
             identity: identity.to_string(),
             reason: reason.to_string(),
@@ -409,9 +410,9 @@ impl Updater {
     ) {
         tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
         if error.is_release_fault() {
-            remember(&mut installed.rejected, key);
+            remember(&mut installed.current.rejected, key);
             if let Some(h) = binary_sha256 {
-                remember(&mut installed.rejected, h);
+                remember(&mut installed.current.rejected, h);
             }
         }
         self.emit(UpgradeEvent::Rejected {
@@ -442,22 +443,19 @@ fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
 }
 
 fn rejection_key(release: &Release) -> String {
-    use sha2::Digest;
-    let signature = release
-        .signature
-        .as_deref()
-        .map(|s| hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8]))
-        .unwrap_or_else(|| "-".into());
-    let sha256 = release.sha256.as_deref().unwrap_or("-");
-    format!("{}#{sha256}#{signature}", release.identity)
+    Current::rejection_key(
+        &release.identity,
+        release.sha256.as_deref(),
+        release.signature.as_deref(),
+    )
 }
 
-fn remember(rejected: &mut VecDeque<String>, key: &str) {
+fn remember(rejected: &mut Vec<String>, key: &str) {
     if !rejected.iter().any(|k| k == key) {
         if rejected.len() == REJECTED_MEMORY {
-            rejected.pop_front();
+            rejected.remove(0);
         }
-        rejected.push_back(key.to_string());
+        rejected.push(key.to_string());
     }
 }
 
@@ -559,7 +557,7 @@ mod tests {
 
     #[test]
     fn rejected_memory_is_bounded_and_deduplicated() {
-        let mut r = VecDeque::new();
+        let mut r = Vec::new();
         for i in 0..(REJECTED_MEMORY + 10) {
             remember(&mut r, &i.to_string());
             remember(&mut r, &i.to_string());

@@ -76,8 +76,9 @@ impl fmt::Debug for Token {
 /// * **Never a downgrade.** A release whose tag's version is not greater than the running
 ///   version ([`current_version`](Self::current_version), by default [`Current::version`], which
 ///   `Upgrader::version` sets) is ignored. Nor is the installed release offered again (same tag as
-///   [`Current::identity`], or a published checksum equal to [`Current::sha256`]); deciding that
-///   downloads nothing.
+///   [`Current::identity`], or a published checksum equal to [`Current::sha256`]), nor one the
+///   pipeline refused with the same checksum and signature ([`Current::was_rejected`]); deciding
+///   that downloads nothing.
 /// * **Which asset.** By default the one whose name names this platform: the target triple
 ///   ([`TARGET`]) or OS and architecture words (`linux`, `darwin`/`macos`, `windows`; `x86_64`/
 ///   `amd64`, `aarch64`/`arm64`, …), packaged as `.tar.gz`/`.tgz`, `.zip`, `.gz` or a bare
@@ -729,6 +730,16 @@ impl Fetcher for GithubFetcher {
                 return Ok(None);
             }
         }
+        if current.was_rejected(
+            &pick.tag,
+            resolved.sha256.as_deref(),
+            resolved.signature.as_deref(),
+        ) {
+            // Refused by the pipeline before and still vouched for the same way: downloading it
+            // again on every poll would only have the download dropped.
+            tracing::trace!(fetcher = %self.name, tag = %pick.tag, "release was refused before");
+            return Ok(None);
+        }
         let response = self.open_asset(&api, &asset).await?;
         tracing::debug!(fetcher = %self.name, tag = %pick.tag, asset = %asset.name, size = asset.size, "downloading release asset");
         let what = format!("{}: release {} asset {}", self.name, pick.tag, asset.name);
@@ -804,6 +815,7 @@ mod tests {
             sha256: String::new(),
             identity: None,
             version: None,
+            rejected: Vec::new(),
         };
         let mut f = GithubFetcher::new("o/r").unwrap().api_base("not a url");
         let e = f.check(&current).await.unwrap_err().to_string();

@@ -65,6 +65,7 @@ fn nothing_installed() -> Current {
         sha256: sha256_hex(b"not any published build"),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     }
 }
 
@@ -331,6 +332,7 @@ async fn an_unchanged_poll_is_one_304_with_no_body() {
         sha256: sha,
         identity: Some(r.identity.clone()),
         version: Some("1.0.0".into()),
+        rejected: Vec::new(),
     };
 
     let mut unchanged = Vec::new();
@@ -392,6 +394,7 @@ async fn an_exhausted_rate_limit_is_rate_limited_until_the_reset() {
         sha256: r.sha256.clone().unwrap_or_default(),
         identity: Some(r.identity.clone()),
         version: None,
+        rejected: Vec::new(),
     };
     // 304s do not count: with 1 request left, five unchanged polls still succeed.
     for _ in 0..5 {

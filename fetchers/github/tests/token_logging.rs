@@ -53,6 +53,7 @@ async fn the_token_is_never_logged() {
         sha256: sha256_hex(b"installed"),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     };
     let bounded = Duration::from_secs(30);
 

@@ -33,7 +33,11 @@
 //!
 //! The validators are remembered only once the release's body has been read to its end: a
 //! release dropped unread or cut short (a network failure mid-download, a full disk) is offered
-//! again at the next poll; the install pipeline remembers the releases it rejected. Validators
+//! again at the next poll. A release read in full whose checksum is then unchanged costs that
+//! checksum's `304` if the pipeline installed or refused it ([`Current::was_rejected`]); if it did
+//! neither (the bytes did not match the new checksum because the poll fell between the two
+//! writes of a deploy), the file is asked for again, conditionally: a second `304` until the
+//! new file is there, and then the release. Validators
 //! of a file modified less than a second before it was served are not remembered at all (the
 //! next poll is unconditional): static servers derive ETag and Last-Modified from the mtime in
 //! whole seconds, so a same-size rewrite within that second (a checksum file always has the same
@@ -148,6 +152,10 @@ pub struct HttpFetcher {
     memory: Arc<Mutex<Memory>>,
     /// Checks started so far: orders the validators a check or a body commits.
     checks: u64,
+    /// The checksum and signature of the last release handed to the pipeline. While that release
+    /// is neither installed nor refused, an unchanged checksum does not prove the file unchanged:
+    /// a deploy writes the checksum first, and a poll between the two writes got the old file.
+    last_offered: Option<(String, Option<String>)>,
 }
 
 impl std::fmt::Debug for HttpFetcher {
@@ -211,6 +219,7 @@ impl HttpFetcher {
             client: None,
             memory: Arc::new(Mutex::new(Memory::default())),
             checks: 0,
+            last_offered: None,
         })
     }
 
@@ -481,6 +490,8 @@ impl Fetcher for HttpFetcher {
         // 1. The checksum: the change detector, and "is this what is installed?".
         let mut checksum_validators = None;
         let mut digest = None;
+        // Whether step 2 asks for the file conditionally even though a digest is known.
+        let mut recheck_file = false;
         if let Some((kind, url)) = match &self.checksum {
             ChecksumSource::None => None,
             ChecksumSource::Sidecar(u) => Some((ChecksumKind::Sidecar, u)),
@@ -495,10 +506,31 @@ impl Fetcher for HttpFetcher {
                 .small_doc(url, conditional, self.small_timeout(), limit)
                 .await?
             {
-                Doc::NotModified => {
-                    tracing::debug!(url = %meta::redact(url), "checksum unchanged: no new release");
-                    return Ok(None);
-                }
+                Doc::NotModified => match self.last_offered.clone() {
+                    Some((d, signature))
+                        if !d.eq_ignore_ascii_case(&current.sha256)
+                            && current.identity.as_deref()
+                                != Some(format!("sha256:{d}").as_str())
+                            && !current.was_rejected(
+                                &format!("sha256:{d}"),
+                                Some(&d),
+                                signature.as_deref(),
+                            ) =>
+                    {
+                        // The release offered under this checksum was neither installed nor
+                        // refused (the file did not match: a deploy writes the checksum first,
+                        // and that poll got the old file). Ask for the file again, conditionally:
+                        // an unchanged file still costs no body bytes.
+                        tracing::debug!(url = %meta::redact(url), "checksum unchanged, last release neither installed nor refused: checking the file");
+                        checksum_validators = remembered.checksum.clone();
+                        digest = Some(d);
+                        recheck_file = true;
+                    }
+                    _ => {
+                        tracing::debug!(url = %meta::redact(url), "checksum unchanged: no new release");
+                        return Ok(None);
+                    }
+                },
                 Doc::Missing => {
                     tracing::debug!(url = %meta::redact(url), "no checksum published");
                     self.memory().forget_checksum(seq);
@@ -525,10 +557,23 @@ impl Fetcher for HttpFetcher {
             }
         }
 
+        // A new checksum: before the release is requested, is it one the pipeline refused? That
+        // depends on its signature too (a corrected one makes a new candidate), so fetch it first.
+        let mut signature_first = None;
+        if let (Some(d), false) = (&digest, recheck_file) {
+            let signature = fetch_signature(&getter, &self.signature, self.small_timeout()).await?;
+            if current.was_rejected(&format!("sha256:{d}"), Some(d), signature.as_deref()) {
+                tracing::debug!(identity = %format!("sha256:{d}"), "the published release was refused before");
+                self.memory().commit_checksum(seq, checksum_validators);
+                return Ok(None);
+            }
+            signature_first = Some(signature);
+        }
+
         // 2. The release itself: conditional only when no checksum told us it changed.
         let conditional = match digest {
-            Some(_) => None,
-            None => remembered.file.as_ref(),
+            Some(_) if !recheck_file => None,
+            _ => remembered.file.as_ref(),
         };
         let timeout = self.timeout;
         let got = getter.release(&self.url, conditional, timeout).await?;
@@ -560,24 +605,14 @@ impl Fetcher for HttpFetcher {
             None => meta::guess_format(&final_url, resp.headers(), &self.url),
         };
 
-        // 3. The signature, optional.
-        let signature = match &self.signature {
-            SignatureSource::None => None,
-            SignatureSource::Url(u) => {
-                match getter
-                    .small_doc(u, None, self.small_timeout(), SIDECAR_LIMIT)
-                    .await?
-                {
-                    Doc::Found { text, .. } => Some(text),
-                    Doc::Missing | Doc::NotModified => {
-                        tracing::debug!(url = %meta::redact(u), "no signature published");
-                        None
-                    }
-                }
-            }
+        // 3. The signature, optional (already fetched if the checksum was new).
+        let signature = match signature_first {
+            Some(signature) => signature,
+            None => fetch_signature(&getter, &self.signature, self.small_timeout()).await?,
         };
 
         tracing::debug!(%identity, url = %meta::redact(&final_url), ?size_hint, ?format, "new release");
+        self.last_offered = digest.clone().map(|d| (d, signature.clone()));
         let commit = Commit::new(
             self.memory.clone(),
             seq,
@@ -597,6 +632,24 @@ impl Fetcher for HttpFetcher {
 
     fn interval(&self) -> Duration {
         self.interval
+    }
+}
+
+/// The release's detached minisign signature, if one is configured and published.
+async fn fetch_signature(
+    getter: &Getter<'_>,
+    source: &SignatureSource,
+    timeout: Duration,
+) -> Result<Option<String>, FetchError> {
+    let SignatureSource::Url(url) = source else {
+        return Ok(None);
+    };
+    match getter.small_doc(url, None, timeout, SIDECAR_LIMIT).await? {
+        Doc::Found { text, .. } => Ok(Some(text)),
+        Doc::Missing | Doc::NotModified => {
+            tracing::debug!(url = %meta::redact(url), "no signature published");
+            Ok(None)
+        }
     }
 }
 
@@ -661,6 +714,7 @@ mod tests {
             sha256: String::new(),
             identity: None,
             version: None,
+            rejected: Vec::new(),
         };
         let e = f
             .check(&current)

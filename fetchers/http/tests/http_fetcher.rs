@@ -26,7 +26,29 @@ fn nothing_installed() -> Current {
         sha256: sha256_hex(b"the installed binary, never published"),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     }
+}
+
+/// What the pipeline leaves in `Current` after installing `release` (a raw binary `bytes`).
+fn installed_as(release: &Release, bytes: &[u8]) -> Current {
+    Current {
+        sha256: sha256_hex(bytes),
+        identity: Some(release.identity.clone()),
+        version: None,
+        rejected: Vec::new(),
+    }
+}
+
+/// What the pipeline leaves in `Current` after refusing `release`.
+fn refused(release: &Release) -> Current {
+    let mut current = nothing_installed();
+    current.rejected.push(Current::rejection_key(
+        &release.identity,
+        release.sha256.as_deref(),
+        release.signature.as_deref(),
+    ));
+    current
 }
 
 async fn read_all(release: &mut Release) -> io::Result<Vec<u8>> {
@@ -121,10 +143,10 @@ async fn an_unchanged_poll_is_one_request_and_no_body() {
         requests,
         [
             ("/releases/app.sha256", 200),
-            ("/releases/app", 200),
-            ("/releases/app.minisig", 404)
+            ("/releases/app.minisig", 404),
+            ("/releases/app", 200)
         ],
-        "a new release costs its checksum, itself and the signature lookup"
+        "a new release costs its checksum, the signature lookup and itself"
     );
     let release_bytes = first
         .iter()
@@ -132,7 +154,7 @@ async fn an_unchanged_poll_is_one_request_and_no_body() {
         .map(|h| h.body_bytes);
     assert_eq!(release_bytes, Some(LEN as u64));
 
-    expect_none(&mut f, &nothing_installed(), "unchanged poll").await;
+    expect_none(&mut f, &installed_as(&release, &bytes), "unchanged poll").await;
     let poll = since(&nginx.settled_hits(), first.len());
     eprintln!(
         "COST new release: {} requests, {} body bytes; unchanged poll: {} request(s), {} body bytes",
@@ -163,6 +185,41 @@ async fn an_unchanged_poll_is_one_request_and_no_body() {
     assert_eq!(
         hit.if_modified_since.as_deref(),
         Some(last_modified.as_str())
+    );
+}
+
+/// After a release was read in full, an unchanged checksum settles the poll only if the pipeline
+/// installed or refused that release. Otherwise (its bytes did not match the new checksum: the
+/// poll fell between a deploy's two writes) the file is asked for again, conditionally, so the
+/// release arrives as soon as its file does and an unchanged file still costs no body.
+#[tokio::test]
+async fn a_release_neither_installed_nor_refused_is_looked_at_again() {
+    let nginx = Nginx::start();
+    let bytes = payload("looked-at-again");
+    publish_settled(&nginx, "releases/app", &bytes);
+    let mut f = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut release = expect_release(&mut f, &nothing_installed(), "first poll").await;
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
+
+    let before = nginx.settled_hits().len();
+    expect_none(&mut f, &nothing_installed(), "file unchanged").await;
+    let poll = since(&nginx.settled_hits(), before);
+    let requests: Vec<(&str, u16)> = poll.iter().map(|h| (h.uri.as_str(), h.status)).collect();
+    assert_eq!(
+        requests,
+        [("/releases/app.sha256", 304), ("/releases/app", 304)],
+        "checksum unchanged, release not installed: the file is asked for conditionally"
+    );
+    assert_eq!(body_bytes(&poll), 0);
+
+    let before = nginx.settled_hits().len();
+    expect_none(&mut f, &refused(&release), "refused").await;
+    let poll = since(&nginx.settled_hits(), before);
+    let requests: Vec<(&str, u16)> = poll.iter().map(|h| (h.uri.as_str(), h.status)).collect();
+    assert_eq!(
+        requests,
+        [("/releases/app.sha256", 304)],
+        "a refused release costs its checksum's 304 only"
     );
 }
 
@@ -245,11 +302,13 @@ async fn the_installed_release_costs_no_release_request() {
             sha256: sha.clone(),
             identity: None,
             version: None,
+            rejected: Vec::new(),
         },
         Current {
             sha256: sha256_hex(b"the binary inside the archive"),
             identity: Some(format!("sha256:{sha}")),
             version: None,
+            rejected: Vec::new(),
         },
     ] {
         let mut f = HttpFetcher::new(nginx.url("app.tar.gz")).expect("valid URL");
@@ -286,7 +345,7 @@ async fn sha256sums_gives_the_line_of_the_release_file() {
     assert_eq!(release.size_hint, Some(LEN as u64));
     assert_eq!(read_all(&mut release).await.expect("body"), bytes);
     let before = nginx.settled_hits().len();
-    expect_none(&mut f, &nothing_installed(), "unchanged").await;
+    expect_none(&mut f, &refused(&release), "unchanged").await;
     let hits = since(&nginx.settled_hits(), before);
     assert_eq!(hits.len(), 1);
     assert_eq!(

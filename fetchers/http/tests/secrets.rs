@@ -105,5 +105,6 @@ fn nothing_installed() -> Current {
         sha256: sha256_hex(b"nothing"),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     }
 }

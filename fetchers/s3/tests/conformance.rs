@@ -99,6 +99,7 @@ async fn the_proxy_counts_release_bytes_only() {
         sha256: "0".repeat(64),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     };
     let mut release = f.check(&current).await.unwrap().expect("a release");
     upshift_fetcher_conformance::read_body(&mut release, bytes.len())

@@ -16,6 +16,7 @@ fn unrelated() -> Current {
         sha256: sha256_hex(b"the running binary"),
         identity: None,
         version: None,
+        rejected: Vec::new(),
     }
 }
 
@@ -24,6 +25,7 @@ fn installed(sha256: &str, identity: Option<&str>) -> Current {
         sha256: sha256.to_string(),
         identity: identity.map(str::to_string),
         version: None,
+        rejected: Vec::new(),
     }
 }
 
