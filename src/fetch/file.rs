@@ -13,7 +13,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
-use super::{Current, FetchError, Fetcher, Format, Origin, Release};
+use super::{Current, FetchError, Fetcher, Format, LocalFile, Origin, Release};
 
 const DEFAULT_SETTLE: Duration = Duration::from_millis(50); // why: see `settle`
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -259,6 +259,18 @@ impl Fetcher for FileFetcher {
             false => None,
         };
         let signature = read_small(&self.minisig_path).await?;
+        // A second descriptor for staging's kernel copy; without one, staging reads the body.
+        let local_file = match file.try_clone() {
+            Ok(clone) => Some(LocalFile {
+                file: clone,
+                sha256: sha256.clone(),
+                stamp,
+            }),
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot duplicate the file descriptor; staging will read the file");
+                None
+            }
+        };
         self.last = Some(new_last);
         let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
         tracing::debug!(path = %self.path.display(), %sha256, "new build");
@@ -270,6 +282,7 @@ impl Fetcher for FileFetcher {
             format: Format::from_name(&file_name),
             origin: Origin::Local,
             body: Box::new(tokio::fs::File::from_std(file)),
+            local_file,
         }))
     }
 
@@ -304,16 +317,16 @@ impl Fetcher for FileFetcher {
 
 /// A file's identity and version as `stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     dev: u64,
     ino: u64,
-    size: u64,
+    pub(crate) size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
 }
 
 impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Stamp {
         Stamp {
             dev: m.dev(),
             ino: m.ino(),

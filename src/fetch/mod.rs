@@ -12,6 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use file::FileFetcher;
+pub(crate) use file::Stamp;
 
 /// A boxed byte stream: a release's body.
 pub type ReleaseBody = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
@@ -145,6 +146,32 @@ pub struct Release {
     pub origin: Origin,
     /// The published file's bytes.
     pub body: ReleaseBody,
+    /// Set by [`FileFetcher`] only (other fetchers leave it `None`): the body is a file on this
+    /// machine that the fetcher has already hashed, so staging copies it in the kernel instead of
+    /// reading and hashing it a second time. See [`LocalFile`].
+    pub local_file: Option<LocalFile>,
+}
+
+/// A release file on this machine, already hashed by [`FileFetcher`].
+///
+/// Staging a raw release (no archive, no signature key configured) from one copies the file with
+/// `copy_file_range` and takes the fetcher's sha256 as the copy's, provided `fstat` shows the
+/// file as it was when it was opened for hashing: same inode, size, mtime and ctime. If anything
+/// changed, the copy is hashed instead. Only upshift makes one; a fetcher in another crate has
+/// nothing to put here.
+pub struct LocalFile {
+    pub(crate) file: std::fs::File,
+    pub(crate) sha256: String,
+    pub(crate) stamp: Stamp,
+}
+
+impl fmt::Debug for LocalFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalFile")
+            .field("sha256", &self.sha256)
+            .field("size", &self.stamp.size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Release {
@@ -156,6 +183,7 @@ impl fmt::Debug for Release {
             .field("size_hint", &self.size_hint)
             .field("format", &self.format)
             .field("origin", &self.origin)
+            .field("local_file", &self.local_file.is_some())
             .finish_non_exhaustive()
     }
 }

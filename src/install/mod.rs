@@ -12,6 +12,7 @@
 //! executable at every instant.
 
 mod child;
+mod local;
 mod replace;
 mod stage;
 mod testrun;

@@ -63,6 +63,18 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// A raw executable staged at `path`, removed on drop until [`keep`](Self::keep).
+    pub(super) fn new(path: PathBuf, sha256: String, bytes: u64) -> Self {
+        Staged {
+            path,
+            asset_sha256: sha256.clone(),
+            binary_sha256: sha256,
+            bytes,
+            binary_bytes: bytes,
+            armed: true,
+        }
+    }
+
     /// Disarms the removal: the file has been renamed into place or is otherwise taken care of.
     pub(crate) fn keep(&mut self) {
         self.armed = false;
@@ -91,7 +103,7 @@ impl Drop for Staged {
 }
 
 /// Removes the temporary file while staging is under way.
-struct TempGuard(Option<PathBuf>);
+pub(super) struct TempGuard(pub(super) Option<PathBuf>);
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
@@ -130,6 +142,7 @@ pub(crate) async fn stage(
         format,
         origin,
         mut body,
+        local_file,
     } = release;
     let limit = opts.max_bytes;
     if size_hint.is_some_and(|n| n > limit) {
@@ -155,6 +168,12 @@ pub(crate) async fn stage(
         })?),
         _ => None,
     };
+
+    if let (Format::Raw, None, Some(local)) = (&format, &verifier, local_file) {
+        // A signature needs the bytes read, and an archive unpacked: those take the stream.
+        drop(body);
+        return super::local::stage_local(&identity, expected, local, target, limit).await;
+    }
 
     let (file, temp) = create_temp(target)?;
     let path = temp.0.clone().unwrap_or_default();
@@ -259,7 +278,7 @@ async fn pump(
 
 /// Creates `.<name>.upshift-<pid>-<random>.tmp` beside `target`, exclusively (never follows or
 /// reuses a planted file) and private until it is complete.
-fn create_temp(target: &Path) -> Result<(File, TempGuard), InstallError> {
+pub(super) fn create_temp(target: &Path) -> Result<(File, TempGuard), InstallError> {
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -7,6 +7,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -177,11 +178,13 @@ impl Updater {
             return;
         }
         tracing::info!(%identity, "new release found");
+        let body_read = Arc::new(AtomicBool::new(false));
         release.body = Box::new(Progress::new(
             release.body,
             identity.clone(),
             release.size_hint,
             self.cfg.on_event.clone(),
+            body_read.clone(),
         ));
         let staged = match install::stage(release, &installed.target, &self.cfg.stage).await {
             Ok(s) => s,
@@ -198,6 +201,14 @@ impl Updater {
             }
             Err(e) => return self.reject(installed, &key, &identity, None, &e),
         };
+        if !body_read.load(Ordering::Relaxed) && staged.bytes > 0 {
+            // Staging copied a local file without reading the body: report its bytes once.
+            self.emit(UpgradeEvent::Downloading {
+                identity: identity.clone(),
+                bytes: staged.bytes,
+                total: Some(staged.bytes),
+            });
+        }
         tracing::debug!(
             %identity,
             downloaded = staged.bytes,
@@ -480,6 +491,8 @@ struct Progress {
     bytes: u64,
     last_report: Instant,
     hook: Option<EventHook>,
+    /// Raised at the first byte read.
+    read: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -488,6 +501,7 @@ impl Progress {
         identity: String,
         total: Option<u64>,
         hook: Option<EventHook>,
+        read: Arc<AtomicBool>,
     ) -> Self {
         Progress {
             inner,
@@ -496,6 +510,7 @@ impl Progress {
             bytes: 0,
             last_report: Instant::now(),
             hook,
+            read,
         }
     }
 
@@ -524,6 +539,7 @@ impl AsyncRead for Progress {
         if let Poll::Ready(Ok(())) = polled {
             let n = (buf.filled().len() - before) as u64;
             self.bytes += n;
+            self.read.store(true, Ordering::Relaxed);
             if n == 0 || self.last_report.elapsed() >= Duration::from_millis(100) {
                 self.report();
             }

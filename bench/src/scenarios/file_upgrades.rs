@@ -422,7 +422,7 @@ fn publish_one(
 /// The phases of one upgrade, each from the end of the previous one, as the server logs them.
 const PHASES: [&str; 6] = [
     "publish → `new release found` (detection)",
-    "→ `staged a release` (copy + sha256)",
+    "→ `staged a release` (copy; + sha256 unless the fetcher's hash stands)",
     "→ `event=installing` (test-run)",
     "→ `worker starting` (install, spawn)",
     "→ `worker ready` (new worker's startup)",

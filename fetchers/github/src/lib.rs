@@ -756,6 +756,7 @@ impl Fetcher for GithubFetcher {
                 self.timeout,
                 what,
             )),
+            local_file: None,
         }))
     }
 

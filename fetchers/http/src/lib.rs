@@ -627,6 +627,7 @@ impl Fetcher for HttpFetcher {
             format,
             origin: Origin::Remote,
             body: Box::new(body::Body::new(resp, meta::redact(&final_url), commit)),
+            local_file: None,
         }))
     }
 

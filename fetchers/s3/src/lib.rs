@@ -712,6 +712,7 @@ impl S3Fetcher {
             format: Format::from_name(file_name),
             origin: Origin::Remote,
             body: Box::new(body),
+            local_file: None,
         })))
     }
 }

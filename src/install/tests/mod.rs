@@ -1,5 +1,6 @@
 //! Tests of the install pipeline against real files and processes.
 
+mod local;
 mod replace;
 mod stage;
 mod testrun;
@@ -72,6 +73,7 @@ pub(super) fn release(body: Vec<u8>, format: Format) -> Release {
         format,
         origin: Origin::Local,
         body: Box::new(std::io::Cursor::new(body)),
+        local_file: None,
     }
 }
 
