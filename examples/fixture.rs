@@ -19,7 +19,9 @@
 //!
 //! Routes: `/` (`fixture pid <pid> gen <generation> exe <current_exe>`), `/sleep?ms=N`, `/env`
 //! (names of visible `UPSHIFT_*` variables), `/fds` (`<fd> cloexec=<0|1> <target>` per open descriptor),
-//! `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received).
+//! `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received),
+//! `/orphan?n=N&ms=M` (leaves N `sleep` processes of M ms behind: each is started in the background
+//! by an `sh` that exits at once, so it is re-parented to PID 1 or the nearest subreaper).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -261,6 +263,38 @@ struct SleepQuery {
     ms: u64,
 }
 
+#[derive(serde::Deserialize)]
+struct OrphanQuery {
+    n: Option<u32>,
+    ms: u64,
+}
+
+/// The double fork of a program that daemonizes a helper: `sh` backgrounds `sleep` and exits, and
+/// this worker reaps the `sh`. The `sleep`s are nobody's children any more.
+async fn orphan(Query(q): Query<OrphanQuery>) -> String {
+    let n = q.n.unwrap_or(1);
+    let secs = format!("{}.{:03}", q.ms / 1000, q.ms % 1000);
+    let left = tokio::task::spawn_blocking(move || {
+        let mut left = 0;
+        for _ in 0..n {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("sleep {secs} & exit 0"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if matches!(status, Ok(s) if s.success()) {
+                left += 1;
+            }
+        }
+        left
+    })
+    .await
+    .unwrap_or(0);
+    format!("orphaned {left}\n")
+}
+
 /// `prog`: runs in each worker (or in-process when upshift is disabled). Returns the exit code.
 fn worker(
     mut state: upshift::State,
@@ -445,6 +479,7 @@ fn routes(info: Arc<Info>) -> Router {
         .route("/enabled", get(enabled))
         .route("/hups", get(hups))
         .route("/usr1s", get(usr1s))
+        .route("/orphan", get(orphan))
 }
 
 /// The names of the `UPSHIFT_*` variables visible in this process, one per line.

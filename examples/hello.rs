@@ -24,6 +24,7 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
 const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
              [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
              [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS]
+             [--rollout PERCENT] [--host-name NAME]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
@@ -35,8 +36,11 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
   --interval SECS        how often fetchers poll (default: each fetcher's own; --watch reacts at once)
   --drain-timeout SECS   how long an old worker may drain before SIGKILL (default 30)
   --ready-timeout SECS   how long a new worker may take to become ready (default 30)
+  --rollout PERCENT      share of the fleet taking a release that sets none itself (default 100)
+  --host-name NAME       this host's name in staged rollouts (default: the machine's host name)
 
-Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.";
+Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.
+UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
 
 struct Args {
     listen: Vec<String>,
@@ -49,6 +53,8 @@ struct Args {
     interval: Option<Duration>,
     drain_timeout: Option<Duration>,
     ready_timeout: Option<Duration>,
+    rollout: Option<f64>,
+    host_name: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -63,6 +69,8 @@ fn parse_args() -> Result<Args, String> {
         interval: None,
         drain_timeout: None,
         ready_timeout: None,
+        rollout: None,
+        host_name: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +86,8 @@ fn parse_args() -> Result<Args, String> {
             "--interval" => args.interval = Some(secs(&value()?)?),
             "--drain-timeout" => args.drain_timeout = Some(secs(&value()?)?),
             "--ready-timeout" => args.ready_timeout = Some(secs(&value()?)?),
+            "--rollout" => args.rollout = Some(percent(&value()?)?),
+            "--host-name" => args.host_name = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -100,6 +110,10 @@ fn secs(s: &str) -> Result<Duration, String> {
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    upshift::rollout::parse_percent(s).map_err(|e| format!("--rollout: {e}"))
 }
 
 /// One fetcher per source flag; each polls on its own, and their upgrades never overlap.
@@ -186,6 +200,12 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(d) = args.ready_timeout {
         upgrader = upgrader.ready_timeout(d);
+    }
+    if let Some(p) = args.rollout {
+        upgrader = upgrader.rollout_percent(p);
+    }
+    if let Some(name) = &args.host_name {
+        upgrader = upgrader.host_name(name);
     }
     match add_fetchers(upgrader, &args) {
         Ok(u) => upgrader = u,

@@ -62,6 +62,8 @@ pub struct Upgrader {
     allow_unverified_remote: bool,
     public_key: Option<String>,
     version: Option<String>,
+    /// Staged rollout, hold, pin and jitter: set in `rollout.rs`.
+    pub(crate) fleet: crate::rollout::FleetOptions,
 }
 
 impl std::fmt::Debug for Upgrader {
@@ -134,6 +136,7 @@ impl Upgrader {
             allow_unverified_remote: false,
             public_key: None,
             version: None,
+            fleet: crate::rollout::FleetOptions::default(),
         }
     }
 
@@ -285,7 +288,9 @@ impl Upgrader {
     ///   locally and runs `prog` in this process.
     ///
     /// Call it before starting threads that read the environment: a worker removes upshift's
-    /// variables from its environment before `prog` runs.
+    /// variables from its environment before `prog` runs, and the master removes systemd's
+    /// `NOTIFY_SOCKET` and `LISTEN_*` (it notifies systemd and adopts passed sockets itself; see
+    /// `docs/systemd.md`).
     ///
     /// # Errors
     /// Invalid configuration, a listen address that cannot be bound, or a malformed worker
@@ -387,6 +392,8 @@ impl Upgrader {
 
     fn into_master_config(mut self) -> Result<MasterConfig, Error> {
         let mut cfg = self.master_config()?;
+        // Validated even without a fetcher, so that a bad setting is never a surprise later.
+        let fleet = crate::rollout::Fleet::new(std::mem::take(&mut self.fleet))?;
         if !self.fetchers.is_empty() {
             let public_key = match &self.public_key {
                 None => None,
@@ -405,6 +412,7 @@ impl Upgrader {
                     on_event: self.on_event.take(),
                     veto: self.veto.take(),
                     version: self.version.take(),
+                    fleet,
                 },
             });
         }

@@ -47,6 +47,12 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Socket activation meant for this process cannot work: malformed `LISTEN_*` variables, a
+    /// passed descriptor that is not a listening stream socket, or a configured listener that was
+    /// not passed and cannot be bound either. The message names the descriptor or listener.
+    #[error("socket activation: {0}")]
+    Activation(String),
+
     /// An I/O error with what was being done at the time.
     #[error("{what}: {source}")]
     Io {

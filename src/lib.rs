@@ -36,9 +36,12 @@
 //! disabled), `master` (event loop, spawn = where sockets cross exec on the parent side, reaper,
 //! signals), `fds` (the descriptor layout a worker inherits), `env` (the environment protocol),
 //! `worker` (adopting descriptors; the agent that carries readiness and drain), [`State`] (what your
-//! program receives) and [`http`] (polite-drain serving for hyper and axum).
+//! program receives) and [`http`] (polite-drain serving for hyper and axum). `systemd` speaks
+//! sd_notify and adopts socket-activated listeners; `children` decides which child's exit status
+//! the master may reap when it is PID 1 in a container.
 #![warn(missing_docs)]
 
+mod children;
 mod config;
 mod env;
 mod error;
@@ -50,7 +53,9 @@ pub mod http;
 mod install;
 mod listener;
 mod master;
+pub mod rollout;
 mod state;
+mod systemd;
 mod worker;
 
 pub use config::{CrashPolicy, Upgrader};

@@ -94,10 +94,13 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
 }
 
 /// Binds the listeners in this process for the disabled mode; SIGTERM/SIGINT still drain.
+/// Sockets passed by systemd are adopted here too, as the master would.
 pub(crate) fn local(addrs: &[(String, ListenAddr)], reason: String) -> Result<State, Error> {
+    let passed = crate::systemd::activation::take_passed()?;
     let mut listeners = Vec::with_capacity(addrs.len());
-    for (name, addr) in addrs {
-        let l = listener::bind(addr, name.clone())?
+    for bound in crate::systemd::activation::listeners(addrs, passed)? {
+        let name = bound.name.clone();
+        let l = bound
             .into_listener()
             .map_err(|e| Error::io(format!("cannot prepare listener {name:?}"), e))?;
         listeners.push(l);

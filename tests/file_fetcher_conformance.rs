@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use upshift_fetcher_conformance::{Failure, Source};
 use common::TestDir;
 use upshift::fetch::{Fetcher, FileFetcher};
+use upshift_fetcher_conformance::{Failure, Source};
 
 struct FileSource {
     _dir: TestDir,

@@ -29,8 +29,10 @@ const BUF_SIZE: usize = 64 * 1024;
 /// Watches a file for new builds: copy (or `mv`) a build to the path and the server upgrades.
 ///
 /// Optional side files next to it: `<path>.sha256` (the expected digest, `sha256sum` format) and
-/// `<path>.minisig` (a detached minisign signature). Write them *before* the file, or move the
-/// file into place last, so a check never pairs a new file with a stale digest.
+/// `<path>.minisig` (a detached minisign signature), `<path>.rollout` (the share of the fleet that
+/// should take it: [`Release::rollout_percent`], see [`rollout`](crate::rollout)). Write them
+/// *before* the file, or move the file into place last, so a check never pairs a new file with a
+/// stale digest.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -55,6 +57,11 @@ pub struct FileFetcher {
     rewatch: bool,
     /// What the last completed check saw: the file, `.sha256` and `.minisig`.
     last: Option<[Option<Stamp>; 3]>,
+    rollout_path: PathBuf,
+    /// The poll loop set the last release aside (see [`Fetcher::deferred`]): offer it again.
+    reoffer: bool,
+    /// The file last offered and its sha256, so that offering it again costs no hashing.
+    offered: Option<(Stamp, String)>,
 }
 
 impl FileFetcher {
@@ -72,6 +79,9 @@ impl FileFetcher {
             name: format!("file:{}", path.display()),
             sidecar_path: with_suffix(&path, ".sha256"),
             minisig_path: with_suffix(&path, ".minisig"),
+            rollout_path: with_suffix(&path, ".rollout"),
+            reoffer: false,
+            offered: None,
             path,
             settle: DEFAULT_SETTLE,
             poll_interval: DEFAULT_POLL,
@@ -213,7 +223,8 @@ impl Fetcher for FileFetcher {
 
     async fn check(&mut self, current: &Current) -> Result<Option<Release>, FetchError> {
         let snap = self.snapshot().await?;
-        if self.last.as_ref() == Some(&snap) {
+        let reoffer = std::mem::take(&mut self.reoffer);
+        if self.last.as_ref() == Some(&snap) && !reoffer {
             return Ok(None);
         }
         let Some(mut seen) = snap[0] else {
@@ -241,10 +252,19 @@ impl Fetcher for FileFetcher {
             }
             seen = opened; // replaced between settling and opening: settle the new one
         };
-        let (file, sha256) = blocking(format!("hashing {}", self.path.display()), move || {
-            hash_and_rewind(file)
-        })
-        .await?;
+        // Only a re-offer trusts the stamp: a same-size rewrite within one mtime tick would
+        // otherwise pass for the file hashed before.
+        let known = self
+            .offered
+            .as_ref()
+            .filter(|(s, _)| reoffer && *s == stamp);
+        let (file, sha256) = match known.map(|(_, h)| h.clone()) {
+            Some(h) => (file, h),
+            None => {
+                let what = format!("hashing {}", self.path.display());
+                blocking(what, move || hash_and_rewind(file)).await?
+            }
+        };
         let new_last = [Some(stamp), snap[1], snap[2]];
         if sha256 == current.sha256 {
             tracing::debug!(path = %self.path.display(), %sha256, "file is the installed build");
@@ -259,6 +279,13 @@ impl Fetcher for FileFetcher {
             false => None,
         };
         let signature = read_small(&self.minisig_path).await?;
+        let rollout_percent = match crate::rollout::read_percent_file(&self.rollout_path).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.reoffer = reoffer; // the file's fix changes nothing `last` compares
+                return Err(e);
+            }
+        };
         // A second descriptor for staging's kernel copy; without one, staging reads the body.
         let local_file = match file.try_clone() {
             Ok(clone) => Some(LocalFile {
@@ -272,6 +299,7 @@ impl Fetcher for FileFetcher {
             }
         };
         self.last = Some(new_last);
+        self.offered = Some((stamp, sha256.clone()));
         let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
         tracing::debug!(path = %self.path.display(), %sha256, "new build");
         Ok(Some(Release {
@@ -283,7 +311,12 @@ impl Fetcher for FileFetcher {
             origin: Origin::Local,
             body: Box::new(tokio::fs::File::from_std(file)),
             local_file,
+            rollout_percent,
         }))
+    }
+
+    fn deferred(&mut self, _identity: &str) {
+        self.reoffer = true;
     }
 
     async fn changed(&mut self) {

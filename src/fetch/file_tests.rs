@@ -356,3 +356,37 @@ fn sidecar_formats() {
     assert!(parse_sidecar("", p).is_err());
     assert!(parse_sidecar("SHA256 (app) = xyz", p).is_err());
 }
+
+#[tokio::test]
+async fn a_deferred_release_is_offered_again_with_its_rollout() {
+    let dir = TempDir::new("deferred");
+    let path = dir.join("app");
+    let mut f = FileFetcher::new(&path);
+    let cur = current("0000");
+    let content = b"a build held back by a staged rollout\n".repeat(100);
+    std::fs::write(dir.join("app.rollout"), "rollout: 10\n").unwrap();
+    std::fs::write(&path, &content).unwrap();
+    let r = check(&mut f, &cur).await.expect("a release");
+    assert_eq!(r.rollout_percent, Some(10.0));
+    let identity = r.identity.clone();
+    drop(r);
+    // Set aside: offered again, with the percentage as it is now, from the same hash.
+    f.deferred(&identity);
+    std::fs::write(dir.join("app.rollout"), "25%").unwrap();
+    let again = check(&mut f, &cur).await.expect("offered again");
+    assert_eq!(again.identity, identity);
+    assert_eq!(again.rollout_percent, Some(25.0));
+    assert_eq!(body(again).await, content);
+    // Not set aside (installed, refused or failed): not offered again until the file changes.
+    assert!(check(&mut f, &cur).await.is_none());
+    std::fs::write(dir.join("app.rollout"), "all of them").unwrap();
+    f.deferred(&identity);
+    let err = timeout(BOUND, f.check(&cur)).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("app.rollout"), "{err}");
+    // Corrected, the release is offered again although the file itself never changed.
+    std::fs::write(dir.join("app.rollout"), "100").unwrap();
+    let fixed = check(&mut f, &cur)
+        .await
+        .expect("offered once the rollout is readable");
+    assert_eq!(fixed.rollout_percent, Some(100.0));
+}

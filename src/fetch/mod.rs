@@ -150,6 +150,11 @@ pub struct Release {
     /// machine that the fetcher has already hashed, so staging copies it in the kernel instead of
     /// reading and hashing it a second time. See [`LocalFile`].
     pub local_file: Option<LocalFile>,
+    /// The share of the fleet, from 0 to 100, that should take this release now, when the
+    /// release's publisher says (the File fetcher reads `<path>.rollout`; see
+    /// [`rollout`](crate::rollout)). `None`: [`Upgrader::rollout_percent`](crate::Upgrader::rollout_percent)
+    /// decides.
+    pub rollout_percent: Option<f64>,
 }
 
 /// A release file on this machine, already hashed by [`FileFetcher`].
@@ -184,6 +189,7 @@ impl fmt::Debug for Release {
             .field("format", &self.format)
             .field("origin", &self.origin)
             .field("local_file", &self.local_file.is_some())
+            .field("rollout_percent", &self.rollout_percent)
             .finish_non_exhaustive()
     }
 }
@@ -243,5 +249,34 @@ pub trait Fetcher: Send {
     /// The poll interval this fetcher wants (the poll loop adds jitter). Default 60 s.
     fn interval(&self) -> Duration {
         Duration::from_secs(60)
+    }
+
+    /// Called when the poll loop set aside, unread, the release `identity` that this fetcher's
+    /// last [`check`](Fetcher::check) returned, because a hold, a pin or a staged rollout keeps
+    /// this host from taking it yet (see [`rollout`](crate::rollout)). That may change by the
+    /// next poll, so the next check must offer the release again. The default does nothing,
+    /// which is right for a fetcher that remembers only releases whose body was read to its end
+    /// (`upshift-http`, `upshift-s3`) or none at all.
+    ///
+    /// ```
+    /// use upshift::fetch::{Current, FetchError, Fetcher, Release};
+    ///
+    /// /// Offers each release it finds once, unless it was set aside.
+    /// struct Once { offered: Option<String>, again: bool }
+    ///
+    /// #[async_trait::async_trait]
+    /// impl Fetcher for Once {
+    ///     fn name(&self) -> &str { "once" }
+    ///     async fn check(&mut self, _current: &Current) -> Result<Option<Release>, FetchError> {
+    ///         let _offer_again = std::mem::take(&mut self.again);
+    ///         Ok(None) // ... skip `self.offered` only if `_offer_again` is false
+    ///     }
+    ///     fn deferred(&mut self, identity: &str) {
+    ///         self.again = self.offered.as_deref() == Some(identity);
+    ///     }
+    /// }
+    /// ```
+    fn deferred(&mut self, identity: &str) {
+        let _ = identity;
     }
 }

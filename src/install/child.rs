@@ -39,8 +39,8 @@ impl ChildGuard {
         }
     }
 
-    /// Waits for the exit by polling; `None` when someone else (a PID-1 master reaping every
-    /// child) collected the status first.
+    /// Waits for the exit by polling; `None` when someone else collected the status first (the
+    /// child is registered as owned, so upshift's own reaper does not).
     pub(super) async fn wait(&mut self) -> io::Result<Option<ExitStatus>> {
         let mut pause = Duration::from_millis(1);
         loop {
@@ -98,6 +98,7 @@ impl ChildGuard {
                 0 => return Ok(None),
                 r if r > 0 => {
                     self.reaped = true;
+                    crate::children::release(self.pid.as_raw() as u32);
                     return Ok(Some(ExitStatus::from_raw(status)));
                 }
                 _ => match Errno::last() {
@@ -105,6 +106,7 @@ impl ChildGuard {
                     Errno::ECHILD => {
                         tracing::warn!(pid = %self.pid, "the test run's exit was collected elsewhere");
                         self.reaped = true;
+                        crate::children::release(self.pid.as_raw() as u32);
                         return Ok(None);
                     }
                     e => return Err(e.into()),
@@ -137,9 +139,16 @@ impl Drop for ChildGuard {
         let pid = self.pid;
         // SIGKILL ends it promptly, but a blocking wait does not belong in a destructor that may
         // run on an async thread.
-        let _ = std::thread::Builder::new()
+        let reaper = std::thread::Builder::new()
             .name("upshift-reap".into())
-            .spawn(move || while let Err(Errno::EINTR) = waitpid(pid, None) {});
+            .spawn(move || {
+                while let Err(Errno::EINTR) = waitpid(pid, None) {}
+                crate::children::release(pid.as_raw() as u32);
+            });
+        if reaper.is_err() {
+            // Without the thread nobody would reap it; the orphan reaper (if any) may take it.
+            crate::children::release(pid.as_raw() as u32);
+        }
     }
 }
 

@@ -246,7 +246,11 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
         return 0;
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let name = name.to_string_lossy();
     let staged_prefix = format!(".{name}.upshift-");
     let rollback_prefix = format!("{name}.rollback-");
@@ -285,7 +289,9 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
                     removed += 1;
                     tracing::info!(path = %path.display(), "removed a leftover of an interrupted upgrade");
                 }
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover of an interrupted upgrade"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover of an interrupted upgrade")
+                }
             }
         }
     }

@@ -143,6 +143,7 @@ pub(crate) async fn stage(
         origin,
         mut body,
         local_file,
+        rollout_percent: _,
     } = release;
     let limit = opts.max_bytes;
     if size_hint.is_some_and(|n| n > limit) {

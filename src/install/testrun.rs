@@ -155,11 +155,12 @@ fn write_token(fd: RawFd, token: &[u8]) -> io::Result<()> {
 }
 
 /// Starts the child, retrying briefly on `ETXTBSY`: another thread that forked while the staged
-/// file was still open for writing holds a copy of that descriptor until it execs.
+/// file was still open for writing holds a copy of that descriptor until it execs. The child is
+/// registered as owned, so a master that reaps orphans leaves its status to [`ChildGuard`].
 async fn spawn(cmd: &mut Command, path: &Path) -> Result<std::process::Child, InstallError> {
     let mut tries = 0;
     loop {
-        match cmd.spawn() {
+        match crate::children::spawn_owned(cmd) {
             Ok(child) => return Ok(child),
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 10 => {
                 tries += 1;

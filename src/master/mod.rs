@@ -4,7 +4,9 @@
 //! [`Event`]s. A restart is overlapping and readiness-gated: the new worker starts while the old
 //! one keeps accepting, and the old one is told to drain only once the new one says it is ready.
 
+mod event;
 mod reaper;
+mod runtime;
 mod signals;
 mod spawn;
 mod updater;
@@ -23,9 +25,12 @@ use tokio::task::JoinHandle;
 use crate::config::{CrashPolicy, MasterConfig};
 use crate::error::Error;
 use crate::fetch::Fetcher;
-use crate::listener::{self, BoundSocket};
+use crate::listener::BoundSocket;
+use crate::systemd::notify::{Notifier, Timeouts};
 use crate::worker::{CHECK_LINE, DRAIN_LINE, READY_LINE};
+pub(crate) use event::{Event, Reply, RestartOutcome};
 use reaper::Exit;
+pub(crate) use runtime::{run_blocking, run_on_own_thread};
 use signals::Action;
 use spawn::Launch;
 pub(crate) use updater::{EventHook, PipelineConfig, VetoHook};
@@ -50,104 +55,6 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// After a new worker failed its probation, the pipeline rolls back and restarts within
 /// milliseconds; the master starts a worker itself only if that has not happened by then.
 const PROBATION_FALLBACK: Duration = Duration::from_secs(3);
-
-/// Runs the master on a thread of its own and waits for its exit code.
-pub(crate) fn run_blocking(cfg: MasterConfig) -> Result<i32, Error> {
-    let thread = std::thread::Builder::new()
-        .name("upshift-master".into())
-        .spawn(move || master_thread(cfg))
-        .map_err(|e| Error::Master {
-            what: "cannot start the master thread",
-            source: e,
-        })?;
-    thread.join().unwrap_or_else(|_| {
-        Err(Error::Master {
-            what: "the master thread panicked",
-            source: std::io::Error::other("panic"),
-        })
-    })
-}
-
-/// As [`run_blocking`], awaited from inside the caller's runtime without blocking it.
-pub(crate) async fn run_on_own_thread(cfg: MasterConfig) -> Result<i32, Error> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("upshift-master".into())
-        .spawn(move || {
-            let _ = tx.send(master_thread(cfg));
-        })
-        .map_err(|e| Error::Master {
-            what: "cannot start the master thread",
-            source: e,
-        })?;
-    rx.await.unwrap_or_else(|_| {
-        Err(Error::Master {
-            what: "the master thread panicked",
-            source: std::io::Error::other("panic"),
-        })
-    })
-}
-
-/// The master's own single-threaded runtime, on the thread that forks every worker. That thread
-/// lives as long as the master, which matters: Linux's parent-death signal fires when the forking
-/// *thread* exits.
-fn master_thread(cfg: MasterConfig) -> Result<i32, Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Master {
-            what: "cannot start the master's runtime",
-            source: e,
-        })?;
-    rt.block_on(async move {
-        let mut cfg = cfg;
-        let updates = cfg.updates.take();
-        let (master, events) = Master::start(cfg)?;
-        Ok(master.run(events, updates).await)
-    })
-}
-
-/// Everything that can wake the master.
-#[derive(Debug)]
-pub(crate) enum Event {
-    Signal(Signal, Action),
-    Ready {
-        generation: u64,
-    },
-    ReadyTimeout {
-        generation: u64,
-    },
-    DrainTimeout {
-        generation: u64,
-    },
-    ProbationOver {
-        generation: u64,
-    },
-    BackoffElapsed,
-    Restart {
-        reason: String,
-        reply: Option<Reply>,
-    },
-}
-
-/// Where the master reports how a restart goes: `Ready`, then `Survived` or `Failed`; or only
-/// `Failed`. Two messages, so that the pipeline can take the next release while this one is on
-/// probation.
-pub(crate) type Reply = tokio::sync::mpsc::UnboundedSender<RestartOutcome>;
-
-/// How a restart asked for with a reply goes: the install pipeline rolls back on `Failed`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RestartOutcome {
-    /// The new worker is ready and serving; its probation window has begun.
-    Ready { generation: u64, pid: u32 },
-    /// The new worker served through the probation window (or was itself replaced or stopped
-    /// after it became ready, before the window ended).
-    Survived { generation: u64, pid: u32 },
-    /// The new worker never became ready, or exited during probation. When `after_ready` is
-    /// set, nobody is serving: the master waits for the pipeline to restart after its rollback
-    /// (with a fallback in case it does not).
-    Failed { reason: String, after_ready: bool },
-}
 
 struct Worker {
     generation: u64,
@@ -206,15 +113,21 @@ struct Master {
     stopping: Option<Stopping>,
     /// Wakes every fetcher's poll loop: a worker asked for a check.
     check_now: Arc<Notify>,
+    /// Tells systemd how things go (`NOTIFY_SOCKET`); off without it.
+    sd: Notifier,
 }
 
 impl Master {
-    fn start(cfg: MasterConfig) -> Result<(Self, UnboundedReceiver<Event>), Error> {
+    fn start(
+        cfg: MasterConfig,
+        sd: crate::systemd::Environment,
+    ) -> Result<(Self, UnboundedReceiver<Event>), Error> {
         let launch = Launch::capture(cfg.drain_timeout, cfg.restart_signal as i32)?;
-        let mut sockets = Vec::with_capacity(cfg.addrs.len());
-        for (name, addr) in &cfg.addrs {
-            sockets.push(listener::bind(addr, name.clone())?);
-        }
+        let sockets = crate::systemd::activation::listeners(&cfg.addrs, sd.passed)?;
+        let timeouts = Timeouts {
+            ready: cfg.ready_timeout,
+            drain: cfg.drain_timeout,
+        };
         let (events, rx) = mpsc::unbounded_channel();
         signals::install(cfg.restart_signal, &events)?;
         // A full disk or a file-size limit must fail the release's write with EFBIG, not kill
@@ -224,7 +137,7 @@ impl Master {
         tracing::info!(
             pid = launch.master_pid,
             program = %launch.program.display(),
-            listeners = ?cfg.addrs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            listeners = ?sockets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             "upshift master started"
         );
         let master = Master {
@@ -241,6 +154,7 @@ impl Master {
             crash_streak: 0,
             stopping: None,
             check_now: Arc::new(Notify::new()),
+            sd: Notifier::new(sd.notify, timeouts),
         };
         Ok((master, rx))
     }
@@ -252,7 +166,12 @@ impl Master {
     ) -> i32 {
         self.start_worker("first start", None);
         // After the first worker is on its way: checking for releases never delays serving.
-        if let Some(updates) = updates {
+        if let Some(mut updates) = updates {
+            let (hook, test_run) = (
+                updates.pipeline.on_event.take(),
+                updates.pipeline.test_run_timeout,
+            );
+            updates.pipeline.on_event = self.sd.wrap_hook(hook, test_run);
             let updater = updater::Updater::new(
                 updates.pipeline,
                 self.launch.program.clone(),
@@ -280,6 +199,7 @@ impl Master {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Signal(sig, Action::Restart) => {
+                self.sd.restart_signalled();
                 self.request_restart(&format!("{sig} received"), None)
             }
             Event::Restart { reason, reply } => self.request_restart(&reason, reply),
@@ -316,6 +236,8 @@ impl Master {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, generation, "cannot start a worker");
+                self.sd
+                    .restart_failed(&e.to_string(), self.serving.as_ref().map(|w| w.generation));
                 if let Some(reply) = reply {
                     let reason = e.to_string();
                     let _ = reply.send(RestartOutcome::Failed {
@@ -344,6 +266,7 @@ impl Master {
         });
         self.after(self.cfg.ready_timeout, Event::ReadyTimeout { generation });
         tracing::info!(generation, pid = %spawned.pid, reason, "worker starting");
+        self.sd.worker_starting(generation, reason);
         self.starting = Some(Worker {
             generation,
             pid: spawned.pid,
@@ -368,6 +291,7 @@ impl Master {
             }
             return;
         }
+        self.sd.restart_requested(reason);
         if reply.is_some() {
             // A later request supersedes an earlier queued one; dropping the earlier sender
             // tells its waiter so.
@@ -410,6 +334,11 @@ impl Master {
         }
         if std::mem::take(&mut self.restart_queued) {
             self.request_restart("queued restart", None);
+        }
+        if let Some(w) = &self.serving {
+            let pid = w.pid.as_raw() as u32;
+            self.sd
+                .worker_ready(w.generation, pid, self.starting.is_none());
         }
     }
 
@@ -495,6 +424,8 @@ impl Master {
     }
 
     fn stop_with(&mut self, exit_code: i32) {
+        let running = self.serving.iter().chain(self.starting.iter()).count();
+        self.sd.stopping(running + self.draining.len());
         self.stopping = Some(Stopping {
             serving_generation: self.serving.as_ref().map(|w| w.generation),
             exit_code,
@@ -529,6 +460,8 @@ impl Master {
                 .clone()
                 .unwrap_or_else(|| format!("exited before it was ready ({exit})"));
             tracing::warn!(generation = w.generation, %pid, %exit, "new worker failed: {why}; the previous worker keeps serving");
+            self.sd
+                .restart_failed(&why, self.serving.as_ref().map(|w| w.generation));
             w.report(RestartOutcome::Failed {
                 reason: why,
                 after_ready: false,
@@ -544,6 +477,8 @@ impl Master {
                 let reason =
                     format!("{exit} {lived:?} after it became ready, within the probation window");
                 tracing::warn!(generation = w.generation, %pid, "new worker failed: {reason}");
+                self.sd
+                    .worker_lost(w.generation, &format!("failed: {reason}"));
                 w.report(RestartOutcome::Failed {
                     reason,
                     after_ready: true,
@@ -557,6 +492,8 @@ impl Master {
                 tracing::warn!(generation = w.generation, %pid, %exit, "serving worker exited while its successor starts");
             } else {
                 tracing::warn!(generation = w.generation, %pid, %exit, "serving worker exited on its own");
+                self.sd
+                    .worker_lost(w.generation, &format!("exited on its own ({exit})"));
                 self.on_no_worker(exit, w.ready_at, true);
             }
         } else if let Some(i) = self.draining.iter().position(|w| w.pid == pid) {

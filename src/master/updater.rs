@@ -4,7 +4,6 @@
 //! overlap: a release is taken through stage → test-run → veto → install → readiness-gated
 //! restart → probation under one lock, and rolled back if the new worker fails.
 
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +36,8 @@ pub(crate) struct PipelineConfig {
     pub(crate) on_event: Option<EventHook>,
     pub(crate) veto: Option<VetoHook>,
     pub(crate) version: Option<String>,
+    /// Jitter, staged rollout, hold and pin.
+    pub(crate) fleet: crate::rollout::Fleet,
 }
 
 /// What is installed and what was refused: one per master, behind the lock that keeps upgrades
@@ -104,12 +105,12 @@ impl Updater {
             delay = match outcome {
                 Ok(()) => {
                     errors = 0;
-                    jittered(interval)
+                    self.cfg.fleet.jittered(interval)
                 }
                 Err(FetchError::RateLimited(wait)) => wait,
                 Err(e) => {
                     errors = errors.saturating_add(1);
-                    let retry_in = jittered(error_backoff(errors, interval));
+                    let retry_in = self.cfg.fleet.jittered(error_backoff(errors, interval));
                     tracing::warn!(fetcher = fetcher.name(), error = %e, ?retry_in, "checking for a release failed");
                     self.emit(UpgradeEvent::CheckFailed {
                         fetcher: fetcher.name().to_string(),
@@ -128,6 +129,12 @@ impl Updater {
             Some(i) => i,
             None => guard.insert(self.discover_installed().await?),
         };
+        let standing = self.cfg.fleet.standing(&self.invoked).await;
+        if let crate::rollout::Standing::Held(why) = &standing {
+            // Not even asked: a held host costs its release server nothing.
+            self.cfg.fleet.note(None, why);
+            return Ok(());
+        }
         self.emit(UpgradeEvent::Checking {
             fetcher: fetcher.name().to_string(),
         });
@@ -135,6 +142,12 @@ impl Updater {
             tracing::debug!(fetcher = fetcher.name(), "no new release");
             return Ok(());
         };
+        if let Some(why) = self.cfg.fleet.defers(&standing, &release) {
+            self.cfg.fleet.note(Some(&release.identity), &why);
+            fetcher.deferred(&release.identity);
+            return Ok(()); // dropping the release unread aborts its transfer
+        }
+        self.cfg.fleet.clear_note();
         self.upgrade(installed, release).await;
         Ok(())
     }
@@ -470,14 +483,6 @@ fn remember(rejected: &mut Vec<String>, key: &str) {
     }
 }
 
-/// ±10 % so that a fleet started together does not poll together.
-fn jittered(d: Duration) -> Duration {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    let unit = (h.finish() % 2001) as f64 / 1000.0 - 1.0; // in [-1, 1]
-    d.mul_f64(1.0 + 0.1 * unit)
-}
-
 fn error_backoff(errors: u32, interval: Duration) -> Duration {
     let exp = Duration::from_secs(1).saturating_mul(1u32 << errors.min(10));
     exp.min(MAX_ERROR_BACKOFF.max(interval))
@@ -551,17 +556,6 @@ impl AsyncRead for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for _ in 0..1000 {
-            let j = jittered(Duration::from_secs(10));
-            assert!(
-                j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
-                "{j:?}"
-            );
-        }
-    }
 
     #[test]
     fn error_backoff_grows_and_is_capped() {

@@ -19,6 +19,9 @@ mod release_rig;
 mod sandbox;
 #[allow(dead_code)]
 mod server;
+// Only `systemd` and `pid1` play the service manager or read sockets and environments.
+#[allow(dead_code)]
+mod systemd;
 
 pub use examples::*;
 pub use http_client::*;
@@ -32,3 +35,5 @@ pub use sandbox::*;
 // Not used by the fetcher conformance crates, which start no server.
 #[allow(unused_imports)]
 pub use server::*;
+#[allow(unused_imports)]
+pub use systemd::*;

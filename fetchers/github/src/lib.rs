@@ -757,6 +757,7 @@ impl Fetcher for GithubFetcher {
                 what,
             )),
             local_file: None,
+            rollout_percent: None,
         }))
     }
 

@@ -141,6 +141,8 @@ pub struct HttpFetcher {
     name: String,
     checksum: ChecksumSource,
     signature: SignatureSource,
+    /// A rollout document (`upshift::rollout::parse_percent`), read for each release offered.
+    rollout: Option<Url>,
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The first invalid builder argument, reported by every `check`.
     config_error: Option<String>,
@@ -210,6 +212,7 @@ impl HttpFetcher {
             url,
             checksum: ChecksumSource::Sidecar(sidecar),
             signature: SignatureSource::Url(minisig),
+            rollout: None,
             headers: Vec::new(),
             config_error: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -305,6 +308,24 @@ impl HttpFetcher {
     /// ```
     pub fn no_signature(mut self) -> Self {
         self.signature = SignatureSource::None;
+        self
+    }
+
+    /// Reads the share of the fleet that should take each release from `url` (a relative `url` is
+    /// resolved against the release URL), for [staged rollouts](upshift::rollout): a document
+    /// such as `rollout: 25` ([`upshift::rollout::parse_percent`]), published beside the release
+    /// and raised as the rollout proceeds. Read once per release offered, never on an unchanged
+    /// poll; a `404` means the release carries no percentage. Off by default.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), upshift::fetch::FetchError> {
+    /// let fetcher = upshift_http::HttpFetcher::new("https://example.com/v2/app")?
+    ///     .rollout_url("app.rollout"); // https://example.com/v2/app.rollout
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rollout_url(mut self, url: impl AsRef<str>) -> Self {
+        self.rollout = self.resolve(url.as_ref(), "rollout");
         self
     }
 
@@ -611,7 +632,12 @@ impl Fetcher for HttpFetcher {
             None => fetch_signature(&getter, &self.signature, self.small_timeout()).await?,
         };
 
-        tracing::debug!(%identity, url = %meta::redact(&final_url), ?size_hint, ?format, "new release");
+        let rollout_percent = match &self.rollout {
+            Some(url) => fetch_rollout(&getter, url, self.small_timeout()).await?,
+            None => None,
+        };
+
+        tracing::debug!(%identity, url = %meta::redact(&final_url), ?size_hint, ?format, ?rollout_percent, "new release");
         self.last_offered = digest.clone().map(|d| (d, signature.clone()));
         let commit = Commit::new(
             self.memory.clone(),
@@ -628,11 +654,26 @@ impl Fetcher for HttpFetcher {
             origin: Origin::Remote,
             body: Box::new(body::Body::new(resp, meta::redact(&final_url), commit)),
             local_file: None,
+            rollout_percent,
         }))
     }
 
     fn interval(&self) -> Duration {
         self.interval
+    }
+}
+
+/// The release's rollout percentage, if a rollout document is configured and published.
+async fn fetch_rollout(
+    getter: &Getter<'_>,
+    url: &Url,
+    timeout: Duration,
+) -> Result<Option<f64>, FetchError> {
+    match getter.small_doc(url, None, timeout, SIDECAR_LIMIT).await? {
+        Doc::Found { text, .. } => upshift::rollout::parse_percent(&text)
+            .map(Some)
+            .map_err(|e| FetchError::Source(format!("{}: {e}", meta::redact(url)))),
+        Doc::Missing | Doc::NotModified => Ok(None),
     }
 }
 

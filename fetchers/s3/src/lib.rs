@@ -713,6 +713,7 @@ impl S3Fetcher {
             origin: Origin::Remote,
             body: Box::new(body),
             local_file: None,
+            rollout_percent: None,
         })))
     }
 }

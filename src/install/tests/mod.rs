@@ -74,6 +74,7 @@ pub(super) fn release(body: Vec<u8>, format: Format) -> Release {
         origin: Origin::Local,
         body: Box::new(std::io::Cursor::new(body)),
         local_file: None,
+        rollout_percent: None,
     }
 }
 
