@@ -150,11 +150,17 @@ fn sweep_removes_what_a_dead_master_left_and_nothing_else() {
     let target = dir.exe("app", b"binary");
     // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
     let dead = dir.exe(".app.upshift-99999999-0123456789abcdef.tmp", b"partial");
-    let mine = dir.exe(&format!(".app.upshift-{}-fedcba9876543210.tmp", std::process::id()), b"mine");
+    let mine = dir.exe(
+        &format!(".app.upshift-{}-fedcba9876543210.tmp", std::process::id()),
+        b"mine",
+    );
     let other_app = dir.exe(".other.upshift-99999999-0123456789abcdef.tmp", b"not ours");
     let fresh_prev_tmp = dir.exe("app.prev.tmp", b"in progress");
     assert_eq!(sweep_leftovers(&target), 1);
     assert!(!dead.exists(), "a dead master's staged file must go");
     assert!(mine.exists() && other_app.exists() && target.exists());
-    assert!(fresh_prev_tmp.exists(), "a recent .prev.tmp may belong to an install under way");
+    assert!(
+        fresh_prev_tmp.exists(),
+        "a recent .prev.tmp may belong to an install under way"
+    );
 }

@@ -1,0 +1,144 @@
+//! End to end: the `hello` example runs as a self-upgrading master (the conformance crate's
+//! harness), and a new build of it, published by `upshift-publish`, is what it upgrades to,
+//! while a client polling `GET /` every 20 ms sees no failure:
+//!
+//! - from a GitHub release (the fixture server): the tool creates the release as a draft,
+//!   uploads the build to the upload host and publishes the release; the master's GitHub
+//!   fetcher, polling the latest release, downloads it through the storage host;
+//! - from a directory: the tool writes `next.sha256` and then `next` beside the master, whose
+//!   File fetcher watches that path.
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::github::Fixture;
+use common::{publish, sha256_hex, write_binary, Scratch};
+use upshift_fetcher_conformance::hello::{hello_binary, new_build, Greeting, Hello, Poller};
+
+/// From publishing to generation 2 answering (a debug `hello` is a few hundred MB).
+const UPGRADE: Duration = Duration::from_secs(60);
+
+/// One upgrade at a time on a shared two-core machine.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes with `publish_args` while polling, then checks that generation 2 of the same
+/// master serves the new build, installed byte for byte, and that no request failed.
+fn upgrade_to(hello: &mut Hello, build: &[u8], publish_args: &[&str], env: &[(&str, &str)]) {
+    let master = hello.pid();
+    let before: Greeting = hello.greeting();
+    assert_eq!(before.generation, 1, "{before:?}");
+    let poller = Poller::start(hello.addr, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let run = publish(publish_args, env);
+    if run.code != Some(0) {
+        hello.fail(format!("upshift-publish failed: {run:#?}"));
+    }
+    assert_eq!(run.sha256(), sha256_hex(build));
+    let Some(after) = hello.wait_greeting(UPGRADE, |g| g.pid != before.pid) else {
+        hello.fail(format!(
+            "no new worker within {UPGRADE:?} of publishing: {run:#?}"
+        ));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let report = poller.finish();
+    if after.generation != 2 || hello.pid() != master || !hello.is_running() {
+        hello.fail(format!("after publishing: {after:?} (before {before:?})"));
+    }
+    if !report.failures.is_empty() {
+        hello.fail(format!(
+            "requests failed during the upgrade: {:#?}",
+            report.failures
+        ));
+    }
+    if report.answers.is_empty() {
+        hello.fail("the polling client got no answer");
+    }
+    let installed = sha256_hex(&hello.installed());
+    if installed != sha256_hex(build) {
+        hello.fail(format!(
+            "the installed binary is {installed}, not the published build"
+        ));
+    }
+}
+
+#[test]
+fn hello_upgrades_from_a_github_release_the_tool_published() {
+    let _serial = serial();
+    let data = Scratch::new("hello-gh-data");
+    let fixture = Fixture::start(data.path(), &["acme/hello"], &[]);
+    let original = std::fs::read(hello_binary()).expect("read hello");
+    let mut hello = Hello::start(
+        &hello_binary(),
+        &[
+            "--github".to_string(),
+            "acme/hello".to_string(),
+            "--github-api".to_string(),
+            fixture.api.clone(),
+        ],
+        &[],
+        "info",
+    );
+    let build = new_build(&original, "v0.1.1");
+    let scratch = Scratch::new("hello-gh-build");
+    let bin = write_binary(scratch.path(), "hello", &build);
+    upgrade_to(
+        &mut hello,
+        &build,
+        &[
+            bin.to_str().unwrap(),
+            "--github",
+            "acme/hello",
+            "--tag",
+            "v0.1.1",
+            "--github-api",
+            &fixture.api,
+        ],
+        &[("GITHUB_TOKEN", "any-token-the-fixture-takes")],
+    );
+    // The master never saw the draft: no download began before the release was published.
+    let log = fixture.log();
+    let published = log
+        .iter()
+        .position(|l| l.method == "PATCH")
+        .expect("a PATCH");
+    let first_download = log
+        .iter()
+        .position(|l| l.origin == "objects")
+        .expect("a download");
+    assert!(published < first_download, "{log:#?}");
+}
+
+#[test]
+fn hello_upgrades_from_a_directory_the_tool_published() {
+    let _serial = serial();
+    let releases = Scratch::new("hello-dir-releases");
+    let next = releases.path().join("next");
+    let original = std::fs::read(hello_binary()).expect("read hello");
+    let mut hello = Hello::start(
+        &hello_binary(),
+        &["--watch".to_string(), next.display().to_string()],
+        &[],
+        "info",
+    );
+    let build = new_build(&original, "dir-v2");
+    let scratch = Scratch::new("hello-dir-build");
+    let bin = write_binary(scratch.path(), "hello", &build);
+    upgrade_to(
+        &mut hello,
+        &build,
+        &[
+            bin.to_str().unwrap(),
+            "--dir",
+            releases.path().to_str().unwrap(),
+            "--name",
+            "next",
+            "--quiet",
+        ],
+        &[],
+    );
+}
