@@ -251,12 +251,12 @@ pub trait Fetcher: Send {
         Duration::from_secs(60)
     }
 
-    /// Called when the poll loop set aside, unread, the release `identity` that this fetcher's
-    /// last [`check`](Fetcher::check) returned, because a hold, a pin or a staged rollout keeps
-    /// this host from taking it yet (see [`rollout`](crate::rollout)). That may change by the
-    /// next poll, so the next check must offer the release again. The default does nothing,
-    /// which is right for a fetcher that remembers only releases whose body was read to its end
-    /// (`upshift-http`, `upshift-s3`) or none at all.
+    /// Called when the poll loop did not install the release `identity` that this fetcher's
+    /// last [`check`](Fetcher::check) returned, for no fault of the release, and the next check
+    /// must offer it again: a hold, a pin or a staged rollout keeps this host from taking it yet
+    /// (see [`rollout`](crate::rollout); the body was dropped unread), or this machine could
+    /// not install it (disk full; the body may have been read to its end). The default does
+    /// nothing, which is right for a fetcher that remembers nothing about what it handed out.
     ///
     /// ```
     /// use upshift::fetch::{Current, FetchError, Fetcher, Release};

@@ -40,6 +40,14 @@ pub(crate) struct PipelineConfig {
     pub(crate) fleet: crate::rollout::Fleet,
 }
 
+/// How a check ended, for the poll loop's next delay.
+enum Checked {
+    /// Nothing new, or a release handled (installed, refused or set aside).
+    Done,
+    /// A release this machine could not install (disk full): try it again after a backoff.
+    RetryAfterFault(String),
+}
+
 /// What is installed and what was refused: one per master, behind the lock that keeps upgrades
 /// from overlapping.
 struct Installed {
@@ -51,6 +59,9 @@ struct Installed {
     /// The hash of the installed binary while it is on probation: installing over it keeps
     /// `.prev`, which must stay the last binary that proved itself.
     on_probation: Option<String>,
+    /// A release refused for a fault of this machine (disk full, file too large), not of the
+    /// release: its fetcher is asked to offer it again, after a backoff.
+    retry: Option<String>,
 }
 
 /// A release from the moment it is installed: what to remember if it fails.
@@ -93,6 +104,8 @@ impl Updater {
     ) {
         let interval = fetcher.interval();
         let mut errors: u32 = 0;
+        // Releases refused in a row for a fault of this machine: their own backoff.
+        let mut faults: u32 = 0;
         // The first check is at once: the first worker is already starting, nothing waits on it.
         let mut delay = Duration::ZERO;
         loop {
@@ -103,9 +116,17 @@ impl Updater {
             }
             let outcome = self.check_once(fetcher.as_mut()).await;
             delay = match outcome {
-                Ok(()) => {
+                Ok(Checked::Done) => {
                     errors = 0;
+                    faults = 0;
                     self.cfg.fleet.jittered(interval)
+                }
+                Ok(Checked::RetryAfterFault(identity)) => {
+                    errors = 0;
+                    faults = faults.saturating_add(1);
+                    let retry_in = self.cfg.fleet.jittered(error_backoff(faults, interval));
+                    tracing::info!(fetcher = fetcher.name(), %identity, ?retry_in, "this machine could not install the release; trying it again");
+                    retry_in
                 }
                 Err(FetchError::RateLimited(wait)) => wait,
                 Err(e) => {
@@ -123,7 +144,10 @@ impl Updater {
         }
     }
 
-    async fn check_once(self: &Arc<Self>, fetcher: &mut dyn Fetcher) -> Result<(), FetchError> {
+    async fn check_once(
+        self: &Arc<Self>,
+        fetcher: &mut dyn Fetcher,
+    ) -> Result<Checked, FetchError> {
         let mut guard = self.installed.lock().await;
         let installed = match guard.as_mut() {
             Some(i) => i,
@@ -133,23 +157,30 @@ impl Updater {
         if let crate::rollout::Standing::Held(why) = &standing {
             // Not even asked: a held host costs its release server nothing.
             self.cfg.fleet.note(None, why);
-            return Ok(());
+            return Ok(Checked::Done);
         }
         self.emit(UpgradeEvent::Checking {
             fetcher: fetcher.name().to_string(),
         });
         let Some(release) = fetcher.check(&installed.current).await? else {
             tracing::debug!(fetcher = fetcher.name(), "no new release");
-            return Ok(());
+            return Ok(Checked::Done);
         };
         if let Some(why) = self.cfg.fleet.defers(&standing, &release) {
             self.cfg.fleet.note(Some(&release.identity), &why);
             fetcher.deferred(&release.identity);
-            return Ok(()); // dropping the release unread aborts its transfer
+            return Ok(Checked::Done); // dropping the release unread aborts its transfer
         }
         self.cfg.fleet.clear_note();
         self.upgrade(installed, release).await;
-        Ok(())
+        if let Some(identity) = installed.retry.take() {
+            // Nothing was wrong with the release: once there is room it must be tried again,
+            // also by a fetcher that remembers what it handed out (the File fetcher's file is
+            // unchanged, an HTTP server would answer 304).
+            fetcher.deferred(&identity);
+            return Ok(Checked::RetryAfterFault(identity));
+        }
+        Ok(Checked::Done)
     }
 
     /// Hashes the binary on disk once, off the first worker's critical path.
@@ -178,6 +209,7 @@ impl Updater {
                 rejected: Vec::new(),
             },
             on_probation: None,
+            retry: None,
         })
     }
 
@@ -438,6 +470,8 @@ impl Updater {
             if let Some(h) = binary_sha256 {
                 remember(&mut installed.current.rejected, h);
             }
+        } else {
+            installed.retry = Some(identity.to_string());
         }
         self.emit(UpgradeEvent::Rejected {
             identity: identity.to_string(),

@@ -661,6 +661,13 @@ impl Fetcher for HttpFetcher {
     fn interval(&self) -> Duration {
         self.interval
     }
+
+    /// Forgets the release file's validators, so the next check asks for it unconditionally and
+    /// offers it again even though its body was read to the end (the disk filled up while it
+    /// was written, say). The checksum's validators stay: it is the same release.
+    fn deferred(&mut self, _identity: &str) {
+        self.memory().file = None;
+    }
 }
 
 /// The release's rollout percentage, if a rollout document is configured and published.

@@ -747,6 +747,14 @@ impl Fetcher for S3Fetcher {
     fn interval(&self) -> Duration {
         self.interval
     }
+
+    /// Forgets the object version last handed out, so the next check offers it again even if
+    /// its body was read to the end (the disk filled up while it was written, say).
+    fn deferred(&mut self, identity: &str) {
+        if self.seen.as_ref().is_some_and(|s| s.identity == identity) {
+            self.seen = None;
+        }
+    }
 }
 
 fn settled(head: &Head, sha256: Option<String>, from_sidecar: bool, sig: Option<String>) -> Seen {
