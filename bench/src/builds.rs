@@ -83,6 +83,11 @@ impl TempDir {
         &self.path
     }
 
+    /// Whether it will be kept (`--keep`): a scenario then keeps its bulky files too.
+    pub fn keep(&self) -> bool {
+        self.keep
+    }
+
     /// A fresh subdirectory.
     pub fn sub(&self, name: &str) -> Result<PathBuf, String> {
         let p = self.path.join(name);
@@ -164,6 +169,57 @@ pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(paths)
 }
 
+/// Builds the `fixture` example once (`cargo build --release --example fixture`) and copies it
+/// to `<out>/fixture`. Its releases are made by appending a build stamp (see
+/// `examples/fixture.rs`), which also selects a misbehaviour such as `slow-ready MS`.
+pub fn build_fixture(out: &Path) -> Result<PathBuf, String> {
+    let fallback = workspace_root().join("target/release/examples/fixture");
+    build_one(&["--example", "fixture"], "fixture", fallback, out)
+}
+
+/// Builds the bench crate's `plain_hello` (the `hello` router without upshift:
+/// `cargo build --release -p upshift-bench --bin plain_hello`) and copies it to
+/// `<out>/plain_hello`, so that what runs from `out` is the harness's to stop.
+pub fn build_plain(out: &Path) -> Result<PathBuf, String> {
+    let fallback = workspace_root().join("target/release/plain_hello");
+    let what = ["-p", "upshift-bench", "--bin", "plain_hello"];
+    build_one(&what, "plain_hello", fallback, out)
+}
+
+/// `cargo build --release <what>` of one executable `name`, copied to `<out>/<name>`.
+fn build_one(what: &[&str], name: &str, fallback: PathBuf, out: &Path) -> Result<PathBuf, String> {
+    crate::procs::check()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--release"])
+        .args(what)
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = Guard::spawn(&mut cmd, "cargo build", std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let (stdout, stderr, ok) = wait_output(child)?;
+    if !ok {
+        return Err(format!(
+            "`cargo build --release {}` failed:\n{}",
+            what.join(" "),
+            String::from_utf8_lossy(&stderr)
+        ));
+    }
+    let built = executable_of(&String::from_utf8_lossy(&stdout), name).unwrap_or(fallback);
+    let dest = out.join(name);
+    std::fs::copy(&built, &dest)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), dest.display()))?;
+    eprintln!(
+        "upshift-bench: built {name} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(dest)
+}
+
 /// `(stdout, stderr, success)` of a guarded child with piped output.
 fn wait_output(mut guard: Guard) -> Result<(Vec<u8>, Vec<u8>, bool), String> {
     use std::io::Read;
@@ -195,9 +251,15 @@ fn wait_output(mut guard: Guard) -> Result<(Vec<u8>, Vec<u8>, bool), String> {
 
 /// The `executable` of the `hello` example's compiler-artifact message.
 fn executable_from_json(stdout: &str) -> Option<PathBuf> {
+    executable_of(stdout, "hello")
+}
+
+/// The `executable` of example `name`'s compiler-artifact message.
+fn executable_of(stdout: &str, name: &str) -> Option<PathBuf> {
+    let quoted = format!("\"{name}\"");
     stdout
         .lines()
-        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"hello\""))
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains(&quoted))
         .find_map(|l| {
             let key = "\"executable\":\"";
             let start = l.find(key)? + key.len();

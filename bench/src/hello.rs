@@ -32,6 +32,15 @@ pub struct Stopped {
     pub leftovers: Vec<u32>,
 }
 
+/// What [`Server::start_with`] adds to [`Server::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Extra environment, set last: credentials, `RUST_LOG`, `UPSHIFT_DISABLE`.
+    pub env: Vec<(String, String)>,
+    /// This address instead of a free port: a server started again where the last one listened.
+    pub addr: Option<SocketAddr>,
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> Result<u16, String> {
     let l =
@@ -45,14 +54,26 @@ impl Server {
     /// Starts `exe --listen 127.0.0.1:<free port> <extra...>` with its stdout and stderr in `log`,
     /// and waits for its first `200` answer. Retries on another port if the first was taken.
     pub fn start(exe: &Path, extra: &[String], log: &Path) -> Result<Server, String> {
+        Server::start_with(exe, extra, log, &Launch::default())
+    }
+
+    /// [`Server::start`] with extra environment and, optionally, a fixed address.
+    pub fn start_with(
+        exe: &Path,
+        extra: &[String],
+        log: &Path,
+        launch: &Launch,
+    ) -> Result<Server, String> {
         let dir = exe
             .parent()
             .ok_or("the server binary has no directory")?
             .to_path_buf();
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            let port = free_port()?;
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let addr: SocketAddr = match launch.addr {
+                Some(a) => a,
+                None => ([127, 0, 0, 1], free_port()?).into(),
+            };
             let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
             let err = out.try_clone().map_err(|e| e.to_string())?;
             let mut cmd = Command::new(exe);
@@ -63,6 +84,7 @@ impl Server {
                 .env("NO_COLOR", "1")
                 .env("RUST_LOG", "info")
                 .env_remove("UPSHIFT_DISABLE")
+                .envs(launch.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));
@@ -226,5 +248,37 @@ fn strip_ansi(line: &str) -> String {
             out.push(c);
         }
     }
+    out
+}
+
+/// The first log line containing `needle`, without its timestamp, level and target, and with
+/// sha256 digests cut to 12 digits.
+pub fn log_first(log: &Path, needle: &str) -> Option<String> {
+    log_lines(log, needle).into_iter().next().map(|l| {
+        let t = l.split_once("  ").map_or(l.as_str(), |(_, r)| r).trim();
+        let t = t.split_once(": ").map_or(t, |(_, r)| r);
+        shorten_digests(t).chars().take(300).collect()
+    })
+}
+
+/// `sha256:<64 hex>` → `sha256:<12 hex>…`: log lines stay readable in a table.
+fn shorten_digests(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    for c in s.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() == 64 {
+            out.push_str(&run[..12]);
+            out.push('…');
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
     out
 }

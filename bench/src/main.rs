@@ -17,16 +17,26 @@
 //! Adding a scenario: write `scenarios/<name>.rs` with a `SPEC: Scenario` and list it in
 //! [`scenarios::ALL`].
 
+mod all;
 mod builds;
+mod firstanswer;
 mod hello;
 mod httpget;
 mod logtime;
 mod machine;
+mod nginx;
 mod opts;
+mod origins;
+mod phases;
+mod prober;
+mod procfs;
 mod procs;
+mod release;
 mod report;
+mod s3;
 mod scenarios;
 mod stats;
+mod sysfault;
 mod wrk;
 
 use std::process::ExitCode;
@@ -41,6 +51,27 @@ fn main() -> ExitCode {
     if name == "-h" || name == "--help" || name == "help" {
         println!("{}", usage());
         return ExitCode::SUCCESS;
+    }
+    if name == "all" {
+        return match all::run(&args[1..]) {
+            Ok(doc) => {
+                print!("{doc}");
+                ExitCode::SUCCESS
+            }
+            Err((doc, e)) if doc.is_empty() && e.is_empty() => {
+                println!("{}", all::usage());
+                ExitCode::SUCCESS
+            }
+            Err((doc, e)) if doc.is_empty() => {
+                eprintln!("upshift-bench all: {e}\n\n{}", all::usage());
+                ExitCode::from(2)
+            }
+            Err((doc, e)) => {
+                print!("{doc}");
+                eprintln!("upshift-bench all: not every scenario could be performed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let Some(scenario) = scenarios::ALL.iter().find(|s| s.name == name.as_str()) else {
         eprintln!("upshift-bench: unknown scenario {name:?}\n\n{}", usage());
@@ -87,6 +118,10 @@ fn usage() -> String {
     for sc in scenarios::ALL {
         s.push_str(&format!("  {:<16} {}\n", sc.name, sc.summary));
     }
+    s.push_str(&format!(
+        "  {:<16} every scenario above with its defaults (soak with --soak)\n",
+        "all"
+    ));
     s.push_str("\n`<scenario> --help` lists its options.");
     s
 }

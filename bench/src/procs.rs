@@ -248,3 +248,34 @@ pub fn kill_leftovers(dir: &Path) -> Vec<u32> {
     }
     left
 }
+
+/// Calls `f` every 10 ms until it returns something or `limit` passes (or the harness is
+/// interrupted).
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= until || interrupted() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Processes still running from `dir` once `limit` has passed (or none earlier).
+pub fn still_running_from(dir: &Path, limit: Duration) -> Vec<u32> {
+    wait_for(limit, || {
+        processes_running_from(dir).is_empty().then_some(())
+    });
+    processes_running_from(dir)
+}
+
+/// Processes running from `dir` other than `master` and its children.
+pub fn strays(dir: &Path, master: u32) -> Vec<u32> {
+    processes_running_from(dir)
+        .into_iter()
+        .filter(|&p| p != master && state_and_ppid(p).map(|(_, pp)| pp) != Some(master))
+        .collect()
+}

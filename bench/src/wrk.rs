@@ -26,6 +26,103 @@ done = function(summary, latency, requests)
 end
 "#;
 
+/// Appended to [`DONE_LUA`] when responses are counted per build: a `response()` that counts each
+/// body's BUILD_ID (`hello from <BUILD_ID> ...`) per thread, summed over the threads in `done()`.
+/// Defining `response()` makes wrk hand every body to Lua, which costs throughput: scenarios that
+/// count say so and measure it against a run without counting.
+const COUNT_LUA: &str = r#"
+-- written by upshift-bench: responses per BUILD_ID, one more machine-readable line
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) counts = {}; unmatched = 0 end
+response = function(status, headers, body)
+  local id = body and string.match(body, "^hello from (%S+)")
+  if id then counts[id] = (counts[id] or 0) + 1 else unmatched = unmatched + 1 end
+end
+local write_summary = done
+done = function(summary, latency, requests)
+  write_summary(summary, latency, requests)
+  local total, other = {}, 0
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
+    other = other + t:get("unmatched")
+  end
+  local keys = {}
+  for k in pairs(total) do table.insert(keys, k) end
+  table.sort(keys)
+  io.write("UPSHIFT-BENCH-BUILDS")
+  for _, k in ipairs(keys) do io.write(string.format(" %s=%.0f", k, total[k])) end
+  io.write(string.format(" unmatched=%.0f\n", other))
+end
+"#;
+const BUILDS_MARK: &str = "UPSHIFT-BENCH-BUILDS";
+
+/// How wrk's connections are used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Keep-alive connections, wrk's default.
+    KeepAlive,
+    /// `-H 'Connection: close'`: a new connection per request.
+    Close,
+}
+
+impl Load {
+    /// From a `keep-alive|close|both` option.
+    pub fn choose(opt: Option<&str>) -> &'static [Load] {
+        match opt {
+            Some("keep-alive") => &[Load::KeepAlive],
+            Some("close") => &[Load::Close],
+            _ => &[Load::KeepAlive, Load::Close],
+        }
+    }
+
+    /// The request headers wrk is given for it.
+    pub fn headers(self) -> Vec<String> {
+        match self {
+            Load::KeepAlive => Vec::new(),
+            Load::Close => vec!["Connection: close".to_string()],
+        }
+    }
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Load::KeepAlive => "keep-alive",
+            Load::Close => "close",
+        })
+    }
+}
+
+/// What [`start_with`] adds to a plain keep-alive `GET /` run.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// Request headers (`-H`), such as `Connection: close` (a new connection per request).
+    pub headers: Vec<String>,
+    /// Count responses per BUILD_ID (see [`builds`]).
+    pub count_builds: bool,
+}
+
+/// Responses per BUILD_ID and how many bodies did not match `hello from <BUILD_ID>`, from the
+/// line the counting script prints; `None` when the run did not count.
+pub fn builds(out: &str) -> Option<(std::collections::BTreeMap<String, u64>, u64)> {
+    let line = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(BUILDS_MARK))?;
+    let mut counts = std::collections::BTreeMap::new();
+    let mut unmatched = 0;
+    for kv in line.split_whitespace() {
+        let (k, v) = kv.split_once('=')?;
+        let v: u64 = v.parse().ok()?;
+        if k == "unmatched" {
+            unmatched = v;
+        } else {
+            counts.insert(k.to_string(), v);
+        }
+    }
+    Some((counts, unmatched))
+}
+
 pub struct Config {
     pub threads: u64,
     pub connections: u64,
@@ -106,15 +203,34 @@ pub fn version() -> String {
 
 /// Starts wrk against `http://<addr>/`; its output goes to files in `dir`.
 pub fn start(cfg: &Config, addr: SocketAddr, dir: &Path, tag: &str) -> Result<Running, String> {
-    let script = dir.join("done.lua");
+    start_with(cfg, addr, dir, tag, &Extra::default())
+}
+
+/// [`start`] with request headers and, optionally, per-build counting.
+pub fn start_with(
+    cfg: &Config,
+    addr: SocketAddr,
+    dir: &Path,
+    tag: &str,
+    extra: &Extra,
+) -> Result<Running, String> {
+    let (name, text) = if extra.count_builds {
+        ("done-count.lua", format!("{DONE_LUA}{COUNT_LUA}"))
+    } else {
+        ("done.lua", DONE_LUA.to_string())
+    };
+    let script = dir.join(name);
     if !script.exists() {
-        std::fs::write(&script, DONE_LUA).map_err(|e| format!("{}: {e}", script.display()))?;
+        std::fs::write(&script, text).map_err(|e| format!("{}: {e}", script.display()))?;
     }
     let out = dir.join(format!("wrk-{tag}.out"));
     let err = dir.join(format!("wrk-{tag}.err"));
     let mut cmd = Command::new(WRK);
-    cmd.args(cfg.args())
-        .arg("-s")
+    cmd.args(cfg.args());
+    for h in &extra.headers {
+        cmd.arg("-H").arg(h);
+    }
+    cmd.arg("-s")
         .arg(&script)
         .arg(format!("http://{addr}/"))
         .stdin(Stdio::null())
@@ -341,6 +457,16 @@ UPSHIFT-BENCH-WRK requests=1671234 duration_us=30100000 connect=0 read=12 write=
     fn text_and_lua_must_agree() {
         let bad = SAMPLE.replace("read=12", "read=11");
         assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn build_counts() {
+        let out = format!("{SAMPLE}UPSHIFT-BENCH-BUILDS b00=10 b01=5 unmatched=2\n");
+        let (counts, unmatched) = builds(&out).unwrap();
+        assert_eq!(counts.get("b00"), Some(&10));
+        assert_eq!(counts.get("b01"), Some(&5));
+        assert_eq!(unmatched, 2);
+        assert!(builds(SAMPLE).is_none());
     }
 
     #[test]

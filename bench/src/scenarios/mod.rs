@@ -8,8 +8,15 @@
 //! latency, an overhead A/B (upshift vs the same server without a master), footprint and startup.
 //! Each becomes a module here and an entry in [`ALL`].
 
+mod faults;
 mod file_upgrades;
+mod footprint;
+mod overhead;
 mod restarts;
+mod soak;
+mod startup;
+mod upgrade_latency;
+mod zero_downtime;
 
 use crate::opts::{self, OptSpec, Opts};
 use crate::report::Report;
@@ -21,11 +28,31 @@ pub struct Scenario {
     pub run: fn(&Opts) -> Result<Report, String>,
 }
 
-pub static ALL: &[&Scenario] = &[&restarts::SPEC, &file_upgrades::SPEC];
+pub static ALL: &[&Scenario] = &[
+    &restarts::SPEC,
+    &file_upgrades::SPEC,
+    &footprint::SPEC,
+    &soak::SPEC,
+    &faults::SPEC,
+    &zero_downtime::SPEC,
+    &overhead::SPEC,
+    &startup::SPEC,
+    &upgrade_latency::SPEC,
+];
 
-/// Every option a scenario takes: the common ones, then its own.
+/// Every option a scenario takes: the common ones, then its own. A scenario that lists a common
+/// option itself (say `--duration` with another default) replaces the common one.
 pub fn specs(sc: &Scenario) -> Vec<&'static OptSpec> {
-    opts::COMMON.iter().chain(sc.options.iter()).collect()
+    let own = |name: &str| sc.options.iter().find(|o| o.name == name);
+    opts::COMMON
+        .iter()
+        .map(|c| own(c.name).unwrap_or(c))
+        .chain(
+            sc.options
+                .iter()
+                .filter(|o| !opts::COMMON.iter().any(|c| c.name == o.name)),
+        )
+        .collect()
 }
 
 pub fn help(sc: &Scenario) -> String {
