@@ -196,11 +196,12 @@ fn run(opts: &Opts) -> Result<Report, String> {
     let upgrades = opts.count("--upgrades")?;
     let every = opts.secs("--every")?;
     let load = if opts.flag("--load") {
-        let base = wrk::Config::from_opts(opts)?;
+        // wrk runs for the whole series: --duration is not used here.
         let secs = every.as_secs_f64() * (upgrades as f64 + 1.0) + 15.0;
         Some(wrk::Config {
+            threads: opts.count("--threads")?,
+            connections: opts.count("--connections")?,
             duration: Duration::from_secs(secs.ceil() as u64),
-            ..base
         })
     } else {
         None
