@@ -27,6 +27,20 @@ pub enum CrashPolicy {
     Exit,
 }
 
+/// Where an installed release's file goes. See [`Upgrader::install_mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstallMode {
+    /// Replace the file the invoked path resolves to *now* (resolved again before every
+    /// install), keeping symlinks as they are. The default.
+    #[default]
+    InPlace,
+    /// For release-directory layouts (`bin/app -> ../releases/v1/app`): the invoked path must be a
+    /// symlink to a file in a directory of its own. A new release is written to a new directory
+    /// beside that one (`releases/<release>/app`) and the symlink is flipped to it atomically;
+    /// a rollback flips it back. Files of earlier releases are never modified.
+    ReleaseDirectories,
+}
+
 /// Configures and starts upshift. Everything before [`run`](Self::run) executes in the master
 /// **and** in every worker (both are the same program); keep it to configuration.
 ///
@@ -62,6 +76,7 @@ pub struct Upgrader {
     allow_unverified_remote: bool,
     public_key: Option<String>,
     version: Option<String>,
+    install_mode: InstallMode,
     /// Staged rollout, hold, pin and jitter: set in `rollout.rs`.
     pub(crate) fleet: crate::rollout::FleetOptions,
 }
@@ -136,6 +151,7 @@ impl Upgrader {
             allow_unverified_remote: false,
             public_key: None,
             version: None,
+            install_mode: InstallMode::InPlace,
             fleet: crate::rollout::FleetOptions::default(),
         }
     }
@@ -268,6 +284,17 @@ impl Upgrader {
     /// usually `.version(env!("CARGO_PKG_VERSION"))`.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
+        self
+    }
+
+    /// How a release is put in place (default [`InstallMode::InPlace`]).
+    ///
+    /// ```no_run
+    /// // bin/app -> ../releases/v1/app: each release gets a directory, the link is flipped.
+    /// let upgrader = upshift::Upgrader::new().install_mode(upshift::InstallMode::ReleaseDirectories);
+    /// ```
+    pub fn install_mode(mut self, mode: InstallMode) -> Self {
+        self.install_mode = mode;
         self
     }
 

@@ -87,6 +87,27 @@ pub enum UpgradeEvent {
         /// Why.
         reason: String,
     },
+    /// A release refused earlier is still what the source offers (a reminder, at most every few
+    /// minutes per release; nothing is downloaded for it).
+    StillRejected {
+        /// The release.
+        identity: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The file at the binary's path is not what the master just wrote there (after an install
+    /// or a rollback): something else changed it. The master wrote the expected build back when
+    /// `repaired` is true.
+    Diverged {
+        /// The file that was checked (the invoked path resolved).
+        path: String,
+        /// The sha256 the master expected there.
+        expected: String,
+        /// The sha256 found there (`missing` when there is no file).
+        found: String,
+        /// Whether the expected build was put back.
+        repaired: bool,
+    },
 }
 
 impl fmt::Display for UpgradeEvent {
@@ -148,6 +169,21 @@ impl fmt::Display for UpgradeEvent {
             }
             UpgradeEvent::Skipped { identity, reason } => {
                 write!(f, "release {identity} skipped: {reason}")
+            }
+            UpgradeEvent::StillRejected { identity, reason } => {
+                write!(f, "release {identity} is still refused: {reason}")
+            }
+            UpgradeEvent::Diverged {
+                path,
+                expected,
+                found,
+                repaired,
+            } => {
+                let what = if *repaired { "put back" } else { "could not be put back" };
+                write!(
+                    f,
+                    "{path} diverged from the serving build: sha256 {found}, expected {expected}; the serving build {what}"
+                )
             }
         }
     }

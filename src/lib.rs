@@ -53,12 +53,13 @@ pub mod http;
 mod install;
 mod listener;
 mod master;
+pub mod release;
 pub mod rollout;
 mod state;
 mod systemd;
 mod worker;
 
-pub use config::{CrashPolicy, Upgrader};
+pub use config::{CrashPolicy, InstallMode, Upgrader};
 pub use env::DISABLE as DISABLE_ENV;
 pub use error::Error;
 pub use events::{ReleaseInfo, UpgradeEvent};

@@ -18,6 +18,8 @@ fn release(identity: &str, sha256: Option<&str>, rollout: Option<f64>) -> Releas
         body: Box::new(std::io::Cursor::new(Vec::new())),
         local_file: None,
         rollout_percent: rollout,
+        version: None,
+        source: None,
     }
 }
 

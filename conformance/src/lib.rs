@@ -117,6 +117,7 @@ fn unrelated_current() -> Current {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 
@@ -126,6 +127,7 @@ fn installed(sha256: &str, identity: Option<&str>) -> Current {
         identity: identity.map(str::to_string),
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 

@@ -312,6 +312,8 @@ impl Fetcher for FileFetcher {
             body: Box::new(tokio::fs::File::from_std(file)),
             local_file,
             rollout_percent,
+            version: None,
+            source: None,
         }))
     }
 

@@ -35,6 +35,7 @@ fn current(sha256: &str) -> Current {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 

@@ -41,13 +41,21 @@ pub struct Current {
     pub sha256: String,
     /// The identity of the release last installed by upshift (`None` before the first upgrade).
     pub identity: Option<String>,
-    /// The running program's version (`CARGO_PKG_VERSION` of the binary, as configured).
+    /// The version floor: the highest of the running build's version
+    /// ([`Upgrader::version`](crate::Upgrader::version)) and the highest version this host ever
+    /// accepted (persisted beside the binary, so it survives restarts). A fetcher that knows
+    /// versions never offers one at or below it ([`Current::accepts_version`]); the pipeline
+    /// refuses such a release before downloading it.
     pub version: Option<String>,
     /// Releases the pipeline refused or rolled back, as keys made by
     /// [`Current::rejection_key`] (bounded; oldest first). The poll loop would drop such a release
     /// unread; a fetcher that can tell one before starting its download (see
     /// [`Current::was_rejected`]) saves the transfer on every poll while it stays published.
     pub rejected: Vec<String>,
+    /// Whether the pipeline refuses a release from the network that has neither a sha256 nor a
+    /// signature. A fetcher that finds no checksum for a remote release should then not start
+    /// its download: the pipeline would refuse it unread anyway.
+    pub requires_checksum: bool,
 }
 
 impl Current {
@@ -75,6 +83,59 @@ impl Current {
     ) -> bool {
         let key = Current::rejection_key(identity, sha256, signature);
         self.rejected.iter().any(|k| *k == key)
+    }
+
+    /// Whether a release refused for a reason that may pass once its source changes (a checksum
+    /// mismatch or a cut transfer, as when a file is read while it is being uploaded in place)
+    /// is still what the source serves: same identity, checksum, signature and `source` (what
+    /// [`Release::source`] said about the bytes: an ETag, a size and mtime). Also true when
+    /// [`was_rejected`](Self::was_rejected) is. A fetcher may skip the download then.
+    pub fn was_rejected_from(
+        &self,
+        identity: &str,
+        sha256: Option<&str>,
+        signature: Option<&str>,
+        source: Option<&str>,
+    ) -> bool {
+        if self.was_rejected(identity, sha256, signature) {
+            return true;
+        }
+        let Some(source) = source else {
+            return false;
+        };
+        let key = Current::transient_rejection_key(identity, sha256, signature, source);
+        self.rejected.iter().any(|k| *k == key)
+    }
+
+    /// The key under which a release refused for a transient reason is remembered: as
+    /// [`rejection_key`](Self::rejection_key), plus what the source said about the bytes.
+    pub fn transient_rejection_key(
+        identity: &str,
+        sha256: Option<&str>,
+        signature: Option<&str>,
+        source: &str,
+    ) -> String {
+        use sha2::Digest;
+        let source = hex::encode(&sha2::Sha256::digest(source.as_bytes())[..8]);
+        format!(
+            "{}@{source}",
+            Current::rejection_key(identity, sha256, signature)
+        )
+    }
+
+    /// Whether `version` (`1.2.3` or `v1.2.3`) is strictly greater than the version floor
+    /// ([`Current::version`]). `false` for a version that is not semantic (it cannot be ordered),
+    /// `true` for any semantic version when there is no floor.
+    pub fn accepts_version(&self, version: &str) -> bool {
+        let Some(v) = crate::release::parse_version(version) else {
+            return false;
+        };
+        match self.version.as_deref().map(crate::release::parse_version) {
+            Some(Some(floor)) => v > floor,
+            // A floor that is not a version cannot be compared with: nothing passes it.
+            Some(None) => false,
+            None => true,
+        }
     }
 }
 
@@ -150,6 +211,14 @@ pub struct Release {
     /// machine that the fetcher has already hashed, so staging copies it in the kernel instead of
     /// reading and hashing it a second time. See [`LocalFile`].
     pub local_file: Option<LocalFile>,
+    /// The release's version (`1.2.3`, `v1.2.3`), when the source says (a GitHub tag). The
+    /// pipeline refuses a version at or below the floor ([`Current::version`]) before reading a
+    /// byte of the body, and raises the floor to it once the release is installed.
+    pub version: Option<String>,
+    /// What the source said about these bytes, if anything (an ETag, a size and modification
+    /// time): when a release is refused for a reason that may be the source's state at that
+    /// moment (checksum mismatch, cut transfer), it is tried again once this changes.
+    pub source: Option<String>,
     /// The share of the fleet, from 0 to 100, that should take this release now, when the
     /// release's publisher says (the File fetcher reads `<path>.rollout`; see
     /// [`rollout`](crate::rollout)). `None`: [`Upgrader::rollout_percent`](crate::Upgrader::rollout_percent)
@@ -190,6 +259,8 @@ impl fmt::Debug for Release {
             .field("origin", &self.origin)
             .field("local_file", &self.local_file.is_some())
             .field("rollout_percent", &self.rollout_percent)
+            .field("version", &self.version)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }

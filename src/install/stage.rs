@@ -144,6 +144,8 @@ pub(crate) async fn stage(
         mut body,
         local_file,
         rollout_percent: _,
+        version: _,
+        source: _,
     } = release;
     let limit = opts.max_bytes;
     if size_hint.is_some_and(|n| n > limit) {

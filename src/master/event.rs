@@ -45,3 +45,11 @@ pub(crate) enum RestartOutcome {
     /// (with a fallback in case it does not).
     Failed { reason: String, after_ready: bool },
 }
+
+/// The worker that serves now, as the master publishes it after every event: the release state
+/// reads the build it runs from `/proc/<pid>/exe`, the exact file it executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ServingWorker {
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
+}

@@ -28,7 +28,7 @@ use crate::fetch::Fetcher;
 use crate::listener::BoundSocket;
 use crate::systemd::notify::{Notifier, Timeouts};
 use crate::worker::{CHECK_LINE, DRAIN_LINE, READY_LINE};
-pub(crate) use event::{Event, Reply, RestartOutcome};
+pub(crate) use event::{Event, Reply, RestartOutcome, ServingWorker};
 use reaper::Exit;
 pub(crate) use runtime::{run_blocking, run_on_own_thread};
 use signals::Action;
@@ -115,6 +115,8 @@ struct Master {
     check_now: Arc<Notify>,
     /// Tells systemd how things go (`NOTIFY_SOCKET`); off without it.
     sd: Notifier,
+    /// Who serves now, for the updater's release state.
+    serving_tx: tokio::sync::watch::Sender<Option<ServingWorker>>,
 }
 
 impl Master {
@@ -155,6 +157,7 @@ impl Master {
             stopping: None,
             check_now: Arc::new(Notify::new()),
             sd: Notifier::new(sd.notify, timeouts),
+            serving_tx: tokio::sync::watch::Sender::new(None),
         };
         Ok((master, rx))
     }
@@ -177,6 +180,7 @@ impl Master {
                 self.launch.program.clone(),
                 self.launch.args.clone(),
                 self.events.clone(),
+                self.serving_tx.subscribe(),
             );
             for fetcher in updates.fetchers {
                 tracing::info!(fetcher = fetcher.name(), interval = ?fetcher.interval(), "watching for releases");
@@ -193,7 +197,20 @@ impl Master {
                 return 1;
             };
             self.handle(event);
+            self.publish_serving();
         }
+    }
+
+    fn publish_serving(&self) {
+        let now = self.serving.as_ref().map(|w| ServingWorker {
+            generation: w.generation,
+            pid: w.pid.as_raw() as u32,
+        });
+        self.serving_tx.send_if_modified(|seen| {
+            let changed = *seen != now;
+            *seen = now;
+            changed
+        });
     }
 
     fn handle(&mut self, event: Event) {

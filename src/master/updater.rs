@@ -78,6 +78,8 @@ pub(crate) struct Updater {
     invoked: PathBuf,
     /// The master's arguments, which the test-run gets too.
     args: Vec<std::ffi::OsString>,
+    /// Who serves now, published by the master.
+    serving: tokio::sync::watch::Receiver<Option<super::ServingWorker>>,
 }
 
 impl Updater {
@@ -86,6 +88,7 @@ impl Updater {
         invoked: PathBuf,
         args: Vec<std::ffi::OsString>,
         master: UnboundedSender<Event>,
+        serving: tokio::sync::watch::Receiver<Option<super::ServingWorker>>,
     ) -> Arc<Self> {
         Arc::new(Updater {
             cfg,
@@ -93,6 +96,7 @@ impl Updater {
             installed: Mutex::new(None),
             invoked,
             args,
+            serving,
         })
     }
 
@@ -207,6 +211,7 @@ impl Updater {
                 identity: None,
                 version: self.cfg.version.clone(),
                 rejected: Vec::new(),
+                requires_checksum: false,
             },
             on_probation: None,
             retry: None,

@@ -758,6 +758,8 @@ impl Fetcher for GithubFetcher {
             )),
             local_file: None,
             rollout_percent: None,
+            version: pick.version.as_ref().map(ToString::to_string),
+            source: None,
         }))
     }
 
@@ -818,6 +820,7 @@ mod tests {
             identity: None,
             version: None,
             rejected: Vec::new(),
+            requires_checksum: false,
         };
         let mut f = GithubFetcher::new("o/r").unwrap().api_base("not a url");
         let e = f.check(&current).await.unwrap_err().to_string();

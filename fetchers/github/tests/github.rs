@@ -66,6 +66,7 @@ fn nothing_installed() -> Current {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 
@@ -333,6 +334,7 @@ async fn an_unchanged_poll_is_one_304_with_no_body() {
         identity: Some(r.identity.clone()),
         version: Some("1.0.0".into()),
         rejected: Vec::new(),
+        requires_checksum: false,
     };
 
     let mut unchanged = Vec::new();
@@ -395,6 +397,7 @@ async fn an_exhausted_rate_limit_is_rate_limited_until_the_reset() {
         identity: Some(r.identity.clone()),
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     };
     // 304s do not count: with 1 request left, five unchanged polls still succeed.
     for _ in 0..5 {

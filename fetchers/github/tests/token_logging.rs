@@ -54,6 +54,7 @@ async fn the_token_is_never_logged() {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     };
     let bounded = Duration::from_secs(30);
 

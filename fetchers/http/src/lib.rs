@@ -655,6 +655,8 @@ impl Fetcher for HttpFetcher {
             body: Box::new(body::Body::new(resp, meta::redact(&final_url), commit)),
             local_file: None,
             rollout_percent,
+            version: None,
+            source: None,
         }))
     }
 
@@ -764,6 +766,7 @@ mod tests {
             identity: None,
             version: None,
             rejected: Vec::new(),
+            requires_checksum: false,
         };
         let e = f
             .check(&current)

@@ -27,6 +27,7 @@ fn nothing_installed() -> Current {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 
@@ -37,6 +38,7 @@ fn installed_as(release: &Release, bytes: &[u8]) -> Current {
         identity: Some(release.identity.clone()),
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 
@@ -303,12 +305,14 @@ async fn the_installed_release_costs_no_release_request() {
             identity: None,
             version: None,
             rejected: Vec::new(),
+            requires_checksum: false,
         },
         Current {
             sha256: sha256_hex(b"the binary inside the archive"),
             identity: Some(format!("sha256:{sha}")),
             version: None,
             rejected: Vec::new(),
+            requires_checksum: false,
         },
     ] {
         let mut f = HttpFetcher::new(nginx.url("app.tar.gz")).expect("valid URL");

@@ -106,5 +106,6 @@ fn nothing_installed() -> Current {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }

@@ -714,6 +714,8 @@ impl S3Fetcher {
             body: Box::new(body),
             local_file: None,
             rollout_percent: None,
+            version: None,
+            source: None,
         })))
     }
 }

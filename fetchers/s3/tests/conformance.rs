@@ -100,6 +100,7 @@ async fn the_proxy_counts_release_bytes_only() {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     };
     let mut release = f.check(&current).await.unwrap().expect("a release");
     upshift_fetcher_conformance::read_body(&mut release, bytes.len())

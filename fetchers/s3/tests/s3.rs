@@ -17,6 +17,7 @@ fn unrelated() -> Current {
         identity: None,
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 
@@ -26,6 +27,7 @@ fn installed(sha256: &str, identity: Option<&str>) -> Current {
         identity: identity.map(str::to_string),
         version: None,
         rejected: Vec::new(),
+        requires_checksum: false,
     }
 }
 

@@ -75,6 +75,8 @@ pub(super) fn release(body: Vec<u8>, format: Format) -> Release {
         body: Box::new(std::io::Cursor::new(body)),
         local_file: None,
         rollout_percent: None,
+        version: None,
+        source: None,
     }
 }
 
