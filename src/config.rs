@@ -439,6 +439,7 @@ impl Upgrader {
                     on_event: self.on_event.take(),
                     veto: self.veto.take(),
                     version: self.version.take(),
+                    install_mode: self.install_mode,
                     fleet,
                 },
             });

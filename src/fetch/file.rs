@@ -313,7 +313,7 @@ impl Fetcher for FileFetcher {
             local_file,
             rollout_percent,
             version: None,
-            source: None,
+            source: Some(stamp.describe()),
         }))
     }
 
@@ -369,6 +369,14 @@ impl Stamp {
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         }
+    }
+
+    /// A description for [`Release::source`]: which file, which version of it.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "dev {} ino {} size {} mtime {}.{:09}",
+            self.dev, self.ino, self.size, self.mtime.0, self.mtime.1
+        )
     }
 
     /// Same file, same content as far as `stat` can tell (a `chmod` changes only the ctime).

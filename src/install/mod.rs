@@ -6,12 +6,13 @@
 //! 2. [`test_run`] executes the staged binary once with a handshake only an upshift program answers
 //!    ([`answer_test_run_if_asked`] is that answer), proving it runs on this machine.
 //! 3. [`install`] renames it over the target, keeping the previous binary as `<target>.prev` so that
-//!    [`rollback`] can restore it when the new worker fails.
+//!    [`restore_from`] puts back the build that served when the new worker fails.
 //!
 //! The running binary is never touched until the rename, and the target path names a complete
 //! executable at every instant.
 
 mod child;
+mod flip;
 mod local;
 mod replace;
 mod stage;
@@ -24,7 +25,12 @@ mod tests;
 use std::io;
 use std::time::Duration;
 
-pub(crate) use replace::{file_sha256, install, resolve_target, rollback, sweep_leftovers};
+pub(crate) use flip::{flip_link, install_flip, read_link};
+#[cfg(test)]
+pub(crate) use replace::file_sha256;
+pub(crate) use replace::{
+    install, resolve_target, restore_from, sweep_leftovers,
+};
 pub(crate) use stage::{stage, StageOptions, Staged};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
 

@@ -7,12 +7,11 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 
 use super::{InstallError, Staged};
 
@@ -65,56 +64,43 @@ pub(crate) fn install(
     Ok(())
 }
 
-/// Puts `<target>.prev` back as `target`, atomically; `.prev` stays, so a rollback can be repeated.
-pub(crate) fn rollback(target: &Path) -> Result<(), InstallError> {
-    let prev = prev_path(target);
-    let prev_meta = fs::metadata(&prev).map_err(|e| {
-        InstallError::io(
-            format!(
-                "reading the previous binary {} to roll back to",
-                prev.display()
-            ),
-            e,
-        )
-    })?;
-    if fs::metadata(target).is_ok_and(|t| same_file(&t, &prev_meta)) {
-        // Already the previous binary; renaming a link over itself would also be a no-op.
-        return Ok(());
-    }
+/// Puts the build held open by `from` (whose sha256 the caller has checked) back at `target`,
+/// atomically: copied to a temporary name beside it with the current target's mode and owner,
+/// flushed, renamed over.
+pub(crate) fn restore_from(from: &File, target: &Path) -> Result<(), InstallError> {
+    let shown = target.display();
     let tmp = with_suffix(
         target,
         &format!(".rollback-{}.tmp", &super::random_hex()[..12]),
     );
     let guard = Leftover(&tmp);
-    link_or_copy(&prev, &tmp)?;
-    retry_busy(|| fs::rename(&tmp, target)).map_err(|e| {
-        InstallError::io(
-            format!(
-                "renaming the previous binary back over {}",
-                target.display()
-            ),
-            e,
-        )
-    })?;
+    let copied = (|| {
+        let mut src = from.try_clone()?;
+        io::Seek::seek(&mut src, io::SeekFrom::Start(0))?;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        io::copy(&mut src, &mut out)?;
+        out.sync_all()
+    })();
+    copied.map_err(|e| InstallError::io(format!("copying the serving build to {}", tmp.display()), e))?;
+    let mode_of = fs::metadata(target).or_else(|_| from.metadata());
+    let meta = mode_of.map_err(|e| InstallError::io(format!("reading {shown}"), e))?;
+    copy_owner_and_mode(&tmp, &meta)?;
+    retry_busy(|| fs::rename(&tmp, target))
+        .map_err(|e| InstallError::io(format!("renaming the serving build back over {shown}"), e))?;
     std::mem::forget(guard);
     sync_dir(target);
-    tracing::warn!(target = %target.display(), "rolled back to the previous binary");
     Ok(())
 }
 
 /// Hex sha256 of a file, read in chunks.
+#[cfg(test)]
 pub(crate) fn file_sha256(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(hex::encode(hash.finalize())),
-            Ok(n) => hash.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    crate::release::disk::hash_from_start(&File::open(path)?)
 }
 
 /// The new binary gets the current one's mode, and its owner when we are root (chown first: it
@@ -240,7 +226,7 @@ impl Drop for Leftover<'_> {
 const LEFTOVER_AGE: Duration = Duration::from_secs(60);
 
 /// Removes what a master killed mid-upgrade left beside `target`: staged releases of processes
-/// that no longer exist, and stale `.prev.tmp` / rollback temps. Returns how many were removed.
+/// that no longer exist, and stale `.prev.tmp`, rollback, link-flip and state-file temps. Returns how many were removed.
 /// Failures are logged; a sweep never stops an upgrade.
 pub(crate) fn sweep_leftovers(target: &Path) -> usize {
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
@@ -255,6 +241,9 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
     let staged_prefix = format!(".{name}.upshift-");
     let rollback_prefix = format!("{name}.rollback-");
     let prev_tmp = format!("{name}.prev.tmp");
+    // A release link being flipped and the release state being written (beside the invoked path).
+    let link_prefix = format!("{name}.link-");
+    let state_prefix = format!("{name}.upshift-state.");
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
@@ -270,7 +259,10 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
                     .next()
                     .and_then(|pid| pid.parse::<i32>().ok())
                     .is_some_and(|pid| pid as u32 != std::process::id() && !process_exists(pid))
-        } else if file_name.starts_with(&rollback_prefix) && file_name.ends_with(".tmp")
+        } else if (file_name.starts_with(&rollback_prefix)
+            || file_name.starts_with(&link_prefix)
+            || file_name.starts_with(&state_prefix))
+            && file_name.ends_with(".tmp")
             || file_name == prev_tmp
         {
             entry

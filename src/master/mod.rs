@@ -5,6 +5,8 @@
 //! one keeps accepting, and the old one is told to drain only once the new one says it is ready.
 
 mod event;
+mod probation;
+mod progress;
 mod reaper;
 mod runtime;
 mod signals;

@@ -1,31 +1,32 @@
 //! The poll loop and the install pipeline's order of stages, in the master.
 //!
 //! Each fetcher gets its own loop (its interval, with jitter; backoff on errors). Upgrades never
-//! overlap: a release is taken through stage → test-run → veto → install → readiness-gated
-//! restart → probation under one lock, and rolled back if the new worker fails.
+//! overlap: a release is taken through admit → stage → veto → test-run → install →
+//! readiness-gated restart → probation under one lock, and rolled back if the new worker fails.
+//! Every decision is asked of the release state ([`crate::release`]) after the disk was read
+//! again; this file does the I/O in between.
 
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{mpsc, mpsc::UnboundedSender, Mutex, Notify};
 
-use super::{Event, RestartOutcome};
+use super::progress::Progress;
+use super::{Event, RestartOutcome, ServingWorker};
+use crate::config::InstallMode;
 use crate::events::UpgradeEvent;
-use crate::fetch::{Current, FetchError, Fetcher, Release};
+use crate::fetch::{FetchError, Fetcher, Release};
 use crate::install::{self, InstallError, StageOptions};
+use crate::release::disk::RestorePoint;
+use crate::release::model::{refusal_kind, Admission, Build, Offer, Policy, Staging};
+use crate::release::{parse_version, Ledger};
 
 /// Called with every event; runs in the master.
 pub(crate) type EventHook = Arc<dyn Fn(&UpgradeEvent) + Send + Sync>;
 /// May veto a release that passed every check, like overseer's PreUpgrade.
 pub(crate) type VetoHook = Arc<dyn Fn(&crate::ReleaseInfo) -> Result<(), String> + Send + Sync>;
 
-/// How many rejected releases are remembered.
-const REJECTED_MEMORY: usize = 64;
 /// The longest pause between attempts after repeated fetch errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -36,8 +37,18 @@ pub(crate) struct PipelineConfig {
     pub(crate) on_event: Option<EventHook>,
     pub(crate) veto: Option<VetoHook>,
     pub(crate) version: Option<String>,
+    pub(crate) install_mode: InstallMode,
     /// Jitter, staged rollout, hold and pin.
     pub(crate) fleet: crate::rollout::Fleet,
+}
+
+impl PipelineConfig {
+    fn policy(&self) -> Policy {
+        Policy {
+            require_checksum_for_remote: self.stage.require_checksum_for_remote,
+            require_signature: self.stage.public_key.is_some(),
+        }
+    }
 }
 
 /// How a check ended, for the poll loop's next delay.
@@ -48,38 +59,79 @@ enum Checked {
     RetryAfterFault(String),
 }
 
-/// What is installed and what was refused: one per master, behind the lock that keeps upgrades
-/// from overlapping.
-struct Installed {
-    /// The file upgrades replace: the invoked path with symlinks resolved.
-    target: PathBuf,
-    /// Also holds (in `rejected`) the keys and binary hashes of releases that were rejected or
-    /// rolled back, so the fetchers can skip them too.
-    current: Current,
-    /// The hash of the installed binary while it is on probation: installing over it keeps
-    /// `.prev`, which must stay the last binary that proved itself.
-    on_probation: Option<String>,
+/// What the pipeline keeps behind its lock: the release state and a release to retry.
+pub(super) struct Books {
+    /// Shared with blocking tasks (hashing, installing); the pipeline's lock already keeps two
+    /// users apart, so this one is never contended.
+    ledger: Arc<std::sync::Mutex<Ledger>>,
     /// A release refused for a fault of this machine (disk full, file too large), not of the
     /// release: its fetcher is asked to offer it again, after a backoff.
     retry: Option<String>,
 }
 
-/// A release from the moment it is installed: what to remember if it fails.
-struct Candidate {
-    key: String,
-    identity: String,
-    binary_sha256: String,
+impl Books {
+    /// The ledger, for decisions (no I/O while it is held).
+    pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs file work on the ledger off the master's runtime.
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce(&mut Ledger) -> Result<T, InstallError> + Send + 'static,
+    ) -> Result<T, InstallError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut l = ledger
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut l)
+        })
+        .await
+        .map_err(|e| InstallError::io(what.to_string(), std::io::Error::other(e.to_string())))?
+    }
+}
+
+/// A release from the moment it is installed: what to remember if it fails, and what to put back.
+pub(super) struct Candidate {
+    pub(super) identity: String,
+    pub(super) build: Build,
+    /// The build to record as installed if it fails: what served when it was installed.
+    pub(super) restored: Build,
+    /// What served when it was installed, held open.
+    pub(super) restore: RestorePoint,
+    /// Its rejection key's parts, to remember it if it fails.
+    pub(super) sha256: Option<String>,
+    pub(super) signature: Option<String>,
+    pub(super) source: Option<String>,
+    pub(super) origin: crate::fetch::Origin,
+}
+
+impl Candidate {
+    pub(super) fn offer(&self) -> Offer<'_> {
+        Offer {
+            identity: &self.identity,
+            sha256: self.sha256.as_deref(),
+            signature: self.signature.as_deref(),
+            version: None,
+            source: self.source.as_deref(),
+            origin: self.origin,
+        }
+    }
 }
 
 pub(crate) struct Updater {
-    cfg: PipelineConfig,
-    master: UnboundedSender<Event>,
-    installed: Mutex<Option<Installed>>,
+    pub(super) cfg: PipelineConfig,
+    pub(super) master: UnboundedSender<Event>,
+    pub(super) books: Mutex<Option<Books>>,
     invoked: PathBuf,
     /// The master's arguments, which the test-run gets too.
     args: Vec<std::ffi::OsString>,
     /// Who serves now, published by the master.
-    serving: tokio::sync::watch::Receiver<Option<super::ServingWorker>>,
+    serving: tokio::sync::watch::Receiver<Option<ServingWorker>>,
 }
 
 impl Updater {
@@ -88,12 +140,12 @@ impl Updater {
         invoked: PathBuf,
         args: Vec<std::ffi::OsString>,
         master: UnboundedSender<Event>,
-        serving: tokio::sync::watch::Receiver<Option<super::ServingWorker>>,
+        serving: tokio::sync::watch::Receiver<Option<ServingWorker>>,
     ) -> Arc<Self> {
         Arc::new(Updater {
             cfg,
             master,
-            installed: Mutex::new(None),
+            books: Mutex::new(None),
             invoked,
             args,
             serving,
@@ -152,11 +204,19 @@ impl Updater {
         self: &Arc<Self>,
         fetcher: &mut dyn Fetcher,
     ) -> Result<Checked, FetchError> {
-        let mut guard = self.installed.lock().await;
-        let installed = match guard.as_mut() {
-            Some(i) => i,
-            None => guard.insert(self.discover_installed().await?),
+        let mut guard = self.books.lock().await;
+        let books = match guard.as_mut() {
+            Some(b) => b,
+            None => guard.insert(self.open_books().await?),
         };
+        // The disk is the truth: read it again (stat; hash only if it changed) before deciding.
+        let observed = books
+            .blocking("reading the installed binary", |l| {
+                l.observe()
+                    .map_err(|e| InstallError::io(format!("reading {}", l.invoked().display()), e))
+            })
+            .await;
+        observed.map_err(|e| FetchError::Source(e.to_string()))?;
         let standing = self.cfg.fleet.standing(&self.invoked).await;
         if let crate::rollout::Standing::Held(why) = &standing {
             // Not even asked: a held host costs its release server nothing.
@@ -166,7 +226,9 @@ impl Updater {
         self.emit(UpgradeEvent::Checking {
             fetcher: fetcher.name().to_string(),
         });
-        let Some(release) = fetcher.check(&installed.current).await? else {
+        let now = std::time::Instant::now();
+        let current = books.ledger().state.current(&self.cfg.policy(), now);
+        let Some(release) = fetcher.check(&current).await? else {
             tracing::debug!(fetcher = fetcher.name(), "no new release");
             return Ok(Checked::Done);
         };
@@ -176,8 +238,8 @@ impl Updater {
             return Ok(Checked::Done); // dropping the release unread aborts its transfer
         }
         self.cfg.fleet.clear_note();
-        self.upgrade(installed, release).await;
-        if let Some(identity) = installed.retry.take() {
+        self.upgrade(books, release).await;
+        if let Some(identity) = books.retry.take() {
             // Nothing was wrong with the release: once there is room it must be tried again,
             // also by a fetcher that remembers what it handed out (the File fetcher's file is
             // unchanged, an HTTP server would answer 304).
@@ -187,48 +249,78 @@ impl Updater {
         Ok(Checked::Done)
     }
 
-    /// Hashes the binary on disk once, off the first worker's critical path.
-    async fn discover_installed(&self) -> Result<Installed, FetchError> {
+    /// Loads the persisted state and sweeps what an interrupted upgrade left, off the first
+    /// worker's critical path.
+    async fn open_books(&self) -> Result<Books, FetchError> {
         let invoked = self.invoked.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let target = install::resolve_target(&invoked)?;
-            install::sweep_leftovers(&target);
-            let sha256 = install::file_sha256(&target)?;
-            Ok::<_, std::io::Error>((target, sha256))
+        let version = self.cfg.version.clone();
+        let ledger = tokio::task::spawn_blocking(move || {
+            if let Ok(target) = install::resolve_target(&invoked) {
+                install::sweep_leftovers(&target);
+            }
+            if invoked.is_symlink() {
+                install::sweep_leftovers(&invoked);
+            }
+            Ledger::load(&invoked, version.as_deref())
         })
         .await
-        .map_err(|e| FetchError::Source(format!("hashing the installed binary: {e}")))?
-        .map_err(|e| FetchError::Io {
-            what: format!("reading the installed binary {}", self.invoked.display()),
-            source: e,
-        })?;
-        let (target, sha256) = found;
-        tracing::debug!(target = %target.display(), %sha256, "installed binary");
-        Ok(Installed {
-            target,
-            current: Current {
-                sha256,
-                identity: None,
-                version: self.cfg.version.clone(),
-                rejected: Vec::new(),
-                requires_checksum: false,
-            },
-            on_probation: None,
+        .map_err(|e| FetchError::Source(format!("loading the release state: {e}")))?;
+        Ok(Books {
+            ledger: Arc::new(std::sync::Mutex::new(ledger)),
             retry: None,
         })
     }
 
-    async fn upgrade(self: &Arc<Self>, installed: &mut Installed, mut release: Release) {
+    async fn upgrade(self: &Arc<Self>, books: &mut Books, mut release: Release) {
         let identity = release.identity.clone();
-        // What vouches for the bytes is part of what was refused: a sidecar or signature
-        // corrected after the binary was published makes a new candidate.
-        let key = rejection_key(&release);
-        if installed.current.rejected.contains(&key) {
-            tracing::debug!(%identity, "release was rejected before; not trying it again");
-            return;
+        let now = std::time::Instant::now();
+        let offer = Offer {
+            identity: &release.identity,
+            sha256: release.sha256.as_deref(),
+            signature: release.signature.as_deref(),
+            version: release.version.as_deref(),
+            source: release.source.as_deref(),
+            origin: release.origin,
+        };
+        match books.ledger().state.admit(&offer, &self.cfg.policy(), now) {
+            Admission::Download => {}
+            Admission::Refuse { reason } => {
+                // Decided from what the release says about itself: not a byte of it was read.
+                let kind = crate::release::model::RefusalKind::Release;
+                books.ledger().state.refuse(&offer, None, &reason, kind, now);
+                tracing::warn!(%identity, %reason, "release refused before downloading it; the running version keeps serving");
+                self.emit(UpgradeEvent::Rejected {
+                    identity,
+                    reason,
+                });
+                return;
+            }
+            Admission::AlreadyRefused { reason, remind } => {
+                if remind {
+                    self.emit(UpgradeEvent::StillRejected { identity, reason });
+                } else {
+                    tracing::debug!(%identity, %reason, "release was rejected before; not trying it again");
+                }
+                return;
+            }
         }
         tracing::info!(%identity, "new release found");
-        let body_read = Arc::new(AtomicBool::new(false));
+        let release_version = release.version.as_deref().and_then(parse_version);
+        let (sha256, signature, source, origin) = (
+            release.sha256.clone(),
+            release.signature.clone(),
+            release.source.clone(),
+            release.origin,
+        );
+        let offer = Offer {
+            identity: &identity,
+            sha256: sha256.as_deref(),
+            signature: signature.as_deref(),
+            version: None,
+            source: source.as_deref(),
+            origin,
+        };
+        let body_read = Arc::new(std::sync::atomic::AtomicBool::new(false));
         release.body = Box::new(Progress::new(
             release.body,
             identity.clone(),
@@ -236,10 +328,19 @@ impl Updater {
             self.cfg.on_event.clone(),
             body_read.clone(),
         ));
-        let staged = match install::stage(release, &installed.target, &self.cfg.stage).await {
+        let target = match install::resolve_target(&self.invoked) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = InstallError::io(format!("resolving {}", self.invoked.display()), e);
+                return self.reject(books, &offer, None, &e);
+            }
+        };
+        let installed_sha = (books.ledger().state.persisted.installed.as_ref())
+            .map(|b| b.sha256.clone());
+        let staged = match install::stage(release, &target, &self.cfg.stage).await {
             Ok(s) => s,
             Err(InstallError::ChecksumMismatch { actual, .. })
-                if actual == installed.current.sha256 =>
+                if Some(&actual) == installed_sha.as_ref() =>
             {
                 // The new checksum was published but the old file is still served (a deploy
                 // writes the checksum first): not a bad release, the next poll gets the new file.
@@ -249,9 +350,9 @@ impl Updater {
                 );
                 return;
             }
-            Err(e) => return self.reject(installed, &key, &identity, None, &e),
+            Err(e) => return self.reject(books, &offer, None, &e),
         };
-        if !body_read.load(Ordering::Relaxed) && staged.bytes > 0 {
+        if !body_read.load(std::sync::atomic::Ordering::Relaxed) && staged.bytes > 0 {
             // Staging copied a local file without reading the body: report its bytes once.
             self.emit(UpgradeEvent::Downloading {
                 identity: identity.clone(),
@@ -259,242 +360,239 @@ impl Updater {
                 total: Some(staged.bytes),
             });
         }
-        tracing::debug!(
-            %identity,
-            downloaded = staged.bytes,
-            binary_bytes = staged.binary_bytes,
-            asset_sha256 = %staged.asset_sha256,
-            "release staged and verified"
-        );
-        if staged.binary_sha256 == installed.current.sha256 {
-            self.emit(UpgradeEvent::Skipped {
-                identity: identity.clone(),
-                reason: "it is the binary already running".into(),
-            });
-            installed.current.identity = Some(identity);
-            return;
-        }
+        tracing::debug!(%identity, downloaded = staged.bytes, binary_bytes = staged.binary_bytes, asset_sha256 = %staged.asset_sha256, "release staged and verified");
         let binary_sha256 = staged.binary_sha256.clone();
-        if installed.current.rejected.contains(&binary_sha256) {
-            self.emit(UpgradeEvent::Skipped {
-                identity,
-                reason: "the same binary was rejected before".into(),
-            });
-            return;
+        let staging = books.ledger().state.after_staging(&binary_sha256);
+        match staging {
+            Staging::Proceed => {}
+            Staging::AlreadyInstalled => {
+                let mut ledger = books.ledger();
+                ledger
+                    .state
+                    .name_installed(&identity, release_version.as_ref());
+                ledger.save();
+                drop(ledger);
+                self.emit(UpgradeEvent::Skipped {
+                    identity,
+                    reason: "it is the binary already installed".into(),
+                });
+                return;
+            }
+            Staging::RefusedBefore { reason } => {
+                let kind = crate::release::model::RefusalKind::Release;
+                (books.ledger().state).refuse(&offer, Some(&binary_sha256), &reason, kind, now);
+                self.emit(UpgradeEvent::Skipped { identity, reason });
+                return;
+            }
         }
-        self.emit(UpgradeEvent::TestRunning {
-            identity: identity.clone(),
-        });
-        if let Err(e) = install::test_run(&staged.path, &self.args, self.cfg.test_run_timeout).await
-        {
-            return self.reject(installed, &key, &identity, Some(&binary_sha256), &e);
-        }
+        // The application's veto comes before the candidate runs at all, even its test run.
         if let Some(veto) = &self.cfg.veto {
             let info = crate::ReleaseInfo {
                 identity: identity.clone(),
                 sha256: binary_sha256.clone(),
             };
             if let Err(why) = veto(&info) {
-                return self.reject(
-                    installed,
-                    &key,
-                    &identity,
-                    Some(&binary_sha256),
-                    &InstallError::Vetoed(why),
-                );
+                let e = InstallError::Vetoed(why);
+                return self.reject(books, &offer, Some(&binary_sha256), &e);
             }
+        }
+        self.emit(UpgradeEvent::TestRunning {
+            identity: identity.clone(),
+        });
+        if let Err(e) = install::test_run(&staged.path, &self.args, self.cfg.test_run_timeout).await
+        {
+            return self.reject(books, &offer, Some(&binary_sha256), &e);
         }
         self.emit(UpgradeEvent::Installing {
             identity: identity.clone(),
         });
-        let target = installed.target.clone();
-        let keep_prev = installed.on_probation.is_some();
-        let installed_now =
-            tokio::task::spawn_blocking(move || install::install(staged, &target, keep_prev)).await;
-        match installed_now {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return self.reject(installed, &key, &identity, Some(&binary_sha256), &e),
-            Err(e) => {
-                let e = InstallError::Io {
-                    what: "installing the new binary".into(),
-                    source: std::io::Error::other(e.to_string()),
-                };
-                return self.reject(installed, &key, &identity, Some(&binary_sha256), &e);
-            }
-        }
+        let build = Build {
+            sha256: binary_sha256.clone(),
+            identity: Some(identity.clone()),
+            version: release_version,
+        };
+        let placed = self.install(books, staged, build.clone()).await;
+        let (restore, restored) = match placed {
+            Ok(p) => p,
+            Err(e) => return self.reject(books, &offer, Some(&binary_sha256), &e),
+        };
+        let candidate = Candidate {
+            identity: identity.clone(),
+            build,
+            restored,
+            restore,
+            sha256,
+            signature,
+            source,
+            origin,
+        };
+        self.hand_off(books, candidate).await;
+    }
 
+    /// Puts the staged binary in place (re-reading the disk first: the path may resolve to
+    /// another file than when the release was found), and checks that the target now holds it.
+    /// Returns the restore point and the build it replaced.
+    async fn install(
+        &self,
+        books: &mut Books,
+        staged: install::Staged,
+        build: Build,
+    ) -> Result<(RestorePoint, Build), InstallError> {
+        let mode = self.cfg.install_mode;
+        let invoked = self.invoked.clone();
+        let serving_pid = (*self.serving.borrow()).map(|w| w.pid);
+        let identity = build.identity.clone().unwrap_or_default();
+        let expected = build.sha256.clone();
+        let (restore, previous, diverged) = books
+            .blocking("installing the new binary", move |l| {
+                install_blocking(l, staged, &invoked, mode, serving_pid, &identity, &expected)
+            })
+            .await?;
+        if let Some(event) = diverged {
+            self.emit(event);
+            return Err(InstallError::io(
+                format!("installing over {}", self.invoked.display()),
+                std::io::Error::other(
+                    "the file changed during the install; the serving build was put back",
+                ),
+            ));
+        }
+        let mut ledger = books.ledger();
+        ledger.state.installed(build);
+        ledger.save();
+        Ok((restore, previous))
+    }
+
+    /// Starts a worker from the installed candidate and follows it: serving (probation watched
+    /// without the lock, so the next release need not wait), or rolled back.
+    async fn hand_off(self: &Arc<Self>, books: &mut Books, candidate: Candidate) {
+        let identity = candidate.identity.clone();
         self.emit(UpgradeEvent::HandingOff {
             identity: identity.clone(),
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
         let reason = format!("release {identity}");
-        if self
-            .master
-            .send(Event::Restart {
-                reason,
-                reply: Some(tx),
-            })
-            .is_err()
-        {
+        let asked = self.master.send(Event::Restart {
+            reason,
+            reply: Some(tx),
+        });
+        if asked.is_err() {
             return;
         }
-        let candidate = Candidate {
-            key,
-            identity,
-            binary_sha256,
-        };
         match rx.recv().await {
             Some(RestartOutcome::Ready { generation, .. })
             | Some(RestartOutcome::Survived { generation, .. }) => {
-                let previous = std::mem::replace(
-                    &mut installed.current.sha256,
-                    candidate.binary_sha256.clone(),
-                );
-                installed.current.identity = Some(candidate.identity.clone());
-                installed.on_probation = Some(candidate.binary_sha256.clone());
                 self.emit(UpgradeEvent::Serving {
-                    identity: candidate.identity.clone(),
+                    identity,
                     generation,
                 });
-                // Probation is watched without the lock: the next release need not wait for it.
-                tokio::spawn(self.clone().watch_probation(rx, candidate, previous));
+                tokio::spawn(self.clone().watch_probation(rx, candidate));
             }
             Some(RestartOutcome::Failed {
                 reason,
                 after_ready,
             }) => {
-                self.roll_back(installed, &candidate, &reason, after_ready)
-                    .await;
+                self.roll_back(books, candidate, &reason, after_ready).await;
             }
             None => {
-                // A later restart superseded ours before it started; the binary on disk is
-                // the new one and that later restart runs it.
-                installed.current.sha256 = candidate.binary_sha256;
-                installed.current.identity = Some(candidate.identity);
+                // A later restart superseded ours before it started; the binary on disk is the
+                // new one and that later restart runs it.
             }
         }
     }
 
-    /// Waits for the end of a serving release's probation; rolls back if it failed and is still
-    /// what is installed.
-    async fn watch_probation(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<RestartOutcome>,
-        candidate: Candidate,
-        previous_sha256: String,
-    ) {
-        let outcome = rx.recv().await;
-        let mut guard = self.installed.lock().await;
-        let Some(installed) = guard.as_mut() else {
-            return;
-        };
-        let still_installed = installed.current.sha256 == candidate.binary_sha256;
-        if still_installed {
-            installed.on_probation = None;
-        }
-        match outcome {
-            Some(RestartOutcome::Failed {
-                reason,
-                after_ready,
-            }) if still_installed => {
-                self.roll_back(installed, &candidate, &reason, after_ready)
-                    .await;
-                installed.current.sha256 = previous_sha256;
-                installed.current.identity = None;
-            }
-            Some(RestartOutcome::Failed { reason, .. }) => {
-                // A newer release replaced it already; only remember not to try it again.
-                remember(&mut installed.current.rejected, &candidate.key);
-                remember(&mut installed.current.rejected, &candidate.binary_sha256);
-                let reason = format!("{reason} (already replaced by a newer release)");
-                self.emit(UpgradeEvent::Rejected {
-                    identity: candidate.identity,
-                    reason,
-                });
-            }
-            Some(RestartOutcome::Survived { generation, .. }) => {
-                self.emit(UpgradeEvent::Upgraded {
-                    identity: candidate.identity,
-                    generation,
-                });
-            }
-            Some(RestartOutcome::Ready { .. }) | None => {}
-        }
-    }
-
-    /// Restores the last proven binary; when nobody serves any more (the release failed after it
-    /// became ready), starts a worker from it.
-    async fn roll_back(
+    pub(super) fn reject(
         &self,
-        installed: &mut Installed,
-        candidate: &Candidate,
-        reason: &str,
-        restart: bool,
-    ) {
-        let (key, identity, binary_sha256) = (
-            &candidate.key,
-            &candidate.identity,
-            &candidate.binary_sha256,
-        );
-        let target = installed.target.clone();
-        match tokio::task::spawn_blocking(move || install::rollback(&target)).await {
-            Ok(Ok(())) => tracing::warn!(%identity, %reason, "rolled back to the previous binary"),
-            Ok(Err(e)) => {
-                tracing::error!(%identity, error = %e, "could not restore the previous binary")
-            }
-            Err(e) => {
-                tracing::error!(%identity, error = %e, "could not restore the previous binary")
-            }
-        }
-        remember(&mut installed.current.rejected, key);
-        remember(&mut installed.current.rejected, binary_sha256);
-        self.emit(UpgradeEvent::RolledBack {
-            identity: identity.to_string(),
-            reason: reason.to_string(),
-        });
-        if restart {
-            let reason = format!("rollback from release {identity}");
-            let _ = self.master.send(Event::Restart {
-                reason,
-                reply: None,
-            });
-        }
-    }
-
-    fn reject(
-        &self,
-        installed: &mut Installed,
-        key: &str,
-        identity: &str,
+        books: &mut Books,
+        offer: &Offer<'_>,
         binary_sha256: Option<&str>,
         error: &InstallError,
     ) {
+        let identity = offer.identity.to_string();
         tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
-        if error.is_release_fault() {
-            remember(&mut installed.current.rejected, key);
-            if let Some(h) = binary_sha256 {
-                remember(&mut installed.current.rejected, h);
-            }
-        } else {
-            installed.retry = Some(identity.to_string());
+        let now = std::time::Instant::now();
+        match refusal_kind(error) {
+            Some(kind) => (books.ledger().state).refuse(
+                offer,
+                binary_sha256,
+                &error.to_string(),
+                kind,
+                now,
+            ),
+            None => books.retry = Some(identity.clone()),
         }
         self.emit(UpgradeEvent::Rejected {
-            identity: identity.to_string(),
+            identity,
             reason: error.to_string(),
         });
     }
 
-    fn emit(&self, event: UpgradeEvent) {
+    pub(super) fn emit(&self, event: UpgradeEvent) {
         emit(&self.cfg.on_event, event);
+    }
+
+    pub(super) fn invoked(&self) -> &std::path::Path {
+        &self.invoked
     }
 }
 
-fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
+/// The blocking part of an install: capture the restore point, put the file in place, re-read
+/// the target. Returns a divergence event (after repairing) when the target does not hold the
+/// new build afterwards.
+fn install_blocking(
+    ledger: &mut Ledger,
+    staged: install::Staged,
+    invoked: &std::path::Path,
+    mode: InstallMode,
+    serving_pid: Option<u32>,
+    identity: &str,
+    expected: &str,
+) -> Result<(RestorePoint, Build, Option<UpgradeEvent>), InstallError> {
+    let disk = ledger
+        .observe()
+        .map_err(|e| InstallError::io(format!("reading {}", invoked.display()), e))?;
+    let link = match mode {
+        InstallMode::InPlace => None,
+        InstallMode::ReleaseDirectories => Some(install::read_link(invoked)?),
+    };
+    let restore = RestorePoint::capture(&mut ledger.hasher, serving_pid, &disk.target, link)
+        .map_err(|e| InstallError::io("opening the serving build to keep it for a rollback", e))?;
+    let previous = ledger.state.restore_build(&restore.sha256);
+    let keep_prev = !ledger.state.keep_as_prev();
+    let written = match mode {
+        InstallMode::InPlace => {
+            install::install(staged, &disk.target, keep_prev)?;
+            disk.target.clone()
+        }
+        InstallMode::ReleaseDirectories => {
+            install::install_flip(staged, invoked, &disk.target, identity)?
+        }
+    };
+    let now = ledger
+        .hasher
+        .read_target(invoked)
+        .map_err(|e| InstallError::io(format!("reading {} after the install", invoked.display()), e))?;
+    if now.sha256 == expected {
+        return Ok((restore, previous, None));
+    }
+    tracing::error!(path = %written.display(), expected, found = %now.sha256, "the binary is not what was just installed");
+    let repaired = matches!(super::probation::put_back(ledger, invoked, &restore), Ok(None));
+    let event = UpgradeEvent::Diverged {
+        path: now.target.display().to_string(),
+        expected: expected.to_string(),
+        found: now.sha256,
+        repaired,
+    };
+    Ok((restore, previous, Some(event)))
+}
+
+pub(super) fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
     match &event {
         // Every poll: only worth a line when debugging.
         UpgradeEvent::Checking { .. } | UpgradeEvent::Downloading { .. } => {
             tracing::debug!(%event, "upgrade")
         }
+        UpgradeEvent::Diverged { .. } => tracing::error!(%event, "upgrade"),
         UpgradeEvent::CheckFailed { .. }
         | UpgradeEvent::Rejected { .. }
         | UpgradeEvent::RolledBack { .. } => tracing::warn!(%event, "upgrade"),
@@ -505,91 +603,9 @@ fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
     }
 }
 
-fn rejection_key(release: &Release) -> String {
-    Current::rejection_key(
-        &release.identity,
-        release.sha256.as_deref(),
-        release.signature.as_deref(),
-    )
-}
-
-fn remember(rejected: &mut Vec<String>, key: &str) {
-    if !rejected.iter().any(|k| k == key) {
-        if rejected.len() == REJECTED_MEMORY {
-            rejected.remove(0);
-        }
-        rejected.push(key.to_string());
-    }
-}
-
 fn error_backoff(errors: u32, interval: Duration) -> Duration {
     let exp = Duration::from_secs(1).saturating_mul(1u32 << errors.min(10));
     exp.min(MAX_ERROR_BACKOFF.max(interval))
-}
-
-/// Counts a release's bytes as they pass, for `Downloading` events.
-struct Progress {
-    inner: crate::fetch::ReleaseBody,
-    identity: String,
-    total: Option<u64>,
-    bytes: u64,
-    last_report: Instant,
-    hook: Option<EventHook>,
-    /// Raised at the first byte read.
-    read: Arc<AtomicBool>,
-}
-
-impl Progress {
-    fn new(
-        inner: crate::fetch::ReleaseBody,
-        identity: String,
-        total: Option<u64>,
-        hook: Option<EventHook>,
-        read: Arc<AtomicBool>,
-    ) -> Self {
-        Progress {
-            inner,
-            identity,
-            total,
-            bytes: 0,
-            last_report: Instant::now(),
-            hook,
-            read,
-        }
-    }
-
-    fn report(&mut self) {
-        self.last_report = Instant::now();
-        let event = UpgradeEvent::Downloading {
-            identity: self.identity.clone(),
-            bytes: self.bytes,
-            total: self.total,
-        };
-        tracing::debug!(%event, "upgrade");
-        if let Some(hook) = &self.hook {
-            hook(&event);
-        }
-    }
-}
-
-impl AsyncRead for Progress {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let n = (buf.filled().len() - before) as u64;
-            self.bytes += n;
-            self.read.store(true, Ordering::Relaxed);
-            if n == 0 || self.last_report.elapsed() >= Duration::from_millis(100) {
-                self.report();
-            }
-        }
-        polled
-    }
 }
 
 #[cfg(test)]
@@ -602,16 +618,5 @@ mod tests {
         assert_eq!(error_backoff(1, i), Duration::from_secs(2));
         assert_eq!(error_backoff(3, i), Duration::from_secs(8));
         assert_eq!(error_backoff(30, i), MAX_ERROR_BACKOFF);
-    }
-
-    #[test]
-    fn rejected_memory_is_bounded_and_deduplicated() {
-        let mut r = Vec::new();
-        for i in 0..(REJECTED_MEMORY + 10) {
-            remember(&mut r, &i.to_string());
-            remember(&mut r, &i.to_string());
-        }
-        assert_eq!(r.len(), REJECTED_MEMORY);
-        assert!(!r.contains(&"0".to_string()));
     }
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use super::{sha256_hex, TempDir};
 use crate::install::replace::prev_path;
-use crate::install::{file_sha256, install, resolve_target, rollback, sweep_leftovers, Staged};
+use crate::install::{
+    file_sha256, install, resolve_target, restore_from, sweep_leftovers, Staged,
+};
 
 fn staged(dir: &TempDir, content: &[u8]) -> Staged {
     let path = dir.exe(
@@ -40,39 +42,35 @@ fn installing_over_an_unproven_binary_keeps_the_last_proven_one_as_prev() {
     let dir = TempDir::new("keep-prev");
     let target = dir.exe("app", b"proven");
     install(staged(&dir, b"on probation"), &target, false).unwrap();
+    // What serves is held open before the next install, as the pipeline does.
+    let serving = std::fs::File::open(&target).unwrap();
     install(staged(&dir, b"newest"), &target, true).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"newest");
     assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"proven");
-    rollback(&target).unwrap();
-    assert_eq!(std::fs::read(&target).unwrap(), b"proven");
+    // The newest fails: what served before it comes back, not the older proven build.
+    restore_from(&serving, &target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"on probation");
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"proven");
+    assert_eq!(mode(&target), 0o755);
+    assert_eq!(dir.names(), ["app", "app.prev"]);
 }
 
 #[test]
-fn rollback_restores_the_previous_binary_and_can_be_installed_over_again() {
-    let dir = TempDir::new("rollback");
+fn a_restored_build_can_be_installed_over_and_kept_as_prev() {
+    let dir = TempDir::new("restore");
     let target = dir.exe("app", b"v1");
+    let serving = std::fs::File::open(&target).unwrap();
     install(staged(&dir, b"v2"), &target, false).unwrap();
-    rollback(&target).unwrap();
+    restore_from(&serving, &target).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"v1");
-    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v1");
-    rollback(&target).unwrap();
+    restore_from(&serving, &target).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"v1");
     assert_eq!(dir.names(), ["app", "app.prev"]);
 
-    // After a rollback target and .prev are one file; the next install must still work.
+    // The restored build proved itself again: the next install keeps it as `.prev`.
     install(staged(&dir, b"v3"), &target, false).unwrap();
-    assert_eq!(std::fs::read(&target).unwrap(), b"v3");
     assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"v1");
     assert_eq!(dir.names(), ["app", "app.prev"]);
-}
-
-#[test]
-fn rollback_without_a_previous_binary_is_an_error() {
-    let dir = TempDir::new("noprev");
-    let target = dir.exe("app", b"v1");
-    let err = rollback(&target).unwrap_err();
-    assert!(err.to_string().contains("app.prev"), "{err}");
-    assert_eq!(std::fs::read(&target).unwrap(), b"v1");
 }
 
 #[test]
