@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::fetch::Fetcher;
 use crate::listener::BoundSocket;
 use crate::systemd::notify::{Notifier, Timeouts};
-use crate::worker::{CHECK_LINE, DRAIN_LINE, READY_LINE};
+use crate::control::{CHECK_LINE, DRAIN_LINE, READY_LINE};
 pub(crate) use event::{Event, Reply, RestartOutcome, ServingWorker};
 use reaper::Exit;
 pub(crate) use runtime::{run_blocking, run_on_own_thread};
