@@ -158,35 +158,38 @@ async fn a_restart_waits_for_a_draining_slot_and_is_never_dropped() {
     assert_eq!(h.serving_generation(), Some(3));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_that_serves_through_probation_survives() {
-    let cfg = config();
-    let probation = cfg.probation;
-    let h = Harness::serving(cfg).await;
+/// Generation 1 serves, a restart starts generation 2, which is ready: its probation begins.
+async fn on_probation() -> (Harness, UnboundedReceiver<RestartOutcome>) {
+    let h = Harness::serving(config()).await;
     let mut outcomes = h.restart().await;
     h.ready(2).await;
     let (generation, pid) = (2, pid(2));
-    assert_eq!(
-        next(&mut outcomes),
-        RestartOutcome::Ready { generation, pid }
-    );
+    let ready = RestartOutcome::Ready { generation, pid };
+    assert_eq!(next(&mut outcomes), ready);
+    (h, outcomes)
+}
 
-    h.advance(probation - MS).await;
-    nothing_more(&mut outcomes);
-    h.advance(MS).await;
-    assert_eq!(
-        next(&mut outcomes),
-        RestartOutcome::Survived { generation, pid }
-    );
+/// Generation 2 survived, and that was the last word.
+fn survived(outcomes: &mut UnboundedReceiver<RestartOutcome>) {
+    let (generation, pid) = (2, pid(2));
+    let survived = RestartOutcome::Survived { generation, pid };
+    assert_eq!(next(outcomes), survived);
     assert_eq!(outcomes.try_recv(), Err(TryRecvError::Disconnected));
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_worker_that_serves_through_probation_survives() {
+    let probation = config().probation;
+    let (h, mut outcomes) = on_probation().await;
+    h.advance(probation - MS).await;
+    nothing_more(&mut outcomes);
+    h.advance(MS).await;
+    survived(&mut outcomes);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_worker_that_exits_on_probation_fails_and_a_fallback_worker_starts() {
-    let h = Harness::serving(config()).await;
-    let mut outcomes = h.restart().await;
-    h.ready(2).await;
-    assert!(matches!(next(&mut outcomes), RestartOutcome::Ready { .. }));
+    let (h, mut outcomes) = on_probation().await;
     h.advance(Duration::from_secs(1)).await;
 
     h.exit(2, Exit::Code(3)).await;
@@ -209,23 +212,11 @@ async fn a_worker_that_exits_on_probation_fails_and_a_fallback_worker_starts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_replaced_during_probation_survives() {
-    let h = Harness::serving(config()).await;
-    let mut outcomes = h.restart().await;
-    h.ready(2).await;
-    let (generation, pid) = (2, pid(2));
-    assert_eq!(
-        next(&mut outcomes),
-        RestartOutcome::Ready { generation, pid }
-    );
-
+    let (h, mut outcomes) = on_probation().await;
     h.signal(Signal::SIGUSR2, Action::Restart).await;
     h.ready(3).await;
     assert_eq!(h.drained(), vec![1, 2]);
-    assert_eq!(
-        next(&mut outcomes),
-        RestartOutcome::Survived { generation, pid }
-    );
-    assert_eq!(outcomes.try_recv(), Err(TryRecvError::Disconnected));
+    survived(&mut outcomes);
 }
 
 #[tokio::test(start_paused = true)]
