@@ -33,16 +33,18 @@
 //! returns.
 //!
 //! Where the pieces live: [`Upgrader`] (configuration, and the choice of master, worker or
-//! disabled), `master` (event loop, spawn = where sockets cross exec on the parent side, reaper,
-//! signals), `fds` (the descriptor layout a worker inherits), `env` (the environment protocol),
-//! `worker` (adopting descriptors; the agent that carries readiness and drain), [`State`] (what your
-//! program receives) and [`http`] (polite-drain serving for hyper and axum). `systemd` speaks
+//! disabled), `master` (event loop; `master::env`, the seam for its side effects on workers;
+//! spawn = where sockets cross exec on the parent side; reaper; signals), `fds` (the descriptor
+//! layout a worker inherits), `env` (the environment protocol), `worker` (adopting descriptors;
+//! the agent that carries readiness and drain), `control` (the line protocol on the socket
+//! between a worker and its master), [`State`] (what your program receives) and [`http`] (polite-drain serving for hyper and axum). `systemd` speaks
 //! sd_notify and adopts socket-activated listeners; `children` decides which child's exit status
 //! the master may reap when it is PID 1 in a container.
 #![warn(missing_docs)]
 
 mod children;
 mod config;
+mod control;
 mod env;
 mod error;
 mod events;

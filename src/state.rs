@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::control::ToMaster;
 use crate::listener::{Listener, ListenerSocket, TokioListener};
 
 /// What `prog` gets from [`Upgrader::run`](crate::Upgrader::run).
@@ -203,21 +204,5 @@ impl Lifecycle {
     /// Whether draining has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
-    }
-}
-
-/// What a worker tells its master; the agent writes it on the control socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ToMaster {
-    Ready,
-    CheckNow,
-}
-
-impl ToMaster {
-    pub(crate) fn line(self) -> &'static [u8] {
-        match self {
-            ToMaster::Ready => crate::worker::READY_LINE,
-            ToMaster::CheckNow => crate::worker::CHECK_LINE,
-        }
     }
 }

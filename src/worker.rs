@@ -7,22 +7,16 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{Lines, ToMaster, ToWorker};
 use crate::env::WorkerEnv;
 use crate::error::Error;
 use crate::fds::{self, FIRST_INHERITED_FD};
 use crate::listener::{self, ListenAddr};
-use crate::state::{Lifecycle, Mode, State, ToMaster};
-
-/// Written by a worker on its control socket when `prog` is ready.
-pub(crate) const READY_LINE: &[u8] = b"ready\n";
-/// Written by a worker on its control socket to ask for a release check now.
-pub(crate) const CHECK_LINE: &[u8] = b"check\n";
-/// Written by the master on a worker's control socket to make it drain.
-pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
+use crate::state::{Lifecycle, Mode, State};
 
 /// Takes over the descriptors the master handed down and starts the agent.
 pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
@@ -204,7 +198,7 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
         }
     };
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = Lines::new(BufReader::new(read));
     let mut agent_open = true;
     loop {
         tokio::select! {
@@ -224,11 +218,11 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
                 );
             }
             line = lines.next_line() => match line {
-                Ok(Some(l)) if l.as_bytes() == &DRAIN_LINE[..DRAIN_LINE.len() - 1] => {
+                Ok(Some(l)) if ToWorker::decode(&l) == Some(ToWorker::Drain) => {
                     tracing::info!("master asked this worker to drain");
                     shutdown.cancel();
                 }
-                Ok(Some(other)) => tracing::debug!(message = %other, "ignoring unknown control message"),
+                Ok(Some(other)) => tracing::debug!(message = %String::from_utf8_lossy(&other), "ignoring unknown control message"),
                 Ok(None) | Err(_) => {
                     // The master is gone (it only closes our control socket by dying). Drain so
                     // the port is released, and do not outlive the master's drain timeout.

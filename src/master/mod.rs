@@ -3,8 +3,16 @@
 //! One event loop owns all state; signals, readiness messages, timers and child exits arrive as
 //! [`Event`]s. A restart is overlapping and readiness-gated: the new worker starts while the old
 //! one keeps accepting, and the old one is told to drain only once the new one says it is ready.
+//!
+//! The policy's effects on workers (spawn, signal, drain line, reap) go through [`env::Env`] and
+//! its clock is tokio's, so `policy_tests` runs it on a fake with time paused.
 
+mod env;
 mod event;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod policy_tests;
 mod probation;
 mod progress;
 mod reaper;
@@ -14,22 +22,22 @@ mod spawn;
 mod updater;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+// The policy's clock: paused and advanced by hand in the policy tests.
+use tokio::time::Instant;
 
 use crate::config::{CrashPolicy, MasterConfig};
+use crate::control::ToWorker;
 use crate::error::Error;
 use crate::fetch::Fetcher;
 use crate::listener::BoundSocket;
 use crate::systemd::notify::{Notifier, Timeouts};
-use crate::worker::{CHECK_LINE, DRAIN_LINE, READY_LINE};
+use env::{Env, Heard, Processes};
 pub(crate) use event::{Event, Reply, RestartOutcome, ServingWorker};
 use reaper::Exit;
 pub(crate) use runtime::{run_blocking, run_on_own_thread};
@@ -58,20 +66,19 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// milliseconds; the master starts a worker itself only if that has not happened by then.
 const PROBATION_FALLBACK: Duration = Duration::from_secs(3);
 
-struct Worker {
+struct Worker<C> {
     generation: u64,
     pid: Pid,
-    control: OwnedWriteHalf,
+    control: C,
     started: Instant,
     ready_at: Option<Instant>,
     /// Why the master killed it, for the log line when its exit is reaped.
     killed_because: Option<String>,
     /// Who waits to hear whether this worker made it through readiness and probation.
     reply: Option<Reply>,
-    reader: JoinHandle<()>,
 }
 
-impl Worker {
+impl<C> Worker<C> {
     /// Sends `outcome` to whoever asked for this worker; after a final outcome nobody is left.
     fn report(&mut self, outcome: RestartOutcome) {
         let last = !matches!(outcome, RestartOutcome::Ready { .. });
@@ -86,27 +93,21 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
 struct Stopping {
     /// The generation that was serving when the stop began; its status becomes the master's.
     serving_generation: Option<u64>,
     exit_code: i32,
 }
 
-struct Master {
+struct Master<E: Env = Processes> {
     cfg: MasterConfig,
-    launch: Launch,
+    env: E,
     sockets: Vec<BoundSocket>,
     events: UnboundedSender<Event>,
     next_generation: u64,
-    serving: Option<Worker>,
-    starting: Option<Worker>,
-    draining: Vec<Worker>,
+    serving: Option<Worker<E::Control>>,
+    starting: Option<Worker<E::Control>>,
+    draining: Vec<Worker<E::Control>>,
     /// A restart was asked for while another was under way or too many workers drained.
     restart_queued: bool,
     /// The reply of a queued restart, handed to the worker the queued restart starts.
@@ -121,7 +122,7 @@ struct Master {
     serving_tx: tokio::sync::watch::Sender<Option<ServingWorker>>,
 }
 
-impl Master {
+impl Master<Processes> {
     fn start(
         cfg: MasterConfig,
         sd: crate::systemd::Environment,
@@ -132,41 +133,26 @@ impl Master {
             ready: cfg.ready_timeout,
             drain: cfg.drain_timeout,
         };
-        let (events, rx) = mpsc::unbounded_channel();
-        signals::install(cfg.restart_signal, &events)?;
+        let sd = Notifier::new(sd.notify, timeouts);
+        let (master, rx) = Master::new(cfg, Processes { launch }, sockets, sd);
+        signals::install(master.cfg.restart_signal, &master.events)?;
         // A full disk or a file-size limit must fail the release's write with EFBIG, not kill
         // the master; children get the default back before exec.
         // SAFETY: setting a signal's disposition to ignore has no memory-safety requirements.
         unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let launch = &master.env.launch;
         tracing::info!(
             pid = launch.master_pid,
             program = %launch.program.display(),
-            listeners = ?sockets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            listeners = ?master.sockets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             "upshift master started"
         );
-        let master = Master {
-            cfg,
-            launch,
-            sockets,
-            events,
-            next_generation: 1,
-            serving: None,
-            starting: None,
-            draining: Vec::new(),
-            restart_queued: false,
-            queued_reply: None,
-            crash_streak: 0,
-            stopping: None,
-            check_now: Arc::new(Notify::new()),
-            sd: Notifier::new(sd.notify, timeouts),
-            serving_tx: tokio::sync::watch::Sender::new(None),
-        };
         Ok((master, rx))
     }
 
     async fn run(
         mut self,
-        mut events: UnboundedReceiver<Event>,
+        events: UnboundedReceiver<Event>,
         updates: Option<UpdateSettings>,
     ) -> i32 {
         self.start_worker("first start", None);
@@ -179,8 +165,8 @@ impl Master {
             updates.pipeline.on_event = self.sd.wrap_hook(hook, test_run);
             let updater = updater::Updater::new(
                 updates.pipeline,
-                self.launch.program.clone(),
-                self.launch.args.clone(),
+                self.env.launch.program.clone(),
+                self.env.launch.args.clone(),
                 self.events.clone(),
                 self.serving_tx.subscribe(),
             );
@@ -189,6 +175,40 @@ impl Master {
                 tokio::spawn(updater.clone().poll(fetcher, self.check_now.clone()));
             }
         }
+        self.serve(events).await
+    }
+}
+
+impl<E: Env> Master<E> {
+    fn new(
+        cfg: MasterConfig,
+        env: E,
+        sockets: Vec<BoundSocket>,
+        sd: Notifier,
+    ) -> (Self, UnboundedReceiver<Event>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let master = Master {
+            cfg,
+            env,
+            sockets,
+            events,
+            next_generation: 1,
+            serving: None,
+            starting: None,
+            draining: Vec::new(),
+            restart_queued: false,
+            queued_reply: None,
+            crash_streak: 0,
+            stopping: None,
+            check_now: Arc::new(Notify::new()),
+            sd,
+            serving_tx: tokio::sync::watch::Sender::new(None),
+        };
+        (master, rx)
+    }
+
+    /// The event loop, once the first worker is on its way; returns the master's exit code.
+    async fn serve(mut self, mut events: UnboundedReceiver<Event>) -> i32 {
         loop {
             if let Some(code) = self.finished() {
                 tracing::info!(exit_code = code, "upshift master exiting");
@@ -251,7 +271,12 @@ impl Master {
     fn start_worker(&mut self, reason: &str, reply: Option<Reply>) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        let spawned = match self.launch.spawn(generation, &self.sockets) {
+        let heard = Heard {
+            generation,
+            events: self.events.clone(),
+            check_now: self.check_now.clone(),
+        };
+        let (pid, control) = match self.env.spawn(generation, &self.sockets, heard) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, generation, "cannot start a worker");
@@ -270,31 +295,17 @@ impl Master {
                 return;
             }
         };
-        let (read, write) = spawned.control.into_split();
-        let tx = self.events.clone();
-        let check_now = self.check_now.clone();
-        let reader = tokio::spawn(async move {
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.as_bytes() == without_newline(READY_LINE) {
-                    let _ = tx.send(Event::Ready { generation });
-                } else if line.as_bytes() == without_newline(CHECK_LINE) {
-                    check_now.notify_waiters();
-                }
-            }
-        });
         self.after(self.cfg.ready_timeout, Event::ReadyTimeout { generation });
-        tracing::info!(generation, pid = %spawned.pid, reason, "worker starting");
+        tracing::info!(generation, %pid, reason, "worker starting");
         self.sd.worker_starting(generation, reason);
         self.starting = Some(Worker {
             generation,
-            pid: spawned.pid,
-            control: write,
+            pid,
+            control,
             started: Instant::now(),
             ready_at: None,
             killed_because: None,
             reply,
-            reader,
         });
     }
 
@@ -375,10 +386,11 @@ impl Master {
         );
         tracing::warn!(generation, pid = %w.pid, "new worker {why}; killing it, the previous worker keeps serving");
         w.killed_because = Some(why);
-        let _ = kill(w.pid, Signal::SIGKILL);
+        let pid = w.pid;
+        self.env.kill(pid, Signal::SIGKILL);
     }
 
-    fn drain(&mut self, mut worker: Worker, why: &str) {
+    fn drain(&mut self, mut worker: Worker<E::Control>, why: &str) {
         tracing::info!(generation = worker.generation, pid = %worker.pid, why, "worker draining");
         // Replaced or stopped while on probation, it did not fail; stopped before it was even
         // ready, it did not succeed either.
@@ -392,9 +404,9 @@ impl Master {
                 after_ready: false,
             });
         }
-        // A fresh socket's buffer always takes six bytes; if not, SIGTERM says the same thing.
-        if worker.control.try_write(DRAIN_LINE).ok() != Some(DRAIN_LINE.len()) {
-            let _ = kill(worker.pid, Signal::SIGTERM);
+        // If the line cannot be written, SIGTERM says the same thing.
+        if !self.env.tell(&mut worker.control, ToWorker::Drain) {
+            self.env.kill(worker.pid, Signal::SIGTERM);
         }
         worker.killed_because = None;
         self.after(
@@ -417,14 +429,16 @@ impl Master {
         let why = format!("still draining after {:?}", self.cfg.drain_timeout);
         tracing::warn!(generation, pid = %w.pid, "worker {why}; killing it");
         w.killed_because = Some(why);
-        let _ = kill(w.pid, Signal::SIGKILL);
+        let pid = w.pid;
+        self.env.kill(pid, Signal::SIGKILL);
     }
 
-    fn forward(&self, sig: Signal) {
+    fn forward(&mut self, sig: Signal) {
         match &self.serving {
             Some(w) => {
                 tracing::debug!(%sig, pid = %w.pid, "forwarding signal to the serving worker");
-                let _ = kill(w.pid, sig);
+                let pid = w.pid;
+                self.env.kill(pid, sig);
             }
             None => tracing::debug!(%sig, "no serving worker to forward the signal to"),
         }
@@ -433,8 +447,9 @@ impl Master {
     fn begin_stop(&mut self, sig: Signal) {
         if self.stopping.is_some() {
             tracing::warn!(%sig, "second stop signal: killing every worker now");
-            for w in self.all_workers() {
-                let _ = kill(w.pid, Signal::SIGKILL);
+            let pids: Vec<Pid> = self.all_workers().map(|w| w.pid).collect();
+            for pid in pids {
+                self.env.kill(pid, Signal::SIGKILL);
             }
             return;
         }
@@ -458,7 +473,7 @@ impl Master {
         }
     }
 
-    fn all_workers(&self) -> impl Iterator<Item = &Worker> {
+    fn all_workers(&self) -> impl Iterator<Item = &Worker<E::Control>> {
         self.serving
             .iter()
             .chain(self.starting.iter())
@@ -467,7 +482,7 @@ impl Master {
 
     fn reap(&mut self) {
         let known: Vec<Pid> = self.all_workers().map(|w| w.pid).collect();
-        for (pid, exit) in reaper::reap(&known) {
+        for (pid, exit) in self.env.reap(&known) {
             self.on_exit(pid, exit);
         }
     }
@@ -584,8 +599,4 @@ impl Master {
             let _ = tx.send(event);
         });
     }
-}
-
-fn without_newline(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\n").unwrap_or(line)
 }
