@@ -96,11 +96,10 @@ impl AppWrites {
         let log = seen.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             let Ok(ev) = res else { return };
-            let writes = match ev.kind {
-                EventKind::Access(_)
-                | EventKind::Modify(notify::event::ModifyKind::Metadata(_)) => false,
-                _ => true,
-            };
+            let writes = !matches!(
+                ev.kind,
+                EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            );
             if writes
                 && ev
                     .paths
