@@ -742,6 +742,33 @@ impl Hello {
             .collect()
     }
 
+    /// After a release was refused: the refusal (`rejected: `) was logged once at WARN level
+    /// over `polls` polls, `before` still answers, the binary on disk is still `installed`, and
+    /// the master runs.
+    pub fn assert_refused_once(&mut self, polls: usize, before: &Greeting, installed: &[u8]) {
+        let warnings: Vec<String> = self
+            .log_lines(" rejected: ")
+            .into_iter()
+            .filter(|l| l.contains(" WARN "))
+            .collect();
+        if warnings.len() != 1 {
+            self.fail(format!(
+                "the refusal was logged {} times over {polls} polls: {warnings:#?}",
+                warnings.len()
+            ));
+        }
+        let now = self.greeting();
+        if now != *before {
+            self.fail(format!("after the refusal {now:?} answers, not {before:?}"));
+        }
+        if self.installed() != installed {
+            self.fail("the binary on disk changed after the refusal");
+        }
+        if !self.is_running() {
+            self.fail("the master exited after the refusal");
+        }
+    }
+
     /// Waits until the log has a line containing `needle`; the line, or `None` after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
