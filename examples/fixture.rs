@@ -8,7 +8,14 @@
 //! fixture --listen 127.0.0.1:8080 [--listen /tmp/s.sock] [--behavior-file PATH]
 //!         [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]
 //!         [--watch PATH] [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]
+//!         [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]
 //! ```
+//!
+//! `--install-mode release-dirs` installs releases as [`upshift::InstallMode::ReleaseDirectories`].
+//! `--veto-all` adds a `pre_upgrade` hook that refuses every release ("vetoed by the test").
+//! `--exec-log PATH`: every process started from this binary (master, worker, a candidate's
+//! test-run) appends `<build> <pid>` to PATH before anything else, so a test can tell which
+//! builds were ever executed.
 //!
 //! With `--starts-file`, each worker appends `<pid> <generation> <behavior>` to that file as its
 //! first act, so a test can count workers that lived too briefly to be seen in `/proc`.
@@ -36,7 +43,8 @@ use axum::Router;
 const USAGE: &str =
     "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] [--watch PATH] \
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
-[--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]";
+[--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
+[--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -51,6 +59,8 @@ struct Args {
     test_run_timeout_ms: Option<u64>,
     /// A `minisign.pub` file (or a bare base64 key): releases must be signed by it.
     minisign_pubkey: Option<PathBuf>,
+    install_mode: Option<upshift::InstallMode>,
+    veto_all: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -73,6 +83,16 @@ fn parse_args() -> Result<Args, String> {
             "--probation-ms" => args.probation_ms = Some(number(value()?)?),
             "--test-run-timeout-ms" => args.test_run_timeout_ms = Some(number(value()?)?),
             "--minisign-pubkey" => args.minisign_pubkey = Some(PathBuf::from(value()?)),
+            "--install-mode" => {
+                args.install_mode = Some(match value()?.as_str() {
+                    "in-place" => upshift::InstallMode::InPlace,
+                    "release-dirs" => upshift::InstallMode::ReleaseDirectories,
+                    other => return Err(format!("--install-mode: unknown mode {other:?}")),
+                })
+            }
+            "--veto-all" => args.veto_all = true,
+            // Acted on before parsing, by `log_exec`.
+            "--exec-log" => drop(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -170,8 +190,31 @@ fn read_stamp() -> (String, Option<String>) {
     }
 }
 
+/// With `--exec-log PATH` anywhere in the arguments, appends `<build> <pid>` to PATH. Read from
+/// the raw arguments so that it runs before anything else, the test-run of a candidate included.
+fn log_exec(build: &str) {
+    let mut args = std::env::args().skip(1);
+    let Some(path) = args.find(|a| a == "--exec-log").and_then(|_| args.next()) else {
+        return;
+    };
+    let line = format!("{build} {}\n", std::process::id());
+    if let Err(e) = append_line(std::path::Path::new(&path), &line) {
+        eprintln!("fixture: cannot append to {path}: {e}");
+    }
+}
+
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())
+}
+
 fn main() -> ExitCode {
-    let (_, stamped_behavior) = read_stamp();
+    let (build, stamped_behavior) = read_stamp();
+    log_exec(&build);
     // Before `run`, so it also fails upshift's test-run: a release that cannot even start.
     if stamped_behavior.as_deref() == Some("exit-at-start") {
         eprintln!("fixture: stamped exit-at-start");
@@ -222,6 +265,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(mode) = args.install_mode {
+        upgrader = upgrader.install_mode(mode);
+    }
+    if args.veto_all {
+        upgrader = upgrader.pre_upgrade(|_| Err("vetoed by the test".to_string()));
     }
     if let Some(ms) = args.backoff_ms {
         upgrader =
@@ -307,19 +356,13 @@ fn worker(
         None => read_behavior(behavior_file.as_ref()),
     };
     if let Some(path) = starts_file {
-        use std::io::Write;
         let line = format!(
             "{} {} {:?}\n",
             std::process::id(),
             state.generation(),
             behavior
         );
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = written {
+        if let Err(e) = append_line(&path, &line) {
             tracing::warn!("fixture: cannot append to {}: {e}", path.display());
         }
     }

@@ -23,7 +23,7 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
 
 const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
              [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
-             [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS]
+             [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS] [--probation SECS]
              [--rollout PERCENT] [--host-name NAME]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
@@ -36,6 +36,8 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
   --interval SECS        how often fetchers poll (default: each fetcher's own; --watch reacts at once)
   --drain-timeout SECS   how long an old worker may drain before SIGKILL (default 30)
   --ready-timeout SECS   how long a new worker may take to become ready (default 30)
+  --probation SECS       how long a new release's worker must keep running before the release
+                         counts as good; dying sooner rolls it back (default 10)
   --rollout PERCENT      share of the fleet taking a release that sets none itself (default 100)
   --host-name NAME       this host's name in staged rollouts (default: the machine's host name)
 
@@ -53,6 +55,7 @@ struct Args {
     interval: Option<Duration>,
     drain_timeout: Option<Duration>,
     ready_timeout: Option<Duration>,
+    probation: Option<Duration>,
     rollout: Option<f64>,
     host_name: Option<String>,
 }
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         interval: None,
         drain_timeout: None,
         ready_timeout: None,
+        probation: None,
         rollout: None,
         host_name: None,
     };
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
             "--interval" => args.interval = Some(secs(&value()?)?),
             "--drain-timeout" => args.drain_timeout = Some(secs(&value()?)?),
             "--ready-timeout" => args.ready_timeout = Some(secs(&value()?)?),
+            "--probation" => args.probation = Some(secs(&value()?)?),
             "--rollout" => args.rollout = Some(percent(&value()?)?),
             "--host-name" => args.host_name = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
@@ -200,6 +205,9 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(d) = args.ready_timeout {
         upgrader = upgrader.ready_timeout(d);
+    }
+    if let Some(d) = args.probation {
+        upgrader = upgrader.probation(d);
     }
     if let Some(p) = args.rollout {
         upgrader = upgrader.rollout_percent(p);

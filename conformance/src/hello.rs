@@ -514,6 +514,16 @@ pub struct Hello {
     watcher: Option<JoinHandle<()>>,
     /// `None` once handed to another attempt: then not removed on drop.
     scratch: Option<Scratch>,
+    /// How it was started, for [`Hello::restart`].
+    launch: Launch,
+}
+
+/// The arguments, environment and log filter a [`Hello`] was started with.
+#[derive(Clone)]
+struct Launch {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    rust_log: String,
 }
 
 impl Hello {
@@ -526,35 +536,87 @@ impl Hello {
         envs: &[(String, String)],
         rust_log: &str,
     ) -> Hello {
-        let mut scratch = Scratch::new("master");
+        let scratch = Scratch::new("master");
         let bin = scratch.path().join("bin");
         fs::create_dir_all(&bin).expect("mkdir bin");
         let exe = bin.join("hello");
         fs::copy(binary, &exe)
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", binary.display(), exe.display()));
+        let launch = Launch {
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            rust_log: rust_log.to_string(),
+        };
+        Hello::launch(scratch, launch)
+    }
+
+    /// Stops the master with SIGTERM (it drains and exits; SIGKILL after `timeout`) and starts it
+    /// again from the same path (whatever the binary there is now), with the same arguments, on a
+    /// new port; waits until it serves generation 1. The log goes on in the same file.
+    pub fn restart(&mut self, timeout: Duration) {
+        self.terminate(timeout);
+        self.stop_watcher();
+        let scratch = self.scratch.take().expect("the scratch dir");
+        let next = Hello::launch(scratch, self.launch.clone());
+        // The old value's drop finds its master reaped and its scratch dir taken.
+        drop(std::mem::replace(self, next));
+    }
+
+    /// SIGTERM to the master; waits up to `timeout` for it to exit, then SIGKILLs it. Fails the
+    /// test if it did not exit by itself.
+    pub fn terminate(&mut self, timeout: Duration) {
+        if let Some(root) = proc_stat(self.pid) {
+            record_descendants(Some(root), &self.seen);
+        }
+        if !self.has_exited() {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &self.pid.to_string()])
+                .stdin(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + timeout;
+        while !self.has_exited() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.fail(format!(
+                    "the master did not exit within {timeout:?} of SIGTERM"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `<scratch>/bin/hello` as a master, retrying on another port if it could not bind.
+    fn launch(mut scratch: Scratch, launch: Launch) -> Hello {
+        let exe = scratch.path().join("bin").join("hello");
         let mut attempt = 0;
         loop {
             attempt += 1;
             let addr = free_addr();
-            let log = fs::File::create(scratch.path().join("hello.log")).expect("create the log");
+            let log = fs::File::options()
+                .create(true)
+                .append(true)
+                .open(scratch.path().join("hello.log"))
+                .expect("open the log");
             let err = log.try_clone().expect("dup the log");
             let child = Command::new(&exe)
                 .args(["--listen", &addr.to_string(), "--interval", "0.3"])
-                .args(args)
+                .args(&launch.args)
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("HOME", scratch.path())
-                .env("RUST_LOG", rust_log)
+                .env("RUST_LOG", &launch.rust_log)
                 .env("RUST_BACKTRACE", "1")
                 .env("NO_COLOR", "1")
-                .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(launch.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .current_dir(scratch.path())
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(err)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
-            let mut hello = Hello::watch(child, addr, scratch);
+            let mut hello = Hello::watch(child, addr, scratch, launch.clone());
             match hello.wait_first_worker() {
                 Ok(()) => return hello,
                 // Most likely the port was taken meanwhile: another port, same directory.
@@ -567,7 +629,7 @@ impl Hello {
         }
     }
 
-    fn watch(child: Child, addr: SocketAddr, scratch: Scratch) -> Hello {
+    fn watch(child: Child, addr: SocketAddr, scratch: Scratch, launch: Launch) -> Hello {
         let pid = child.id();
         let root = proc_stat(pid);
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
@@ -590,6 +652,7 @@ impl Hello {
             stop,
             watcher: Some(watcher),
             scratch: Some(scratch),
+            launch,
         }
     }
 
@@ -677,6 +740,33 @@ impl Hello {
             .filter(|l| l.contains(needle))
             .map(str::to_string)
             .collect()
+    }
+
+    /// After a release was refused: the refusal (`rejected: `) was logged once at WARN level
+    /// over `polls` polls, `before` still answers, the binary on disk is still `installed`, and
+    /// the master runs.
+    pub fn assert_refused_once(&mut self, polls: usize, before: &Greeting, installed: &[u8]) {
+        let warnings: Vec<String> = self
+            .log_lines(" rejected: ")
+            .into_iter()
+            .filter(|l| l.contains(" WARN "))
+            .collect();
+        if warnings.len() != 1 {
+            self.fail(format!(
+                "the refusal was logged {} times over {polls} polls: {warnings:#?}",
+                warnings.len()
+            ));
+        }
+        let now = self.greeting();
+        if now != *before {
+            self.fail(format!("after the refusal {now:?} answers, not {before:?}"));
+        }
+        if self.installed() != installed {
+            self.fail("the binary on disk changed after the refusal");
+        }
+        if !self.is_running() {
+            self.fail("the master exited after the refusal");
+        }
     }
 
     /// Waits until the log has a line containing `needle`; the line, or `None` after `timeout`.

@@ -154,16 +154,7 @@ impl Rig {
     /// Writes a stamped fixture build (`padding` zero bytes, then the stamp) to `next.tmp`, not
     /// yet published; returns its sha256.
     pub fn prepare_build(&self, stamp: &str, padding: usize) -> String {
-        let tmp = self.path("next.tmp");
-        fs::copy(fixture_path(), &tmp).unwrap();
-        let mut f = fs::OpenOptions::new().append(true).open(&tmp).unwrap();
-        if padding > 0 {
-            f.write_all(&vec![0u8; padding]).unwrap();
-        }
-        f.write_all(format!("UPSHIFT-TEST-BUILD:{stamp}\n").as_bytes())
-            .unwrap();
-        f.sync_all().unwrap();
-        file_sha(&tmp)
+        write_build(&self.path("next.tmp"), stamp, padding)
     }
 
     /// Renames the prepared `next.tmp` to `next`; returns the identity.
@@ -263,6 +254,41 @@ impl Rig {
     pub fn watch(&self) -> Traffic {
         watch_traffic(&self.addr)
     }
+
+    /// The (worker pid, build) answering `GET /` now, if any.
+    pub fn serving(&self) -> Option<(u32, String)> {
+        get(&self.addr, "/").ok().and_then(|r| served(&r))
+    }
+
+    /// Waits until build `build` answers `GET /`; returns its worker's pid.
+    pub fn wait_build(&self, build: &str, timeout: Duration) -> u32 {
+        let mut last = None;
+        wait_for(timeout, || {
+            last = self.serving();
+            last.as_ref()
+                .filter(|(_, b)| b == build)
+                .map(|(pid, _)| *pid)
+        })
+        .unwrap_or_else(|| {
+            self.fail(format!(
+                "build {build} did not answer within {timeout:?}; last answer: {last:?}"
+            ))
+        })
+    }
+}
+
+/// Writes a stamped fixture build to `path` (`padding` zero bytes, then the stamp), executable;
+/// returns its sha256.
+pub fn write_build(path: &Path, stamp: &str, padding: usize) -> String {
+    fs::copy(fixture_path(), path).unwrap();
+    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+    if padding > 0 {
+        f.write_all(&vec![0u8; padding]).unwrap();
+    }
+    f.write_all(format!("UPSHIFT-TEST-BUILD:{stamp}\n").as_bytes())
+        .unwrap();
+    f.sync_all().unwrap();
+    file_sha(path)
 }
 
 pub fn sha_hex(bytes: &[u8]) -> String {

@@ -76,17 +76,19 @@ impl Rig {
     /// `<tmp>/bin/hello --listen 127.0.0.1:PORT --interval 0.3 --github acme/hello --github-api
     /// <fixture>`, serving generation 1, logging at `rust_log`.
     fn start_hello(&self, rust_log: &str) -> Hello {
-        Hello::start(
-            &hello_binary(),
-            &[
-                "--github".to_string(),
-                format!("{OWNER}/{REPO}"),
-                "--github-api".to_string(),
-                self.fixture.api.clone(),
-            ],
-            &[],
-            rust_log,
-        )
+        self.start_hello_with(rust_log, &[])
+    }
+
+    /// Like [`Rig::start_hello`], with more flags.
+    fn start_hello_with(&self, rust_log: &str, extra: &[&str]) -> Hello {
+        let mut args = vec![
+            "--github".to_string(),
+            format!("{OWNER}/{REPO}"),
+            "--github-api".to_string(),
+            self.fixture.api.clone(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Hello::start(&hello_binary(), &args, &[], rust_log)
     }
 
     /// The fixture's requests for the release document.
@@ -437,5 +439,72 @@ fn hello_rejects_a_release_with_a_wrong_digest() {
         dropped.len(),
         opened.last().map_or("-", String::as_str),
         dropped.last().map_or("-", String::as_str),
+    );
+}
+
+/// Publishes `tag` (a new build) and asserts that, over several polls, its asset is never
+/// requested and `serving` (pid, generation) keeps answering from the bytes `installed`.
+fn assert_not_taken(rig: &Rig, hello: &Hello, tag: &str, serving: &Greeting, installed: &[u8]) {
+    let downloads = rig.downloads();
+    let polls = rig.polls().len();
+    rig.repo.publish(
+        tag,
+        &[(asset_name().as_str(), &new_build(&rig.original, tag))],
+    );
+    std::thread::sleep(QUIET);
+    rig.wait_polls(hello, polls + 3, Duration::from_secs(10));
+    let now = rig.downloads();
+    if now.len() != downloads.len() {
+        hello.fail(format!(
+            "{tag} was published below the floor, and its asset was requested: {:#?}",
+            &now[downloads.len()..]
+        ));
+    }
+    let answer = hello.greeting();
+    if answer != *serving {
+        hello.fail(format!(
+            "after {tag} was published, {answer:?} answers, not {serving:?}"
+        ));
+    }
+    let exe = std::fs::read(format!("/proc/{}/exe", answer.pid)).expect("read the worker's exe");
+    if exe != installed || hello.installed() != installed {
+        hello.fail(format!(
+            "after {tag} was published, the serving worker or the binary on disk is not the build \
+             that was installed"
+        ));
+    }
+}
+
+/// The floor a release must exceed is the highest version this host ever installed, kept beside
+/// the binary, not the version the master booted with (0.1.0 here): once v99.0.0 is installed,
+/// v50.0.0 is never downloaded, nor is a tag that is not a version, nor v60.0.0 after the master
+/// was stopped and started again from the same path.
+#[test]
+fn hello_never_goes_below_the_highest_version_it_installed() {
+    let _serial = serial();
+    let rig = Rig::new("hello-floor");
+    let mut hello = rig.start_hello_with(INFO, &["--probation", "1"]);
+    let v99 = new_build(&rig.original, "v99.0.0");
+    rig.repo
+        .publish("v99.0.0", &[(asset_name().as_str(), &v99)]);
+    let passed = "release v99.0.0 passed probation";
+    if hello.wait_log(passed, UPGRADE).is_none() {
+        hello.fail(format!("no {passed:?} within {UPGRADE:?} of publishing it"));
+    }
+    let serving = hello.greeting();
+    if serving.generation != 2 {
+        hello.fail(format!("after v99.0.0, {serving:?} answers"));
+    }
+    for tag in ["v50.0.0", "nightly"] {
+        assert_not_taken(&rig, &hello, tag, &serving, &v99);
+    }
+
+    hello.restart(Duration::from_secs(30));
+    let serving = hello.greeting();
+    assert_not_taken(&rig, &hello, "v60.0.0", &serving, &v99);
+    eprintln!(
+        "github floor: v99.0.0 installed; v50.0.0 and nightly not downloaded; after a restart \
+         (pid {}), v60.0.0 not downloaded either",
+        hello.pid()
     );
 }

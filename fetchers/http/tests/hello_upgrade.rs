@@ -364,3 +364,105 @@ fn a_poll_between_the_checksum_and_the_file_does_not_lose_the_release() {
         )),
     }
 }
+
+/// Writes `bytes` over `www/hello` in place, as an upload that is not atomic does: its checksum
+/// first (atomically), then the file truncated and written in two halves, `pause` apart. Returns
+/// the access log's length when the first half was written and when the pause ended.
+fn publish_in_place(nginx: &Nginx, bytes: &[u8], pause: Duration) -> (usize, usize) {
+    use std::io::Write;
+    nginx.put(
+        "hello.sha256",
+        format!("{}  hello\n", sha256_hex(bytes)).as_bytes(),
+    );
+    let path = nginx.www().join("hello");
+    let mut file = std::fs::File::create(&path).expect("open the published file");
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    file.write_all(first).expect("write the first half");
+    let started = nginx.settled_hits().len();
+    std::thread::sleep(pause);
+    let paused = nginx.settled_hits().len();
+    file.write_all(rest).expect("write the second half");
+    (started, paused)
+}
+
+/// A release uploaded in place (checksum first, then the file written in two parts, several poll
+/// intervals apart) is read half-written by a poll and refused as a checksum mismatch; once the
+/// upload completes the source serves other bytes, and the release must be tried again and
+/// installed. Twice in a row.
+#[test]
+fn a_release_uploaded_in_place_is_installed_once_the_upload_completes() {
+    let nginx = Nginx::start();
+    let current = std::fs::read(hello_binary()).expect("read the hello binary");
+    publish(&nginx, &current, &sha256_hex(&current));
+    let hello = start(&nginx, POLLS_LOG);
+    for (generation, tag) in [(2, "v2-in-place"), (3, "v3-in-place")] {
+        let before = hello.greeting();
+        let build = new_build(&current, tag);
+        let (started, paused) = publish_in_place(&nginx, &build, Duration::from_secs(2));
+        let t0 = Instant::now();
+        let partial_reads = nginx.settled_hits()[started..paused]
+            .iter()
+            .filter(|h| h.uri == "/hello" && h.status == 200 && h.body_bytes > 0)
+            .count();
+        if partial_reads == 0 {
+            hello.fail(format!(
+                "no poll read {tag} while it was half written: the test did not test anything"
+            ));
+        }
+        match hello.wait_greeting(UPGRADE, |g| g.pid != before.pid) {
+            Some(g) if g.generation == generation && hello.installed() == build => eprintln!(
+                "IN PLACE via nginx: {tag} read half-written {partial_reads} time(s), serving \
+                 {:?} after its upload completed",
+                t0.elapsed()
+            ),
+            Some(g) => hello.fail(format!("after {tag} was uploaded, {g:?} answers")),
+            None => hello.fail(format!(
+                "{tag} was not installed within {UPGRADE:?} of its upload completing (a poll \
+                 had read it half-written)"
+            )),
+        }
+    }
+}
+
+/// A release published without any checksum is refused without its body: over many polls nginx
+/// sends none of the file's bytes, and the refusal is logged once (a reminder says "is still
+/// refused", not "rejected").
+#[test]
+fn a_release_without_a_checksum_is_refused_without_downloading_it() {
+    let nginx = Nginx::start();
+    let mut hello = start(&nginx, "info");
+    let before = hello.greeting();
+    let current = hello.installed();
+    nginx.put("hello", &new_build(&current, "no-checksum"));
+    let Some(line) = hello.wait_log(" rejected: ", UPGRADE) else {
+        hello.fail(format!("the release was not rejected within {UPGRADE:?}"))
+    };
+    if !line.contains("checksum") {
+        hello.fail(format!(
+            "the rejection does not say there is no checksum: {line}"
+        ));
+    }
+    let from = nginx.settled_hits().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let hits = nginx.settled_hits();
+    let polls = since(&hits, from)
+        .iter()
+        .filter(|h| h.uri.starts_with("/hello"))
+        .count();
+    if polls < 5 {
+        hello.fail(format!(
+            "only {polls} requests in the 4 s after the refusal"
+        ));
+    }
+    let sent: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.uri == "/hello" && h.status / 100 == 2 && h.body_bytes > 0)
+        .collect();
+    if !sent.is_empty() {
+        hello.fail(format!(
+            "nginx sent the refused release's bytes: {sent:#?} ({} requests in all)",
+            hits.len()
+        ));
+    }
+    hello.assert_refused_once(polls, &before, &current);
+}

@@ -341,3 +341,45 @@ fn unchanged_release_costs_one_head_and_no_body() {
     assert!(hello.is_running());
     assert_eq!(hello.greeting().generation, 2);
 }
+
+/// A release published without any checksum (no S3 checksum, no metadata, no sidecar) is refused
+/// without its body: over many polls the server sends none of the object's bytes, and the refusal
+/// is logged once (a reminder says "is still refused", not "rejected").
+#[test]
+fn a_release_without_a_checksum_is_refused_without_downloading_it() {
+    let bed = Bed::start();
+    let mut hello = start(&bed, "info");
+    let before = hello.greeting();
+    let current = hello.installed();
+    bed.publish(&new_build(&current, "no-checksum"), None, Vouch::Sidecar);
+    let Some(line) = hello.wait_log(" rejected: ", UPGRADE) else {
+        hello.fail(format!("the release was not rejected within {UPGRADE:?}"))
+    };
+    if !line.contains("checksum") {
+        hello.fail(format!(
+            "the rejection does not say there is no checksum: {line}"
+        ));
+    }
+    let from = bed.proxy.log().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let log = bed.proxy.log();
+    let polls = log.len() - from;
+    if polls < 5 {
+        hello.fail(format!(
+            "only {polls} requests in the 4 s after the refusal"
+        ));
+    }
+    let object = format!("/{BUCKET}/{KEY}");
+    let sent: Vec<&Exchange> = log
+        .iter()
+        .filter(|e| e.method == "GET" && e.path == object && e.status / 100 == 2)
+        .filter(|e| e.body_bytes > 0)
+        .collect();
+    if !sent.is_empty() {
+        hello.fail(format!(
+            "the server sent the refused object's bytes: {sent:#?} ({} requests in all)",
+            log.len()
+        ));
+    }
+    hello.assert_refused_once(polls, &before, &current);
+}
