@@ -330,11 +330,13 @@ fn rejected_release_is_not_retried_on_later_polls_or_a_touch() {
         )],
         None,
     );
-    let mut bytes = fs::read(fixture_path()).unwrap();
+    // Not an executable: a fault of the bytes themselves, which no change of the file's stamp
+    // can cure (a checksum mismatch, which may be a half-written file, is retried: see below).
+    let mut bytes = b"GARBAGE!".to_vec();
+    bytes.extend_from_slice(&[0u8; 4096]);
     bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:once\n");
-    let wrong = sha_hex(b"not this build");
     let traffic = rig.watch();
-    let identity = rig.publish(&bytes, Some(&wrong));
+    let identity = rig.publish(&bytes, None);
     rig.wait_rejected(&identity);
     // Three poll intervals (1 s each): nothing new may happen.
     std::thread::sleep(Duration::from_millis(3500));
@@ -374,6 +376,34 @@ fn rejected_release_is_not_retried_on_later_polls_or_a_touch() {
     rig.assert_only_base_served(&seen, "while a rejected release sat in next");
     rig.assert_app_is_original("after the touch");
     rig.assert_no_temp_files("after the touch");
+}
+
+#[test]
+fn a_checksum_mismatch_is_retried_only_when_the_file_changes() {
+    let mut rig = Rig::new("rp-mismatch");
+    rig.start_with(&[], &[("RUST_LOG", "info,upshift::master::updater=debug")], None);
+    let mut bytes = fs::read(fixture_path()).unwrap();
+    bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:mismatch\n");
+    let wrong = sha_hex(b"not this build");
+    let identity = rig.publish(&bytes, Some(&wrong));
+    rig.wait_rejected(&identity);
+    let attempts = |rig: &Rig| {
+        log_lines_with(rig.m(), &format!("release {identity} rejected: ")).len()
+    };
+    // Unchanged, it is not read again: three poll intervals and nothing new.
+    std::thread::sleep(Duration::from_millis(3500));
+    rig.expect(attempts(&rig) == 1, "an unchanged file was tried again");
+    // The file changes (as when an upload in place goes on): it is a new candidate.
+    let f = fs::File::options().write(true).open(&rig.next).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    wait_for(VERDICT, || (attempts(&rig) == 2).then_some(()))
+        .unwrap_or_else(|| rig.fail("the changed file was not tried again"));
+    std::thread::sleep(Duration::from_millis(3500));
+    rig.expect(attempts(&rig) == 2, "tried again without a change");
+    rig.assert_app_is_original("after two mismatches");
+    rig.assert_no_temp_files("after two mismatches");
 }
 
 /// When a round of the SIGKILL test kills the master.
