@@ -656,7 +656,12 @@ async fn a_tag_pattern_picks_one_program_of_a_monorepo() {
     s.release("tool-v9.0.0", "2025-03-01T00:00:00Z", json!({}), b"tool");
     // Without the pattern, the latest tag `tool-v9.0.0` names no version: skipped.
     let mut plain = s.fetcher();
-    none(&mut plain, &nothing_installed(), "latest tag is not a version").await;
+    none(
+        &mut plain,
+        &nothing_installed(),
+        "latest tag is not a version",
+    )
+    .await;
     for pattern in ["app-v*", "app-v", "app-*"] {
         let mut f = s.fetcher().tag_pattern(pattern).current_version("1.3.0");
         let mut r = found(&mut f, &nothing_installed()).await;
@@ -738,4 +743,37 @@ fn bad_repository_names_are_errors() {
         let e = GithubFetcher::new(bad).expect_err(bad).to_string();
         assert!(e.contains("owner/repo"), "{e}");
     }
+}
+
+/// No checksum anywhere (no digest, no list, no `.sha256`) nor signature, and the pipeline
+/// requires one: the release is offered with an empty body and its asset is never requested;
+/// once refused, a poll is the one conditional request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_checksum_is_not_downloaded_when_one_is_required() {
+    let s = Setup::new(&[]);
+    let name = asset();
+    s.release("v1.0.0", "2025-01-01T00:00:00Z", json!({}), b"unvouched");
+    s.repo.file("v1.0.0", &format!("{name}.nodigest"), b"");
+    let strict = Current {
+        requires_checksum: true,
+        ..nothing_installed()
+    };
+    let mut f = s.fetcher();
+    let before = s.fixture.log().len();
+    let mut r = found(&mut f, &strict).await;
+    assert_eq!((r.sha256.as_deref(), r.signature.as_deref()), (None, None));
+    assert_eq!(r.version.as_deref(), Some("1.0.0"));
+    assert_eq!(body(&mut r).await, b"");
+    let mut refused = strict.clone();
+    refused
+        .rejected
+        .push(Current::rejection_key(&r.identity, None, None));
+    none(&mut f, &refused, "refused for no checksum").await;
+    let log = s.log_since(before);
+    assert!(
+        log.iter()
+            .all(|l| l.origin == "api" && !l.path.contains("/releases/assets/")),
+        "the asset was requested: {log:?}"
+    );
+    assert_eq!(log.last().map(|l| l.status), Some(304), "{log:?}");
 }
