@@ -651,18 +651,7 @@ async fn https_runs_a_real_rustls_handshake_with_ring() {
 /// What the pipeline leaves in `Current` after refusing `release` for what its bytes were then
 /// (a checksum mismatch, a cut transfer): the transient key, with the release's source.
 fn refused_as_served(release: &Release) -> Current {
-    let source = release
-        .source
-        .as_deref()
-        .unwrap_or_else(|| panic!("no source on {release:?}"));
-    let mut current = nothing_installed();
-    current.rejected.push(Current::transient_rejection_key(
-        &release.identity,
-        release.sha256.as_deref(),
-        release.signature.as_deref(),
-        source,
-    ));
-    current
+    upshift_fetcher_conformance::refused_for_its_bytes(nothing_installed(), release)
 }
 
 fn requests_of(hits: &[Hit]) -> Vec<(&str, &str, u16)> {
