@@ -163,9 +163,18 @@ impl Getter<'_> {
         }
     }
 
-    /// `HEAD` of the release file: what a `GET` would say about it, without its body.
+    /// `HEAD` of the release file: what a `GET` would say about it, without its body. A server
+    /// that refuses `HEAD` (a URL signed for `GET` only, as presigned S3 URLs are) is asked with
+    /// a `GET` instead, whose body the caller drops unread.
     pub(crate) async fn head(&self, url: &Url, timeout: Duration) -> Result<Got, FetchError> {
         let (resp, at) = self.send(Method::HEAD, url, None, timeout).await?;
+        if matches!(
+            resp.status(),
+            StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+        ) {
+            tracing::debug!(url = %redact(&at), status = resp.status().as_u16(), "HEAD refused; asking with a GET left unread");
+            return self.release(url, None, timeout).await;
+        }
         match classify(Method::HEAD, &resp, url, &at, false)? {
             Class::NotModified => Ok(Got::NotModified),
             Class::Missing => Ok(Got::Missing),

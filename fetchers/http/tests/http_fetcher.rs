@@ -760,6 +760,35 @@ async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
     assert_eq!(read_all(&mut release).await.expect("body").len(), LEN - 1);
 }
 
+/// A server that refuses `HEAD` (a URL presigned for `GET`) is asked with a `GET` whose body is
+/// dropped unread: the release is still offered without its body, not an error.
+#[tokio::test]
+async fn a_server_refusing_head_is_asked_with_an_unread_get() {
+    let nginx = Nginx::start();
+    nginx.put_settled("gets-only/app", &payload("gets only"));
+    let strict = Current {
+        requires_checksum: true,
+        ..nothing_installed()
+    };
+    let mut f = HttpFetcher::new(nginx.url("gets-only/app"))
+        .expect("valid URL")
+        .no_checksum()
+        .no_signature();
+    let before = nginx.settled_hits().len();
+    let mut release = expect_release(&mut f, &strict, "HEAD refused").await;
+    assert_eq!(release.size_hint, Some(LEN as u64));
+    assert!(release.source.is_some(), "{release:?}");
+    assert_eq!(read_all(&mut release).await.expect("empty body"), b"");
+    let hits = since(&nginx.settled_hits(), before);
+    assert_eq!(
+        requests_of(&hits),
+        [
+            ("HEAD", "/gets-only/app", 403),
+            ("GET", "/gets-only/app", 200)
+        ]
+    );
+}
+
 /// The sequence: `app.sha256` written first, then `app` written in place in two halves,
 /// with a poll between. The half file is refused (checksum mismatch, remembered with its
 /// source); polls while it stays cost a 304 on the checksum and a 304 on the file; the complete
