@@ -523,6 +523,9 @@ impl Fetcher for HttpFetcher {
     /// was written, say). The checksum's validators stay: it is the same release.
     fn deferred(&mut self, _identity: &str) {
         self.memory().file = None;
+        if let Some(offered) = self.last_offered.as_mut() {
+            offered.forget_file();
+        }
     }
 }
 

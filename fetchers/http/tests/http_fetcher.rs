@@ -293,6 +293,22 @@ async fn a_release_dropped_unread_is_offered_again_and_a_read_one_is_not() {
     expect_none(&mut f, &nothing_installed(), "after reading it").await;
 }
 
+/// A release the poll loop set aside (a hold, a full disk) after reading it is offered again at
+/// the next check, though its checksum and file are unchanged.
+#[tokio::test]
+async fn a_deferred_release_is_offered_again() {
+    let nginx = Nginx::start();
+    let bytes = payload("deferred");
+    publish_settled(&nginx, "app", &bytes);
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut release = expect_release(&mut f, &nothing_installed(), "first").await;
+    read_all(&mut release).await.expect("body");
+    f.deferred(&release.identity);
+    let mut again = expect_release(&mut f, &nothing_installed(), "after deferral").await;
+    assert_eq!(again.identity, release.identity);
+    assert_eq!(read_all(&mut again).await.expect("body"), bytes);
+}
+
 #[tokio::test]
 async fn the_installed_release_costs_no_release_request() {
     let nginx = Nginx::start();
