@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use upshift::fetch::{Current, FetchError, Fetcher, Release};
+use upshift::fetch::{Current, FetchError, Fetcher, Origin, Release};
 
 /// The longest any single `check()` or body read may take.
 pub const CHECK_BOUND: Duration = Duration::from_secs(30);
@@ -129,6 +129,24 @@ fn installed(sha256: &str, identity: Option<&str>) -> Current {
         rejected: Vec::new(),
         requires_checksum: false,
     }
+}
+
+/// `current` with `release` remembered as the pipeline remembers a release refused for what its
+/// bytes were (a checksum mismatch, a cut transfer): under
+/// [`Current::transient_rejection_key`], with the release's source. For tests: panics when the
+/// release has no source.
+pub fn refused_for_its_bytes(mut current: Current, release: &Release) -> Current {
+    let source = release
+        .source
+        .as_deref()
+        .unwrap_or_else(|| panic!("no source on {release:?}"));
+    current.rejected.push(Current::transient_rejection_key(
+        &release.identity,
+        release.sha256.as_deref(),
+        release.signature.as_deref(),
+        source,
+    ));
+    current
 }
 
 /// Runs `fetcher.check(current)` in a task of its own, bounded by [`CHECK_BOUND`]; a panic or a
@@ -356,6 +374,56 @@ pub async fn refused_release_is_not_downloaded_again(src: &dyn Source) {
     let (_f, r) = check_bounded(f, &refused, "a new release after a refused one").await;
     let mut release = expect_some(r, "a new release after a refused one");
     assert_release_of(&mut release, &next, Some(&next_sha), "the new release").await;
+}
+
+/// A remote release published without a checksum, while the pipeline requires one, is not
+/// downloaded: the pipeline would refuse it unread. The fetcher offers it without sending its
+/// body (or does not offer it), and once the pipeline refused it, later polls neither offer it
+/// nor send its body. Not applicable to a local source (a missing checksum is fine there) nor
+/// when something else vouches for the release (a signature).
+pub async fn unvouched_release_is_not_downloaded(src: &dyn Source) {
+    let bytes = payload("unvouched", PAYLOAD_LEN);
+    src.publish(&bytes, None);
+    let strict = Current {
+        requires_checksum: true,
+        ..unrelated_current()
+    };
+    let before = src.bytes_served();
+    let (f, r) = check_bounded(src.fetcher(), &strict, "no checksum, one required").await;
+    let mut refused = strict.clone();
+    match r {
+        Ok(None) => {}
+        Ok(Some(release)) => {
+            if release.origin == Origin::Local {
+                eprintln!("unvouched_release_is_not_downloaded: not applicable to a local source");
+                return;
+            }
+            assert!(
+                release.sha256.is_none() && release.signature.is_none(),
+                "no checksum was published, yet the release is vouched for: {release:?}"
+            );
+            refused
+                .rejected
+                .push(Current::rejection_key(&release.identity, None, None));
+        }
+        Err(e) => panic!("no checksum, one required: {e}"),
+    }
+    assert_no_body_sent(src, before, "offering a release without a checksum");
+    let (f, r) = check_bounded(f, &refused, "after the pipeline refused it").await;
+    expect_none(
+        r,
+        "polling after the pipeline refused the release for no checksum",
+    );
+    let (_f, r) = check_bounded(f, &refused, "polling again").await;
+    expect_none(
+        r,
+        "polling again while the unvouched release stays published",
+    );
+    assert_no_body_sent(
+        src,
+        before,
+        "polls after the release was refused for no checksum",
+    );
 }
 
 fn assert_no_body_sent(src: &dyn Source, before: Option<u64>, what: &str) {
@@ -587,6 +655,7 @@ macro_rules! fetcher_conformance_tests {
             release_without_checksum_reads_back_exactly,
             installed_release_is_not_offered,
             refused_release_is_not_downloaded_again,
+            unvouched_release_is_not_downloaded,
             republished_identical_bytes_are_not_a_new_release,
             new_bytes_are_a_new_release,
             checksum_mismatch_is_surfaced,

@@ -29,6 +29,7 @@ mod api;
 mod checksum;
 mod select;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -73,9 +74,12 @@ impl fmt::Debug for Token {
 ///   [`prereleases(true)`](Self::prereleases) or a [`tag_pattern`](Self::tag_pattern), the release
 ///   list is read instead (following its `Link` pages, up to 1,000 releases) and the release whose
 ///   tag is the highest semantic version wins; tags that are not versions are skipped there.
-/// * **Never a downgrade.** A release whose tag's version is not greater than the running
-///   version ([`current_version`](Self::current_version), by default [`Current::version`], which
-///   `Upgrader::version` sets) is ignored. Nor is the installed release offered again (same tag as
+/// * **Never a downgrade.** A release whose tag's version is not greater than the version floor
+///   is neither offered nor downloaded. The floor is the higher of
+///   [`current_version`](Self::current_version) and [`Current::version`] (the running build's
+///   version, `Upgrader::version`, raised to the highest version this host ever installed); a
+///   check without either fails, saying so. A tag that is not a semantic version is skipped, with
+///   one warning per tag. Nor is the installed release offered again (same tag as
 ///   [`Current::identity`], or a published checksum equal to [`Current::sha256`]), nor one the
 ///   pipeline refused with the same checksum and signature ([`Current::was_rejected`]); deciding
 ///   that downloads nothing.
@@ -119,6 +123,8 @@ pub struct GithubFetcher {
     api: Option<Api>,
     /// The last release document and what it said, for `If-None-Match`.
     cache: Option<Cached>,
+    /// Tags already warned about as not semantic versions: one warning per tag, not per poll.
+    unversioned_warned: HashSet<String>,
 }
 
 /// The last 200 answer to the releases request: its ETag and the release it pointed at.
@@ -215,6 +221,7 @@ impl GithubFetcher {
             platform: Platform::this(),
             api: None,
             cache: None,
+            unversioned_warned: HashSet::new(),
         })
     }
 
@@ -293,11 +300,13 @@ impl GithubFetcher {
         self
     }
 
-    /// The running program's version (`1.2.3` or `v1.2.3`). Default: [`Current::version`], which
-    /// `Upgrader::version(env!("CARGO_PKG_VERSION"))` sets. Releases whose tag is not a greater
-    /// semantic version are ignored: the fetcher never offers a downgrade. Without any version,
-    /// every release that is not the installed one is offered. A value that is not a version
-    /// makes every check fail with an error saying so.
+    /// The running program's version (`1.2.3` or `v1.2.3`). The version floor is the higher of
+    /// this and [`Current::version`] (which `Upgrader::version(env!("CARGO_PKG_VERSION"))` sets,
+    /// and the pipeline raises to the highest version this host installed). Releases whose tag
+    /// is not a greater semantic version are ignored: the fetcher never offers a downgrade. One
+    /// of the two is required: without any version every check fails, since any release, older
+    /// ones included, would look new. A value that is not a version makes every check fail with
+    /// an error saying so.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), upshift::fetch::FetchError> {
@@ -421,20 +430,41 @@ impl GithubFetcher {
         Ok(api)
     }
 
-    /// The version releases must exceed, if one is known.
-    fn version_floor(&self, current: &Current) -> Result<Option<Version>, FetchError> {
-        let Some(raw) = self
-            .current_version
-            .as_deref()
-            .or(current.version.as_deref())
-        else {
-            return Ok(None);
+    /// The version releases must exceed: the higher of [`current_version`](Self::current_version)
+    /// and [`Current::version`]. Without either there is no telling a downgrade from an upgrade.
+    fn version_floor(&self, current: &Current) -> Result<Version, FetchError> {
+        let parse = |raw: &str, what: &str| {
+            upshift::release::parse_version(raw).ok_or_else(|| {
+                self.config_error(format_args!("the {what} {raw:?} is not a semantic version"))
+            })
         };
-        select::parse_version(raw).map(Some).ok_or_else(|| {
-            self.config_error(format_args!(
-                "the running version {raw:?} is not a semantic version"
-            ))
+        let configured = match self.current_version.as_deref() {
+            Some(raw) => Some(parse(
+                raw,
+                "running version (GithubFetcher::current_version)",
+            )?),
+            None => None,
+        };
+        let known = match current.version.as_deref() {
+            Some(raw) => Some(parse(raw, "version floor (Upgrader::version)")?),
+            None => None,
+        };
+        configured.into_iter().chain(known).max().ok_or_else(|| {
+            self.config_error(
+                "no running version to compare releases with, so an older release would look \
+                 new: set `Upgrader::version(env!(\"CARGO_PKG_VERSION\"))` or \
+                 `GithubFetcher::current_version(env!(\"CARGO_PKG_VERSION\"))`",
+            )
         })
+    }
+
+    /// Warns, once per tag, that a release is skipped because its tag is not a version.
+    fn skip_unversioned(&mut self, tag: &str) {
+        if self.unversioned_warned.insert(tag.to_string()) {
+            tracing::warn!(fetcher = %self.name, %tag, "release tag is not a semantic version; release skipped");
+        } else {
+            tracing::trace!(fetcher = %self.name, %tag, "release tag is not a semantic version; skipped");
+        }
     }
 
     /// Reads the list instead of `/releases/latest`: prereleases or a tag pattern need it.
@@ -500,7 +530,7 @@ impl GithubFetcher {
 
     /// Reads the release list (all its pages) and picks the highest version that qualifies.
     async fn read_list(
-        &self,
+        &mut self,
         api: &Api,
         first: &str,
         response: http::Response<api::Body>,
@@ -522,7 +552,7 @@ impl GithubFetcher {
                 }
                 let pick = self.pick_of(release);
                 let Some(v) = &pick.version else {
-                    tracing::debug!(fetcher = %self.name, tag = %pick.tag, "tag is not a version; skipped");
+                    self.skip_unversioned(&pick.tag);
                     continue;
                 };
                 if best
@@ -710,11 +740,13 @@ impl Fetcher for GithubFetcher {
         let Some(pick) = self.poll(&api).await? else {
             return Ok(None);
         };
-        if let Some(floor) = &floor {
-            if pick.version.as_ref().is_none_or(|v| v <= floor) {
-                tracing::debug!(fetcher = %self.name, tag = %pick.tag, running = %floor, "release is not newer than the running version");
-                return Ok(None);
-            }
+        let Some(version) = &pick.version else {
+            self.skip_unversioned(&pick.tag);
+            return Ok(None);
+        };
+        if *version <= floor {
+            tracing::debug!(fetcher = %self.name, tag = %pick.tag, %floor, "release is not newer than the version floor");
+            return Ok(None);
         }
         if current.identity.as_deref() == Some(pick.tag.as_str()) {
             tracing::trace!(fetcher = %self.name, tag = %pick.tag, "release is installed");
@@ -740,6 +772,25 @@ impl Fetcher for GithubFetcher {
             tracing::trace!(fetcher = %self.name, tag = %pick.tag, "release was refused before");
             return Ok(None);
         }
+        let version = Some(version.to_string());
+        if resolved.sha256.is_none() && resolved.signature.is_none() && current.requires_checksum {
+            // The pipeline refuses a remote release nothing vouches for before reading a byte
+            // of it: offer it without opening the asset.
+            tracing::debug!(fetcher = %self.name, tag = %pick.tag, asset = %asset.name, "no checksum or signature; offered without its body");
+            return Ok(Some(Release {
+                identity: pick.tag.clone(),
+                sha256: None,
+                signature: None,
+                size_hint: Some(asset.size),
+                format: Format::from_name(&asset.name),
+                origin: Origin::Remote,
+                body: Box::new(tokio::io::empty()),
+                local_file: None,
+                rollout_percent: None,
+                version,
+                source: None,
+            }));
+        }
         let response = self.open_asset(&api, &asset).await?;
         tracing::debug!(fetcher = %self.name, tag = %pick.tag, asset = %asset.name, size = asset.size, "downloading release asset");
         let what = format!("{}: release {} asset {}", self.name, pick.tag, asset.name);
@@ -758,7 +809,7 @@ impl Fetcher for GithubFetcher {
             )),
             local_file: None,
             rollout_percent: None,
-            version: pick.version.as_ref().map(ToString::to_string),
+            version,
             source: None,
         }))
     }
@@ -839,5 +890,23 @@ mod tests {
             .current_version("banana");
         let e = f.check(&current).await.unwrap_err().to_string();
         assert!(e.contains("banana"), "{e}");
+
+        // No version at all: refused before any request (port 9 would fail to connect).
+        let mut f = GithubFetcher::new("o/r")
+            .unwrap()
+            .api_base("http://127.0.0.1:9");
+        let e = f.check(&current).await.unwrap_err().to_string();
+        assert!(
+            e.contains("github:o/r")
+                && e.contains("Upgrader::version(env!(\"CARGO_PKG_VERSION\"))")
+                && e.contains("GithubFetcher::current_version"),
+            "{e}"
+        );
+        let floored = Current {
+            version: Some("pear".into()),
+            ..current.clone()
+        };
+        let e = f.check(&floored).await.unwrap_err().to_string();
+        assert!(e.contains("pear"), "{e}");
     }
 }

@@ -72,30 +72,7 @@ pub(crate) fn tag_version(tag: &str, pattern: Option<&TagPattern>) -> Option<Ver
     let rest = pattern
         .and_then(|p| tag.strip_prefix(p.prefix.as_str()))
         .unwrap_or(tag);
-    parse_version(rest)
-}
-
-/// A lenient semver parse: a leading `v`/`V` is dropped and missing minor/patch numbers are 0.
-pub(crate) fn parse_version(s: &str) -> Option<Version> {
-    let s = s.trim();
-    let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
-    if let Ok(v) = Version::parse(s) {
-        return Some(v);
-    }
-    let split = s.find(['-', '+']).unwrap_or(s.len());
-    let (core, rest) = s.split_at(split);
-    let parts: Vec<&str> = core.split('.').collect();
-    let numeric = parts
-        .iter()
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if !numeric || parts.len() >= 3 {
-        return None;
-    }
-    let mut padded = parts.join(".");
-    for _ in parts.len()..3 {
-        padded.push_str(".0");
-    }
-    Version::parse(&format!("{padded}{rest}")).ok()
+    upshift::release::parse_version(rest)
 }
 
 /// What a release asset is, as far as choosing one goes.

@@ -100,7 +100,9 @@ impl Source for GithubSource {
             .expect("valid repository name")
             .api_base(api)
             .timeout(TIMEOUT)
-            .interval(Duration::from_millis(200));
+            .interval(Duration::from_millis(200))
+            // The suite's `Current` has no version; tags start at v1.0.1.
+            .current_version("0.0.1");
         Box::new(fetcher)
     }
 

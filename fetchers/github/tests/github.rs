@@ -60,11 +60,15 @@ fn asset() -> String {
     format!("app-{TARGET}")
 }
 
+/// The version floor of a host that installed nothing yet: the running build's version, older
+/// than every release published here.
+const RUNNING: &str = "0.0.1";
+
 fn nothing_installed() -> Current {
     Current {
         sha256: sha256_hex(b"not any published build"),
         identity: None,
-        version: None,
+        version: Some(RUNNING.into()),
         rejected: Vec::new(),
         requires_checksum: false,
     }
@@ -162,12 +166,81 @@ async fn never_downgrades() {
         ..nothing_installed()
     };
     assert_eq!(found(&mut f, &older_running).await.identity, "v1.2.0");
-    // An explicit current_version wins over Current.version.
+    // The floor is the higher of the two: a lower current_version does not lower it.
     let mut f = s.fetcher().current_version("1.0.0");
-    assert_eq!(found(&mut f, &newer_running).await.identity, "v1.2.0");
+    none(&mut f, &newer_running, "current_version 1.0.0, floor 1.5.0").await;
+    let mut f = s.fetcher().current_version("1.3.0");
+    none(&mut f, &older_running, "current_version 1.3.0, floor 1.1.9").await;
     // A prerelease of the same version is older than the release.
     let mut f = s.fetcher().current_version("1.2.0-rc.2");
     assert_eq!(found(&mut f, &nothing_installed()).await.identity, "v1.2.0");
+}
+
+/// The cases: once v99.0.0 was installed (the floor the pipeline persists), a release
+/// tagged v50.0.0 is neither offered nor downloaded; a backport v1.1.1 published after v1.2.0
+/// was installed is not taken; and without any version the check fails, naming the fix, before
+/// a single request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_floor_holds_and_is_required() {
+    let s = Setup::new(&[]);
+    s.release("v50.0.0", "2025-01-01T00:00:00Z", json!({}), b"fifty");
+    let downloads = |log: &[Logged]| {
+        log.iter()
+            .filter(|l| l.path.contains("/releases/assets/") || l.origin == "objects")
+            .count()
+    };
+
+    let installed_99 = Current {
+        version: Some("99.0.0".into()),
+        ..nothing_installed()
+    };
+    // The build's own version (current_version) is lower: the floor is the higher of the two.
+    let mut f = s.fetcher().current_version("1.0.0");
+    let before = s.fixture.log().len();
+    none(&mut f, &installed_99, "v50.0.0 after v99.0.0").await;
+    none(&mut f, &installed_99, "v50.0.0 after v99.0.0, again").await;
+    let log = s.log_since(before);
+    assert_eq!(downloads(&log), 0, "{log:?}");
+    assert!(
+        log.iter().all(|l| l.path.ends_with("/releases/latest")),
+        "{log:?}"
+    );
+
+    // A backport published after 1.2.0 was installed: the latest release, yet below the floor.
+    let b = Setup::new(&[]);
+    b.release("v1.2.0", "2025-02-01T00:00:00Z", json!({}), b"1.2.0");
+    b.release("v1.1.1", "2025-03-01T00:00:00Z", json!({}), b"backport");
+    let installed_120 = Current {
+        version: Some("1.2.0".into()),
+        ..nothing_installed()
+    };
+    let before = b.fixture.log().len();
+    none(&mut b.fetcher(), &installed_120, "backport v1.1.1, latest").await;
+    let mut listing = b.fetcher().prereleases(true);
+    none(&mut listing, &installed_120, "backport v1.1.1, list").await;
+    let log = b.log_since(before);
+    assert_eq!(downloads(&log), 0, "{log:?}");
+
+    // No floor at all.
+    let no_version = Current {
+        version: None,
+        ..nothing_installed()
+    };
+    let before = s.fixture.log().len();
+    let e = check(&mut s.fetcher(), &no_version)
+        .await
+        .expect_err("no version: an error")
+        .to_string();
+    assert!(
+        e.contains("github:acme/app")
+            && e.contains("Upgrader::version(env!(\"CARGO_PKG_VERSION\"))")
+            && e.contains("GithubFetcher::current_version"),
+        "{e}"
+    );
+    assert!(s.log_since(before).is_empty(), "requests without a floor");
+    // current_version alone is a floor.
+    let mut f = s.fetcher().current_version("49.0.0");
+    assert_eq!(found(&mut f, &no_version).await.identity, "v50.0.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +468,7 @@ async fn an_exhausted_rate_limit_is_rate_limited_until_the_reset() {
     let installed = Current {
         sha256: r.sha256.clone().unwrap_or_default(),
         identity: Some(r.identity.clone()),
-        version: None,
+        version: Some(RUNNING.into()),
         rejected: Vec::new(),
         requires_checksum: false,
     };
@@ -581,11 +654,14 @@ async fn a_tag_pattern_picks_one_program_of_a_monorepo() {
         b"app 1.10.0",
     );
     s.release("tool-v9.0.0", "2025-03-01T00:00:00Z", json!({}), b"tool");
+    // Without the pattern, the latest tag `tool-v9.0.0` names no version: skipped.
     let mut plain = s.fetcher();
-    assert_eq!(
-        found(&mut plain, &nothing_installed()).await.identity,
-        "tool-v9.0.0"
-    );
+    none(
+        &mut plain,
+        &nothing_installed(),
+        "latest tag is not a version",
+    )
+    .await;
     for pattern in ["app-v*", "app-v", "app-*"] {
         let mut f = s.fetcher().tag_pattern(pattern).current_version("1.3.0");
         let mut r = found(&mut f, &nothing_installed()).await;
@@ -667,4 +743,37 @@ fn bad_repository_names_are_errors() {
         let e = GithubFetcher::new(bad).expect_err(bad).to_string();
         assert!(e.contains("owner/repo"), "{e}");
     }
+}
+
+/// No checksum anywhere (no digest, no list, no `.sha256`) nor signature, and the pipeline
+/// requires one: the release is offered with an empty body and its asset is never requested;
+/// once refused, a poll is the one conditional request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_checksum_is_not_downloaded_when_one_is_required() {
+    let s = Setup::new(&[]);
+    let name = asset();
+    s.release("v1.0.0", "2025-01-01T00:00:00Z", json!({}), b"unvouched");
+    s.repo.file("v1.0.0", &format!("{name}.nodigest"), b"");
+    let strict = Current {
+        requires_checksum: true,
+        ..nothing_installed()
+    };
+    let mut f = s.fetcher();
+    let before = s.fixture.log().len();
+    let mut r = found(&mut f, &strict).await;
+    assert_eq!((r.sha256.as_deref(), r.signature.as_deref()), (None, None));
+    assert_eq!(r.version.as_deref(), Some("1.0.0"));
+    assert_eq!(body(&mut r).await, b"");
+    let mut refused = strict.clone();
+    refused
+        .rejected
+        .push(Current::rejection_key(&r.identity, None, None));
+    none(&mut f, &refused, "refused for no checksum").await;
+    let log = s.log_since(before);
+    assert!(
+        log.iter()
+            .all(|l| l.origin == "api" && !l.path.contains("/releases/assets/")),
+        "the asset was requested: {log:?}"
+    );
+    assert_eq!(log.last().map(|l| l.status), Some(304), "{log:?}");
 }

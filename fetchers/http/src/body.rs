@@ -68,6 +68,11 @@ impl Validators {
         }
     }
 
+    /// Whether a later change of the resource is sure to change these (see [`settled`]).
+    pub(crate) fn reliable(&self) -> bool {
+        self.reliable
+    }
+
     fn is_empty(&self) -> bool {
         self.etag.is_none() && self.last_modified.is_none()
     }
@@ -85,7 +90,7 @@ impl Validators {
 
     /// `None` when the response carried neither validator, or unreliable ones: the next request
     /// is then unconditional.
-    fn usable(self) -> Option<Validators> {
+    pub(crate) fn usable(self) -> Option<Validators> {
         (self.reliable && !self.is_empty()).then_some(self)
     }
 }

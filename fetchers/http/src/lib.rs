@@ -34,14 +34,30 @@
 //! The validators are remembered only once the release's body has been read to its end: a
 //! release dropped unread or cut short (a network failure mid-download, a full disk) is offered
 //! again at the next poll. A release read in full whose checksum is then unchanged costs that
-//! checksum's `304` if the pipeline installed or refused it ([`Current::was_rejected`]); if it did
-//! neither (the bytes did not match the new checksum because the poll fell between the two
-//! writes of a deploy), the file is asked for again, conditionally: a second `304` until the
-//! new file is there, and then the release. Validators
+//! checksum's `304` if the pipeline installed it or refused it for good
+//! ([`Current::was_rejected`]). If it did neither (the bytes did not match the new checksum
+//! because the poll fell between the two writes of a deploy, or read a file still being written
+//! in place; or the transfer was cut), the file is asked for again, conditionally on what the
+//! server said about it when it was offered: a second `304` until the file changes, and then
+//! the release. So a release refused while it was being uploaded is offered again at the first
+//! poll after the upload completes, and only then. Validators
 //! of a file modified less than a second before it was served are not remembered at all (the
 //! next poll is unconditional): static servers derive ETag and Last-Modified from the mtime in
 //! whole seconds, so a same-size rewrite within that second (a checksum file always has the same
 //! size) would otherwise go unnoticed.
+//!
+//! # Releases the pipeline would refuse unread
+//!
+//! When no checksum is published and the pipeline requires one
+//! ([`Current::requires_checksum`]), the release file is not requested at all: after the
+//! signature lookup (a signature alone vouches for a release), one `HEAD` gives its identity and
+//! the release is offered with an empty body, which the pipeline refuses, and remembers, before
+//! reading it. While the `HEAD` says the same, later polls end there with no release.
+//!
+//! A release's [`source`](upshift::fetch::Release::source) is what the server said about the
+//! file: `etag:<ETag>`, else `last-modified:<date>#<Content-Length>`, or nothing when the file
+//! was modified in the second it was served (see above). A release refused for a checksum
+//! mismatch or a cut transfer is remembered with it, and tried again once it changes.
 //!
 //! # Identity
 //!
@@ -80,6 +96,7 @@
 #![warn(missing_docs)]
 
 mod body;
+mod check;
 mod checksum;
 mod meta;
 mod request;
@@ -89,11 +106,9 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Url;
-use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release};
+use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
 
-use body::{Commit, Memory, Validators};
-use checksum::ChecksumKind;
-use request::{Doc, Getter};
+use body::Memory;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -154,10 +169,11 @@ pub struct HttpFetcher {
     memory: Arc<Mutex<Memory>>,
     /// Checks started so far: orders the validators a check or a body commits.
     checks: u64,
-    /// The checksum and signature of the last release handed to the pipeline. While that release
-    /// is neither installed nor refused, an unchanged checksum does not prove the file unchanged:
-    /// a deploy writes the checksum first, and a poll between the two writes got the old file.
-    last_offered: Option<(String, Option<String>)>,
+    /// The last release handed to the pipeline under a checksum. While that release is neither
+    /// installed nor refused for good, an unchanged checksum does not prove the file unchanged: a
+    /// deploy writes the checksum first, and a poll between the two writes got the old file, or
+    /// the new one half written in place.
+    last_offered: Option<check::Offered>,
 }
 
 impl std::fmt::Debug for HttpFetcher {
@@ -495,169 +511,7 @@ impl Fetcher for HttpFetcher {
     }
 
     async fn check(&mut self, current: &Current) -> Result<Option<Release>, FetchError> {
-        if let Some(e) = &self.config_error {
-            return Err(FetchError::Source(format!("{}: {e}", self.name)));
-        }
-        self.checks += 1;
-        let seq = self.checks;
-        let client = self.client()?;
-        let getter = Getter {
-            client,
-            origin: &self.url,
-            headers: &self.headers,
-        };
-        let remembered = self.memory().clone();
-
-        // 1. The checksum: the change detector, and "is this what is installed?".
-        let mut checksum_validators = None;
-        let mut digest = None;
-        // Whether step 2 asks for the file conditionally even though a digest is known.
-        let mut recheck_file = false;
-        if let Some((kind, url)) = match &self.checksum {
-            ChecksumSource::None => None,
-            ChecksumSource::Sidecar(u) => Some((ChecksumKind::Sidecar, u)),
-            ChecksumSource::Sums(u) => Some((ChecksumKind::Sums, u)),
-        } {
-            let limit = match kind {
-                ChecksumKind::Sidecar => SIDECAR_LIMIT,
-                ChecksumKind::Sums => SUMS_LIMIT,
-            };
-            let conditional = remembered.checksum.as_ref();
-            match getter
-                .small_doc(url, conditional, self.small_timeout(), limit)
-                .await?
-            {
-                Doc::NotModified => match self.last_offered.clone() {
-                    Some((d, signature))
-                        if !d.eq_ignore_ascii_case(&current.sha256)
-                            && current.identity.as_deref()
-                                != Some(format!("sha256:{d}").as_str())
-                            && !current.was_rejected(
-                                &format!("sha256:{d}"),
-                                Some(&d),
-                                signature.as_deref(),
-                            ) =>
-                    {
-                        // The release offered under this checksum was neither installed nor
-                        // refused (the file did not match: a deploy writes the checksum first,
-                        // and that poll got the old file). Ask for the file again, conditionally:
-                        // an unchanged file still costs no body bytes.
-                        tracing::debug!(url = %meta::redact(url), "checksum unchanged, last release neither installed nor refused: checking the file");
-                        checksum_validators = remembered.checksum.clone();
-                        digest = Some(d);
-                        recheck_file = true;
-                    }
-                    _ => {
-                        tracing::debug!(url = %meta::redact(url), "checksum unchanged: no new release");
-                        return Ok(None);
-                    }
-                },
-                Doc::Missing => {
-                    tracing::debug!(url = %meta::redact(url), "no checksum published");
-                    self.memory().forget_checksum(seq);
-                }
-                Doc::Found { text, validators } => {
-                    let d = match kind {
-                        ChecksumKind::Sidecar => checksum::parse_sidecar(&text),
-                        ChecksumKind::Sums => {
-                            checksum::find_in_sums(&text, &meta::file_name(&self.url))
-                        }
-                    }
-                    .map_err(|e| FetchError::Source(format!("{}: {e}", meta::redact(url))))?;
-                    let identity = format!("sha256:{d}");
-                    if d.eq_ignore_ascii_case(&current.sha256)
-                        || current.identity.as_deref() == Some(identity.as_str())
-                    {
-                        tracing::debug!(%identity, "the published release is the installed one");
-                        self.memory().commit_checksum(seq, Some(validators));
-                        return Ok(None);
-                    }
-                    checksum_validators = Some(validators);
-                    digest = Some(d);
-                }
-            }
-        }
-
-        // A new checksum: before the release is requested, is it one the pipeline refused? That
-        // depends on its signature too (a corrected one makes a new candidate), so fetch it first.
-        let mut signature_first = None;
-        if let (Some(d), false) = (&digest, recheck_file) {
-            let signature = fetch_signature(&getter, &self.signature, self.small_timeout()).await?;
-            if current.was_rejected(&format!("sha256:{d}"), Some(d), signature.as_deref()) {
-                tracing::debug!(identity = %format!("sha256:{d}"), "the published release was refused before");
-                self.memory().commit_checksum(seq, checksum_validators);
-                return Ok(None);
-            }
-            signature_first = Some(signature);
-        }
-
-        // 2. The release itself: conditional only when no checksum told us it changed.
-        let conditional = match digest {
-            Some(_) if !recheck_file => None,
-            _ => remembered.file.as_ref(),
-        };
-        let timeout = self.timeout;
-        let got = getter.release(&self.url, conditional, timeout).await?;
-        let (resp, final_url) = match got {
-            request::Got::NotModified => {
-                tracing::debug!(url = %self.name, "release unchanged");
-                return Ok(None);
-            }
-            request::Got::Missing => {
-                tracing::debug!(url = %self.name, "no release published (404)");
-                self.memory().forget_file(seq);
-                return Ok(None);
-            }
-            request::Got::Ok(resp, url) => (resp, url),
-        };
-        let file_validators = Validators::of(resp.headers());
-        let size_hint = resp.content_length();
-        let identity = match &digest {
-            Some(d) => format!("sha256:{d}"),
-            None => meta::identity_without_digest(&file_validators, &final_url, size_hint),
-        };
-        if digest.is_none() && current.identity.as_deref() == Some(identity.as_str()) {
-            tracing::debug!(%identity, "the published release is the installed one");
-            self.memory().commit(seq, None, file_validators);
-            return Ok(None); // dropping `resp` aborts the transfer
-        }
-        let format = match &self.format {
-            Some(f) => f.clone(),
-            None => meta::guess_format(&final_url, resp.headers(), &self.url),
-        };
-
-        // 3. The signature, optional (already fetched if the checksum was new).
-        let signature = match signature_first {
-            Some(signature) => signature,
-            None => fetch_signature(&getter, &self.signature, self.small_timeout()).await?,
-        };
-
-        let rollout_percent = match &self.rollout {
-            Some(url) => fetch_rollout(&getter, url, self.small_timeout()).await?,
-            None => None,
-        };
-
-        tracing::debug!(%identity, url = %meta::redact(&final_url), ?size_hint, ?format, ?rollout_percent, "new release");
-        self.last_offered = digest.clone().map(|d| (d, signature.clone()));
-        let commit = Commit::new(
-            self.memory.clone(),
-            seq,
-            checksum_validators,
-            file_validators,
-        );
-        Ok(Some(Release {
-            identity,
-            sha256: digest,
-            signature,
-            size_hint,
-            format,
-            origin: Origin::Remote,
-            body: Box::new(body::Body::new(resp, meta::redact(&final_url), commit)),
-            local_file: None,
-            rollout_percent,
-            version: None,
-            source: None,
-        }))
+        self.poll(current).await
     }
 
     fn interval(&self) -> Duration {
@@ -669,37 +523,8 @@ impl Fetcher for HttpFetcher {
     /// was written, say). The checksum's validators stay: it is the same release.
     fn deferred(&mut self, _identity: &str) {
         self.memory().file = None;
-    }
-}
-
-/// The release's rollout percentage, if a rollout document is configured and published.
-async fn fetch_rollout(
-    getter: &Getter<'_>,
-    url: &Url,
-    timeout: Duration,
-) -> Result<Option<f64>, FetchError> {
-    match getter.small_doc(url, None, timeout, SIDECAR_LIMIT).await? {
-        Doc::Found { text, .. } => upshift::rollout::parse_percent(&text)
-            .map(Some)
-            .map_err(|e| FetchError::Source(format!("{}: {e}", meta::redact(url)))),
-        Doc::Missing | Doc::NotModified => Ok(None),
-    }
-}
-
-/// The release's detached minisign signature, if one is configured and published.
-async fn fetch_signature(
-    getter: &Getter<'_>,
-    source: &SignatureSource,
-    timeout: Duration,
-) -> Result<Option<String>, FetchError> {
-    let SignatureSource::Url(url) = source else {
-        return Ok(None);
-    };
-    match getter.small_doc(url, None, timeout, SIDECAR_LIMIT).await? {
-        Doc::Found { text, .. } => Ok(Some(text)),
-        Doc::Missing | Doc::NotModified => {
-            tracing::debug!(url = %meta::redact(url), "no signature published");
-            Ok(None)
+        if let Some(offered) = self.last_offered.as_mut() {
+            offered.forget_file();
         }
     }
 }

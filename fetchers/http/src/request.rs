@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue, LOCATION};
-use reqwest::{Response, StatusCode, Url};
+use reqwest::{Method, Response, StatusCode, Url};
 use tokio::time::Instant;
 use upshift::fetch::FetchError;
 
@@ -42,9 +42,17 @@ pub(crate) enum Doc {
 
 /// `GET <requested>`, and ` (redirected to <final>)` when it was.
 fn describe(requested: &Url, at: &Url) -> String {
+    describe_method(&Method::GET, requested, at)
+}
+
+fn describe_method(method: &Method, requested: &Url, at: &Url) -> String {
     match requested == at {
-        true => format!("GET {}", redact(requested)),
-        false => format!("GET {} (redirected to {})", redact(requested), redact(at)),
+        true => format!("{method} {}", redact(requested)),
+        false => format!(
+            "{method} {} (redirected to {})",
+            redact(requested),
+            redact(at)
+        ),
     }
 }
 
@@ -69,6 +77,7 @@ impl Getter<'_> {
     /// every URL so far is of the release URL's origin.
     async fn send(
         &self,
+        method: Method,
         url: &Url,
         validators: Option<&Validators>,
         timeout: Duration,
@@ -77,14 +86,17 @@ impl Getter<'_> {
         let mut at = url.clone();
         let mut trusted = meta::same_origin(url, self.origin);
         for hop in 0..=MAX_REDIRECTS {
-            let what = describe(url, &at);
+            let what = describe_method(&method, url, &at);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(FetchError::Source(format!(
                     "{what}: timed out (limit {timeout:?})"
                 )));
             }
-            let mut req = self.client.get(at.clone()).timeout(left);
+            let mut req = self
+                .client
+                .request(method.clone(), at.clone())
+                .timeout(left);
             if trusted {
                 for (name, value) in self.headers {
                     req = req.header(name.clone(), value.clone());
@@ -132,7 +144,7 @@ impl Getter<'_> {
         // The loop returns on every path: its last round either answers or errs.
         Err(FetchError::Source(format!(
             "{}: more than {MAX_REDIRECTS} redirects",
-            describe(url, &at)
+            describe_method(&method, url, &at)
         )))
     }
 
@@ -143,8 +155,27 @@ impl Getter<'_> {
         validators: Option<&Validators>,
         timeout: Duration,
     ) -> Result<Got, FetchError> {
-        let (resp, at) = self.send(url, validators, timeout).await?;
-        match classify(&resp, url, &at, validators.is_some())? {
+        let (resp, at) = self.send(Method::GET, url, validators, timeout).await?;
+        match classify(Method::GET, &resp, url, &at, validators.is_some())? {
+            Class::NotModified => Ok(Got::NotModified),
+            Class::Missing => Ok(Got::Missing),
+            Class::Ok => Ok(Got::Ok(resp, at)),
+        }
+    }
+
+    /// `HEAD` of the release file: what a `GET` would say about it, without its body. A server
+    /// that refuses `HEAD` (a URL signed for `GET` only, as presigned S3 URLs are) is asked with
+    /// a `GET` instead, whose body the caller drops unread.
+    pub(crate) async fn head(&self, url: &Url, timeout: Duration) -> Result<Got, FetchError> {
+        let (resp, at) = self.send(Method::HEAD, url, None, timeout).await?;
+        if matches!(
+            resp.status(),
+            StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+        ) {
+            tracing::debug!(url = %redact(&at), status = resp.status().as_u16(), "HEAD refused; asking with a GET left unread");
+            return self.release(url, None, timeout).await;
+        }
+        match classify(Method::HEAD, &resp, url, &at, false)? {
             Class::NotModified => Ok(Got::NotModified),
             Class::Missing => Ok(Got::Missing),
             Class::Ok => Ok(Got::Ok(resp, at)),
@@ -159,8 +190,8 @@ impl Getter<'_> {
         timeout: Duration,
         limit: usize,
     ) -> Result<Doc, FetchError> {
-        let (mut resp, at) = self.send(url, validators, timeout).await?;
-        match classify(&resp, url, &at, validators.is_some())? {
+        let (mut resp, at) = self.send(Method::GET, url, validators, timeout).await?;
+        match classify(Method::GET, &resp, url, &at, validators.is_some())? {
             Class::NotModified => return Ok(Doc::NotModified),
             Class::Missing => return Ok(Doc::Missing),
             Class::Ok => {}
@@ -194,7 +225,13 @@ enum Class {
     Ok,
 }
 
-fn classify(resp: &Response, url: &Url, at: &Url, conditional: bool) -> Result<Class, FetchError> {
+fn classify(
+    method: Method,
+    resp: &Response,
+    url: &Url,
+    at: &Url,
+    conditional: bool,
+) -> Result<Class, FetchError> {
     let status = resp.status();
     match status {
         StatusCode::OK => Ok(Class::Ok),
@@ -209,13 +246,16 @@ fn classify(resp: &Response, url: &Url, at: &Url, conditional: bool) -> Result<C
                     tracing::debug!(url = %redact(at), status = status.as_u16(), retry_after = ?d, "rate limited");
                     Err(FetchError::RateLimited(d))
                 }
-                None => Err(bad_status(url, at, status)),
+                None => Err(bad_status(&method, url, at, status)),
             }
         }
-        _ => Err(bad_status(url, at, status)),
+        _ => Err(bad_status(&method, url, at, status)),
     }
 }
 
-fn bad_status(url: &Url, at: &Url, status: StatusCode) -> FetchError {
-    FetchError::Source(format!("{}: HTTP {status}", describe(url, at)))
+fn bad_status(method: &Method, url: &Url, at: &Url, status: StatusCode) -> FetchError {
+    FetchError::Source(format!(
+        "{}: HTTP {status}",
+        describe_method(method, url, at)
+    ))
 }

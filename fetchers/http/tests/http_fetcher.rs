@@ -293,6 +293,22 @@ async fn a_release_dropped_unread_is_offered_again_and_a_read_one_is_not() {
     expect_none(&mut f, &nothing_installed(), "after reading it").await;
 }
 
+/// A release the poll loop set aside (a hold, a full disk) after reading it is offered again at
+/// the next check, though its checksum and file are unchanged.
+#[tokio::test]
+async fn a_deferred_release_is_offered_again() {
+    let nginx = Nginx::start();
+    let bytes = payload("deferred");
+    publish_settled(&nginx, "app", &bytes);
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut release = expect_release(&mut f, &nothing_installed(), "first").await;
+    read_all(&mut release).await.expect("body");
+    f.deferred(&release.identity);
+    let mut again = expect_release(&mut f, &nothing_installed(), "after deferral").await;
+    assert_eq!(again.identity, release.identity);
+    assert_eq!(read_all(&mut again).await.expect("body"), bytes);
+}
+
 #[tokio::test]
 async fn the_installed_release_costs_no_release_request() {
     let nginx = Nginx::start();
@@ -646,4 +662,227 @@ async fn https_runs_a_real_rustls_handshake_with_ring() {
         msg.contains("UnknownIssuer") || msg.contains("certificate"),
         "not a certificate error: {msg}"
     );
+}
+
+/// What the pipeline leaves in `Current` after refusing `release` for what its bytes were then
+/// (a checksum mismatch, a cut transfer): the transient key, with the release's source.
+fn refused_as_served(release: &Release) -> Current {
+    upshift_fetcher_conformance::refused_for_its_bytes(nothing_installed(), release)
+}
+
+fn requests_of(hits: &[Hit]) -> Vec<(&str, &str, u16)> {
+    hits.iter()
+        .map(|h| (h.method.as_str(), h.uri.as_str(), h.status))
+        .collect()
+}
+
+/// Sets `www/<rel>`'s mtime to `at` (well in the past, as after a slow upload's last write).
+fn backdate(nginx: &Nginx, rel: &str, at: std::time::SystemTime) {
+    let path = nginx.www().join(rel);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(at))
+        .unwrap_or_else(|e| panic!("backdating {}: {e}", path.display()));
+}
+
+/// No checksum published and the pipeline requires one: the release file is never `GET`, one
+/// `HEAD` names it, and the release comes with an empty body for the pipeline to refuse. Once
+/// refused, polls end at that `HEAD` until the file changes.
+#[tokio::test]
+async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
+    let nginx = Nginx::start();
+    let bytes = payload("unvouched");
+    nginx.put_settled("releases/app", &bytes);
+    let strict = Current {
+        requires_checksum: true,
+        ..nothing_installed()
+    };
+
+    // Checksum and signature looked up (both 404), then the HEAD.
+    let mut f = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let before = nginx.settled_hits().len();
+    let mut release = expect_release(&mut f, &strict, "no checksum, required").await;
+    let poll = since(&nginx.settled_hits(), before);
+    assert_eq!(
+        requests_of(&poll),
+        [
+            ("GET", "/releases/app.sha256", 404),
+            ("GET", "/releases/app.minisig", 404),
+            ("HEAD", "/releases/app", 200),
+        ],
+        "the release file must not be downloaded"
+    );
+    assert_eq!(
+        (release.sha256.as_deref(), release.signature.as_deref()),
+        (None, None)
+    );
+    assert!(
+        release.identity.starts_with("etag:"),
+        "{}",
+        release.identity
+    );
+    let (etag, _) = validators_of(&nginx.url("releases/app")).await;
+    assert_eq!(release.source, Some(format!("etag:{etag}")));
+    assert_eq!(release.size_hint, Some(LEN as u64));
+    assert_eq!(read_all(&mut release).await.expect("empty body"), b"");
+
+    // The pipeline refused it: later polls cost the lookups and the HEAD, no release, no body.
+    let mut refused = strict.clone();
+    refused
+        .rejected
+        .push(Current::rejection_key(&release.identity, None, None));
+    for poll in 0..2 {
+        let before = nginx.settled_hits().len();
+        expect_none(&mut f, &refused, "refused for no checksum").await;
+        let hits = since(&nginx.settled_hits(), before);
+        assert_eq!(
+            requests_of(&hits)
+                .iter()
+                .filter(|(_, uri, _)| *uri == "/releases/app")
+                .collect::<Vec<_>>(),
+            [&("HEAD", "/releases/app", 200)],
+            "poll {poll}: {hits:#?}"
+        );
+    }
+
+    // Told there is no checksum to look for: one HEAD per poll, exactly.
+    let mut bare = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .no_checksum()
+        .no_signature();
+    let before = nginx.settled_hits().len();
+    expect_none(&mut bare, &refused, "no_checksum(), refused").await;
+    let hits = since(&nginx.settled_hits(), before);
+    assert_eq!(requests_of(&hits), [("HEAD", "/releases/app", 200)]);
+    assert_eq!(body_bytes(&hits), 0);
+
+    // New bytes are a new candidate, again without a download.
+    // (Shorter: both files are backdated to the same second, and nginx's ETag is mtime-size.)
+    nginx.put_settled("releases/app", &payload("unvouched, v2")[..LEN - 1]);
+    let before = nginx.settled_hits().len();
+    let again = expect_release(&mut f, &refused, "new bytes, still no checksum").await;
+    assert_ne!(again.identity, release.identity);
+    let hits = since(&nginx.settled_hits(), before);
+    assert!(
+        hits.iter()
+            .all(|h| h.method != "GET" || h.uri != "/releases/app"),
+        "{hits:#?}"
+    );
+
+    // Not required (the operator opted out): downloaded as before.
+    let mut lax = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut release = expect_release(&mut lax, &nothing_installed(), "not required").await;
+    assert_eq!(read_all(&mut release).await.expect("body").len(), LEN - 1);
+}
+
+/// A server that refuses `HEAD` (a URL presigned for `GET`) is asked with a `GET` whose body is
+/// dropped unread: the release is still offered without its body, not an error.
+#[tokio::test]
+async fn a_server_refusing_head_is_asked_with_an_unread_get() {
+    let nginx = Nginx::start();
+    nginx.put_settled("gets-only/app", &payload("gets only"));
+    let strict = Current {
+        requires_checksum: true,
+        ..nothing_installed()
+    };
+    let mut f = HttpFetcher::new(nginx.url("gets-only/app"))
+        .expect("valid URL")
+        .no_checksum()
+        .no_signature();
+    let before = nginx.settled_hits().len();
+    let mut release = expect_release(&mut f, &strict, "HEAD refused").await;
+    assert_eq!(release.size_hint, Some(LEN as u64));
+    assert!(release.source.is_some(), "{release:?}");
+    assert_eq!(read_all(&mut release).await.expect("empty body"), b"");
+    let hits = since(&nginx.settled_hits(), before);
+    assert_eq!(
+        requests_of(&hits),
+        [
+            ("HEAD", "/gets-only/app", 403),
+            ("GET", "/gets-only/app", 200)
+        ]
+    );
+}
+
+/// The sequence: `app.sha256` written first, then `app` written in place in two halves,
+/// with a poll between. The half file is refused (checksum mismatch, remembered with its
+/// source); polls while it stays cost a 304 on the checksum and a 304 on the file; the complete
+/// file is offered at the first poll after the upload.
+#[tokio::test]
+async fn a_release_read_mid_upload_is_offered_once_the_upload_completes() {
+    let nginx = Nginx::start();
+    let bytes = payload("in place");
+    let sha = sha256_hex(&bytes);
+    nginx.put_settled("app.sha256", format!("{sha}  app\n").as_bytes());
+    let path = nginx.www().join("app");
+    std::fs::write(&path, &bytes[..LEN / 2]).expect("first half");
+    // A slow upload: the poll comes long after the last write.
+    let last_write = std::time::SystemTime::now() - Duration::from_secs(30);
+    backdate(&nginx, "app", last_write);
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+
+    let mut half = expect_release(&mut f, &nothing_installed(), "mid-upload").await;
+    assert_eq!(half.sha256.as_deref(), Some(sha.as_str()));
+    let (etag, _) = validators_of(&nginx.url("app")).await;
+    assert_eq!(
+        half.source,
+        Some(format!("etag:{etag}")),
+        "the source names the bytes served"
+    );
+    let read = read_all(&mut half).await.expect("the half file");
+    assert_eq!(read.len(), LEN / 2);
+    let refused = refused_as_served(&half);
+
+    for poll in 0..2 {
+        let before = nginx.settled_hits().len();
+        expect_none(&mut f, &refused, "still half uploaded").await;
+        let hits = since(&nginx.settled_hits(), before);
+        assert_eq!(
+            requests_of(&hits),
+            [("GET", "/app.sha256", 304), ("GET", "/app", 304)],
+            "poll {poll} while the file is unchanged"
+        );
+        assert_eq!(body_bytes(&hits), 0);
+    }
+
+    // The second half, in place.
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open for the second half");
+        file.write_all(&bytes[LEN / 2..]).expect("second half");
+    }
+    let mut whole = expect_release(&mut f, &refused, "upload complete").await;
+    assert_eq!(whole.identity, half.identity);
+    assert_eq!(read_all(&mut whole).await.expect("the whole file"), bytes);
+
+    // A fresh fetcher (a restarted master) that sees the refused bytes drops them after the
+    // response head: not offered.
+    std::fs::write(&path, &bytes[..LEN / 2]).expect("the half again");
+    backdate(&nginx, "app", last_write);
+    let mut fresh = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    expect_none(&mut fresh, &refused, "fresh fetcher, refused bytes").await;
+}
+
+/// After a release was refused for what its bytes were, republishing the identical, correct
+/// release atomically (new file, same checksum) makes it a candidate again.
+#[tokio::test]
+async fn an_atomic_republish_after_a_transient_refusal_is_offered() {
+    let nginx = Nginx::start();
+    let bytes = payload("republished");
+    let sha = sha256_hex(&bytes);
+    nginx.put_settled("app.sha256", format!("{sha}  app\n").as_bytes());
+    nginx.put_settled("app", &bytes[..LEN / 3]);
+    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut partial = expect_release(&mut f, &nothing_installed(), "partial").await;
+    read_all(&mut partial).await.expect("the partial file");
+    let refused = refused_as_served(&partial);
+    expect_none(&mut f, &refused, "unchanged").await;
+
+    nginx.put("app", &bytes);
+    let mut release = expect_release(&mut f, &refused, "republished atomically").await;
+    assert_eq!(read_all(&mut release).await.expect("body"), bytes);
 }

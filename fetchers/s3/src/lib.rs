@@ -16,10 +16,18 @@
 //! upshift's install pipeline, which checks the digest and signature.
 //!
 //! A release's identity is the object's ETag without quotes (with `@<version id>` in a versioned
-//! bucket). A release whose body was read to the end and that is not installed afterwards was
-//! rejected by the pipeline: it is not offered again until the object, its checksum or its
-//! signature changes (while it stays, each poll also re-reads the small `.sha256` / `.minisig`
-//! objects). A transfer that failed or was abandoned midway is offered again at the next check.
+//! bucket); its [`source`](upshift::fetch::Release::source) is that and the object's size. A
+//! release the pipeline refused ([`Current::was_rejected_from`]) costs one `HEAD` per poll while
+//! the object stays as it is: neither the object nor its `.sha256` / `.minisig` is read again
+//! (those are looked at again every 15 minutes, so that a checksum or signature published or
+//! corrected beside an unchanged object is still noticed). A release whose body was read to the
+//! end and that is not installed afterwards, the pipeline saying nothing, is taken as rejected
+//! too (then each poll also re-reads the side objects). A transfer that failed or was abandoned
+//! midway is offered again at the next check.
+//!
+//! When the object has no checksum and no signature and the pipeline requires one
+//! ([`Current::requires_checksum`]), it is not downloaded: the release is offered, from the
+//! `HEAD` alone, with an empty body for the pipeline to refuse unread.
 //!
 //! TLS is rustls with the *ring* provider; neither aws-lc nor OpenSSL is in the dependency tree.
 //!
@@ -58,7 +66,7 @@ mod errors;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::{Credentials, Region};
@@ -75,6 +83,9 @@ const DEFAULT_REGION: &str = "us-east-1";
 const SIDE_OBJECT_LIMIT: u64 = 64 * 1024;
 /// How often a check starts over when the object changes between its HEAD and its GET.
 const RACE_ATTEMPTS: usize = 3;
+/// How long the side objects of a refused, unchanged object go unread: a checksum or signature
+/// published or corrected beside it is noticed within this time.
+const VOUCH_RECHECK: Duration = Duration::from_secs(15 * 60);
 
 /// Watches an S3 object for new releases. See the [crate documentation](crate).
 ///
@@ -144,12 +155,24 @@ struct Seen {
     /// and read to the end (the pipeline installed or rejected it). Not raised when a transfer
     /// failed or the release was dropped unread: then the next check offers it again.
     settled: Arc<AtomicBool>,
+    /// When `sha256` and `signature` were last read.
+    vouched_at: Instant,
 }
 
 impl Seen {
     fn is_installed(&self, current: &Current) -> bool {
         current.identity.as_deref() == Some(self.identity.as_str())
             || same_digest(self.sha256.as_deref(), &current.sha256)
+    }
+
+    /// Whether the pipeline refused this version, as it is now (`source`).
+    fn is_refused(&self, current: &Current, source: &str) -> bool {
+        current.was_rejected_from(
+            &self.identity,
+            self.sha256.as_deref(),
+            self.signature.as_deref(),
+            Some(source),
+        )
     }
 }
 
@@ -162,8 +185,20 @@ struct Head {
     identity: String,
     /// From S3's SHA256 checksum or the `sha256` metadata.
     sha256: Option<String>,
+    size: Option<u64>,
 }
 
+impl Head {
+    /// [`Release::source`]: the version of the object and its size.
+    fn source(&self) -> String {
+        match self.size {
+            Some(size) => format!("etag:{} size:{size}", self.identity),
+            None => format!("etag:{}", self.identity),
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one per check, moved once: boxing would buy nothing
 enum Step {
     Done(Option<Release>),
     /// The object changed between HEAD and GET.
@@ -492,6 +527,7 @@ impl S3Fetcher {
             etag,
             identity,
             sha256: checksum.or(metadata),
+            size: out.content_length().and_then(|l| u64::try_from(l).ok()),
         }))
     }
 
@@ -627,18 +663,33 @@ impl S3Fetcher {
             return Ok(Step::Done(None));
         };
         self.missing_logged = false;
+        let source = head.source();
 
         if let Some(seen) = self.seen.as_ref().filter(|s| s.etag == head.etag) {
             if seen.is_installed(current) {
                 return Ok(Step::Done(None));
             }
-            if seen.settled.load(Ordering::Acquire)
+            if seen.is_refused(current, &source) {
+                // Refused, and the object is as it was: this HEAD decides, unless it is time to
+                // look at what vouches for it again.
+                if seen.vouched_at.elapsed() < VOUCH_RECHECK {
+                    tracing::trace!(fetcher = %self.name, identity = %head.identity, "refused before, unchanged");
+                    return Ok(Step::Done(None));
+                }
+                if !self.vouching_changed(&s3, &endpoint, &head, seen).await? {
+                    if let Some(seen) = self.seen.as_mut() {
+                        seen.vouched_at = Instant::now();
+                    }
+                    return Ok(Step::Done(None));
+                }
+            } else if seen.settled.load(Ordering::Acquire)
                 && !self.vouching_changed(&s3, &endpoint, &head, seen).await?
             {
                 // Handed out in full and not installed: rejected; the pipeline remembers it.
                 return Ok(Step::Done(None));
             }
-            // Otherwise the last transfer did not complete: offer it again.
+            // Otherwise the last transfer did not complete, or what vouches for it changed:
+            // offer it again.
         }
 
         if current.identity.as_deref() == Some(head.identity.as_str()) {
@@ -657,6 +708,46 @@ impl S3Fetcher {
         let signature = self
             .side_object(&s3, &endpoint, &self.minisig_key())
             .await?;
+        let file_name = self.key.rsplit('/').next().unwrap_or(&self.key);
+        let seen = |settled: bool| Seen {
+            etag: head.etag.clone(),
+            identity: head.identity.clone(),
+            sha256: sha256.clone(),
+            from_sidecar,
+            signature: signature.clone(),
+            settled: Arc::new(AtomicBool::new(settled)),
+            vouched_at: Instant::now(),
+        };
+        if current.was_rejected_from(
+            &head.identity,
+            sha256.as_deref(),
+            signature.as_deref(),
+            Some(&source),
+        ) {
+            tracing::debug!(fetcher = %self.name, identity = %head.identity, "refused before; not downloaded");
+            self.seen = Some(seen(true));
+            return Ok(Step::Done(None));
+        }
+        if sha256.is_none() && signature.is_none() && current.requires_checksum {
+            // The pipeline refuses a remote release that nothing vouches for before reading a
+            // byte of it: offer it from the HEAD alone. Not settled: until the pipeline says it
+            // refused it, the next check offers it again (still without a download).
+            tracing::debug!(fetcher = %self.name, identity = %head.identity, "no checksum or signature; offered without its body");
+            self.seen = Some(seen(false));
+            return Ok(Step::Done(Some(Release {
+                identity: head.identity.clone(),
+                sha256: None,
+                signature: None,
+                size_hint: head.size,
+                format: Format::from_name(file_name),
+                origin: Origin::Remote,
+                body: Box::new(tokio::io::empty()),
+                local_file: None,
+                rollout_percent: None,
+                version: None,
+                source: Some(source),
+            })));
+        }
 
         let what = format!("GET {}", self.name);
         let mut get = s3.get_object().bucket(&self.bucket).key(&self.key);
@@ -687,7 +778,6 @@ impl S3Fetcher {
             size_hint,
             settled_flag.clone(),
         );
-        let file_name = self.key.rsplit('/').next().unwrap_or(&self.key);
         tracing::debug!(
             fetcher = %self.name,
             identity = %head.identity,
@@ -697,12 +787,8 @@ impl S3Fetcher {
             "new release"
         );
         self.seen = Some(Seen {
-            etag: head.etag.clone(),
-            identity: head.identity.clone(),
-            sha256: sha256.clone(),
-            from_sidecar,
-            signature: signature.clone(),
             settled: settled_flag,
+            ..seen(false)
         });
         Ok(Step::Done(Some(Release {
             identity: head.identity,
@@ -715,7 +801,7 @@ impl S3Fetcher {
             local_file: None,
             rollout_percent: None,
             version: None,
-            source: None,
+            source: Some(source),
         })))
     }
 }
@@ -767,6 +853,7 @@ fn settled(head: &Head, sha256: Option<String>, from_sidecar: bool, sig: Option<
         from_sidecar,
         signature: sig,
         settled: Arc::new(AtomicBool::new(true)),
+        vouched_at: Instant::now(),
     }
 }
 

@@ -436,3 +436,115 @@ async fn a_missing_bucket_is_no_release() {
         .credentials(ACCESS_KEY, SECRET_KEY, None);
     nothing(&mut f, &unrelated()).await;
 }
+
+/// What the pipeline leaves in `Current` after refusing `release` for what its bytes were then
+/// (a checksum mismatch, a cut transfer).
+fn refused_as_served(release: &Release) -> Current {
+    upshift_fetcher_conformance::refused_for_its_bytes(unrelated(), release)
+}
+
+fn head_only() -> Vec<String> {
+    vec![format!("HEAD {} -> 200", object_path())]
+}
+
+/// No checksum anywhere and the pipeline requires one: the object is never `GET`; the release
+/// comes from the HEAD (after the side-object lookups) with an empty body, and once the pipeline
+/// refused it, a poll is one HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
+    let bed = Bed::start();
+    let bytes = payload("unvouched", 1024 * 1024);
+    bed.publish(&bytes, None, Vouch::Sidecar);
+    let strict = Current {
+        requires_checksum: true,
+        ..unrelated()
+    };
+    let mut f = bed.fetcher();
+    let mark = bed.proxy.log().len();
+    let mut release = found(&mut f, &strict).await;
+    assert_eq!(
+        describe(&since(&bed, mark)),
+        vec![
+            format!("HEAD {} -> 200", object_path()),
+            format!("GET {}.sha256 -> 404", object_path()),
+            format!("GET {}.minisig -> 404", object_path()),
+        ],
+        "the object must not be downloaded"
+    );
+    assert_eq!(
+        (release.sha256.as_deref(), release.signature.as_deref()),
+        (None, None)
+    );
+    assert_eq!(release.size_hint, Some(bytes.len() as u64));
+    let source = release.source.clone().expect("a source");
+    assert!(
+        source.contains(&release.identity) && source.contains(&bytes.len().to_string()),
+        "{source}"
+    );
+    assert_eq!(read_all(&mut release, 0).await, b"");
+    assert_eq!(bed.proxy.release_body_bytes(), 0);
+
+    let mut refused = strict.clone();
+    refused
+        .rejected
+        .push(Current::rejection_key(&release.identity, None, None));
+    for poll in 0..3 {
+        let mark = bed.proxy.log().len();
+        nothing(&mut f, &refused).await;
+        assert_eq!(describe(&since(&bed, mark)), head_only(), "poll {poll}");
+    }
+    assert_eq!(bed.proxy.release_body_bytes(), 0);
+
+    // A restarted master: the lookups once, no GET of the object, then one HEAD per poll.
+    let mut fresh = bed.fetcher();
+    nothing(&mut fresh, &refused).await;
+    let mark = bed.proxy.log().len();
+    nothing(&mut fresh, &refused).await;
+    assert_eq!(describe(&since(&bed, mark)), head_only());
+    assert_eq!(bed.proxy.release_body_bytes(), 0);
+}
+
+/// A release refused for what its bytes were (here a sidecar that does not match; a cut
+/// transfer alike) costs one HEAD per poll, side objects included, until the object changes;
+/// then it is offered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_refused_for_its_bytes_costs_one_head_until_they_change() {
+    let bed = Bed::start();
+    let good = payload("good", 200_000);
+    let sha = sha256_hex(&good);
+    // The sidecar first, then a partial object (an upload caught midway).
+    bed.publish(&good[..100_000], Some(&sha), Vouch::Sidecar);
+    let mut f = bed.fetcher();
+    let mut partial = found(&mut f, &unrelated()).await;
+    assert_eq!(partial.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(read_all(&mut partial, 100_000).await.len(), 100_000);
+    let refused = refused_as_served(&partial);
+
+    for poll in 0..3 {
+        let mark = bed.proxy.log().len();
+        nothing(&mut f, &refused).await;
+        assert_eq!(describe(&since(&bed, mark)), head_only(), "poll {poll}");
+    }
+
+    // A cut transfer of the same object, refused alike: not downloaded again either.
+    bed.proxy.truncate(Some(150_000));
+    let mut fresh = bed.fetcher();
+    let mut cut = found(&mut fresh, &unrelated()).await;
+    assert!(
+        read_body(&mut cut, 150_000).await.is_err(),
+        "a cut transfer read cleanly"
+    );
+    bed.proxy.truncate(None);
+    let cut_refused = refused_as_served(&cut);
+    let before = bed.proxy.release_body_bytes();
+    nothing(&mut fresh, &cut_refused).await;
+    let mark = bed.proxy.log().len();
+    nothing(&mut fresh, &cut_refused).await;
+    assert_eq!(describe(&since(&bed, mark)), head_only());
+    assert_eq!(bed.proxy.release_body_bytes(), before);
+
+    // The upload completes: a new object, offered at the next poll.
+    bed.put(KEY, &good);
+    let mut whole = found(&mut f, &refused).await;
+    assert_eq!(read_all(&mut whole, good.len()).await, good);
+}

@@ -19,6 +19,7 @@
 //! - `/limited/`: 429 with `Retry-After: 7`; `/busy/`: 503 without `Retry-After`; `/loop`
 //!   redirects to itself.
 //! - `/slow/`: served at 10 KB/s.
+//! - `/gets-only/`: 403 to `HEAD`, as a URL presigned for `GET` answers.
 //! - `/typed/`: everything as `application/zip`.
 
 use std::fs;
@@ -221,6 +222,9 @@ http {{
             return 429;
         }}
         location /busy/ {{ return 503; }}
+        location /gets-only/ {{
+            if ($request_method = HEAD) {{ return 403; }}
+        }}
         location = /loop {{ return 302 /loop; }}
         location /slow/ {{ limit_rate 10k; }}
         location /typed/ {{
