@@ -280,8 +280,18 @@ impl Upgrader {
         self
     }
 
-    /// The running program's version, handed to fetchers that compare versions (GitHub tags):
-    /// usually `.version(env!("CARGO_PKG_VERSION"))`.
+    /// The running program's version: usually `.version(env!("CARGO_PKG_VERSION"))`.
+    ///
+    /// It is part of the **version floor**, with the highest version this host ever installed
+    /// (kept in `<binary>.upshift-state`, so it survives restarts): a release whose version is at
+    /// or below the floor is never installed, and fetchers that know versions (GitHub tags) do
+    /// not offer it. A library cannot read your crate's version, so nothing is assumed: the GitHub
+    /// fetcher reports an error until a floor is known from here, from
+    /// `GithubFetcher::current_version`, or from an earlier install.
+    ///
+    /// ```no_run
+    /// let upgrader = upshift::Upgrader::new().version(env!("CARGO_PKG_VERSION"));
+    /// ```
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
         self

@@ -179,7 +179,11 @@ impl fmt::Display for UpgradeEvent {
                 found,
                 repaired,
             } => {
-                let what = if *repaired { "put back" } else { "could not be put back" };
+                let what = if *repaired {
+                    "put back"
+                } else {
+                    "could not be put back"
+                };
                 write!(
                     f,
                     "{path} diverged from the serving build: sha256 {found}, expected {expected}; the serving build {what}"

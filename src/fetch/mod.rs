@@ -27,7 +27,12 @@ pub type ReleaseBody = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 ///     identity: Some("v1.2.0".into()),
 ///     version: Some("1.2.0".into()),
 ///     rejected: Vec::new(),
+///     requires_checksum: true,
 /// };
+/// // A floor of 1.2.0: only a strictly greater version may be offered.
+/// assert!(current.accepts_version("v1.2.1"));
+/// assert!(!current.accepts_version("1.2.0"));
+/// assert!(!current.accepts_version("nightly"));
 /// // The pipeline refused v1.3.0 (say, it crashed in its test run): a fetcher that finds it
 /// // again with the same checksum and no signature need not download it.
 /// current.rejected.push(Current::rejection_key("v1.3.0", Some("ab12"), None));
@@ -82,7 +87,7 @@ impl Current {
         signature: Option<&str>,
     ) -> bool {
         let key = Current::rejection_key(identity, sha256, signature);
-        self.rejected.iter().any(|k| *k == key)
+        self.rejected.contains(&key)
     }
 
     /// Whether a release refused for a reason that may pass once its source changes (a checksum
@@ -104,7 +109,7 @@ impl Current {
             return false;
         };
         let key = Current::transient_rejection_key(identity, sha256, signature, source);
-        self.rejected.iter().any(|k| *k == key)
+        self.rejected.contains(&key)
     }
 
     /// The key under which a release refused for a transient reason is remembered: as

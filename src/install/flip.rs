@@ -24,7 +24,8 @@ pub(crate) fn read_link(invoked: &Path) -> Result<PathBuf, InstallError> {
             io::Error::from(io::ErrorKind::InvalidInput),
         ));
     }
-    fs::read_link(invoked).map_err(|e| InstallError::io(format!("reading the link {}", invoked.display()), e))
+    fs::read_link(invoked)
+        .map_err(|e| InstallError::io(format!("reading the link {}", invoked.display()), e))
 }
 
 /// Moves `staged` into a new directory beside the current release's (named after `identity`),
@@ -49,7 +50,10 @@ pub(crate) fn install_flip(
         .map_err(|e| InstallError::io(format!("reading {}", target.display()), e))?;
     let mode = current.mode() & 0o7777;
     let placed = (|| {
-        fs::set_permissions(&staged.path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        fs::set_permissions(
+            &staged.path,
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )?;
         fs::File::open(&staged.path)?.sync_all()?;
         fs::rename(&staged.path, &new_file)?;
         fs::File::open(&new_dir)?.sync_all()
@@ -127,7 +131,10 @@ fn fresh_dir(releases: &Path, identity: &str) -> Result<PathBuf, InstallError> {
         }
     }
     Err(InstallError::io(
-        format!("no free release directory name under {}", releases.display()),
+        format!(
+            "no free release directory name under {}",
+            releases.display()
+        ),
         io::Error::from(io::ErrorKind::AlreadyExists),
     ))
 }
@@ -164,7 +171,10 @@ mod tests {
     #[test]
     fn relative_paths_climb_to_the_common_ancestor() {
         assert_eq!(
-            relative_to(Path::new("/srv/app/releases/v2/app"), Path::new("/srv/app/bin")),
+            relative_to(
+                Path::new("/srv/app/releases/v2/app"),
+                Path::new("/srv/app/bin")
+            ),
             PathBuf::from("../releases/v2/app")
         );
         assert_eq!(

@@ -28,9 +28,7 @@ use std::time::Duration;
 pub(crate) use flip::{flip_link, install_flip, read_link};
 #[cfg(test)]
 pub(crate) use replace::file_sha256;
-pub(crate) use replace::{
-    install, resolve_target, restore_from, sweep_leftovers,
-};
+pub(crate) use replace::{install, resolve_target, restore_from, sweep_leftovers};
 pub(crate) use stage::{stage, StageOptions, Staged};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
 

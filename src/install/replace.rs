@@ -12,7 +12,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 use super::{InstallError, Staged};
 
 /// The binary to replace: the file a symlink points to, so that the link itself stays (a deploy
@@ -86,12 +85,15 @@ pub(crate) fn restore_from(from: &File, target: &Path) -> Result<(), InstallErro
         io::copy(&mut src, &mut out)?;
         out.sync_all()
     })();
-    copied.map_err(|e| InstallError::io(format!("copying the serving build to {}", tmp.display()), e))?;
+    copied.map_err(|e| {
+        InstallError::io(format!("copying the serving build to {}", tmp.display()), e)
+    })?;
     let mode_of = fs::metadata(target).or_else(|_| from.metadata());
     let meta = mode_of.map_err(|e| InstallError::io(format!("reading {shown}"), e))?;
     copy_owner_and_mode(&tmp, &meta)?;
-    retry_busy(|| fs::rename(&tmp, target))
-        .map_err(|e| InstallError::io(format!("renaming the serving build back over {shown}"), e))?;
+    retry_busy(|| fs::rename(&tmp, target)).map_err(|e| {
+        InstallError::io(format!("renaming the serving build back over {shown}"), e)
+    })?;
     std::mem::forget(guard);
     sync_dir(target);
     Ok(())

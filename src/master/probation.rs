@@ -58,13 +58,11 @@ impl Updater {
         let restored_build = candidate.restored.clone();
         let now = std::time::Instant::now();
         let offer = candidate.offer();
-        let still = books.ledger().state.failed(
-            &candidate.build,
-            &offer,
-            &restored_build,
-            reason,
-            now,
-        );
+        let still =
+            books
+                .ledger()
+                .state
+                .failed(&candidate.build, &offer, &restored_build, reason, now);
         let identity = candidate.identity.clone();
         if !still {
             books.ledger().save();
@@ -157,5 +155,64 @@ fn write_back(invoked: &Path, restore: &RestorePoint) -> Result<(), InstallError
                 .map_err(|e| InstallError::io(format!("resolving {}", invoked.display()), e))?;
             install::restore_from(&restore.file, &target)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "upshift-putback-{tag}-{}-{}",
+            std::process::id(),
+            crate::install::random_hex()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// `app` holds `serving`, kept as the restore point; then a candidate is renamed over it.
+    fn serving_then_candidate(dir: &Path) -> (PathBuf, Ledger, RestorePoint) {
+        let app = dir.join("app");
+        fs::write(&app, b"serving build").unwrap();
+        let mut ledger = Ledger::load(&app, None);
+        ledger.observe().unwrap();
+        let restore = RestorePoint::capture(&mut ledger.hasher, None, &app, None).unwrap();
+        fs::write(dir.join("staged"), b"candidate build").unwrap();
+        fs::rename(dir.join("staged"), &app).unwrap();
+        (app, ledger, restore)
+    }
+
+    #[test]
+    fn the_kept_serving_build_is_put_back_and_checked() {
+        let dir = scratch("ok");
+        let (app, mut ledger, restore) = serving_then_candidate(&dir);
+        assert!(put_back(&mut ledger, &app, &restore).unwrap().is_none());
+        assert_eq!(fs::read(&app).unwrap(), b"serving build");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_kept_build_that_changed_since_is_not_put_back() {
+        let dir = scratch("changed");
+        let (app, mut ledger, restore) = serving_then_candidate(&dir);
+        // Someone wrote into the kept file's inode: its earlier hash no longer holds.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(format!("/proc/self/fd/{}", {
+                use std::os::fd::AsRawFd;
+                restore.file.as_raw_fd()
+            }));
+        f.as_mut().unwrap().write_all(b" tampered").unwrap();
+        drop(f);
+        let err = put_back(&mut ledger, &app, &restore).unwrap_err();
+        assert!(err.to_string().contains("changed since"), "{err}");
+        assert_eq!(fs::read(&app).unwrap(), b"candidate build");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

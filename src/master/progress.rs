@@ -75,4 +75,3 @@ impl AsyncRead for Progress {
         polled
     }
 }
-

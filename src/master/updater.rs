@@ -164,13 +164,15 @@ impl Updater {
         let mut faults: u32 = 0;
         // The first check is at once: the first worker is already starting, nothing waits on it.
         let mut delay = Duration::ZERO;
+        // The last release this fetcher offered, for reminders while it stays refused.
+        let mut last_offered: Option<String> = None;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = fetcher.changed() => {}
                 () = check_now.notified() => {}
             }
-            let outcome = self.check_once(fetcher.as_mut()).await;
+            let outcome = self.check_once(fetcher.as_mut(), &mut last_offered).await;
             delay = match outcome {
                 Ok(Checked::Done) => {
                     errors = 0;
@@ -203,6 +205,7 @@ impl Updater {
     async fn check_once(
         self: &Arc<Self>,
         fetcher: &mut dyn Fetcher,
+        last_offered: &mut Option<String>,
     ) -> Result<Checked, FetchError> {
         let mut guard = self.books.lock().await;
         let books = match guard.as_mut() {
@@ -230,8 +233,17 @@ impl Updater {
         let current = books.ledger().state.current(&self.cfg.policy(), now);
         let Some(release) = fetcher.check(&current).await? else {
             tracing::debug!(fetcher = fetcher.name(), "no new release");
+            // Nothing newer than what it offered last: if that was refused, it still is.
+            if let Some(identity) = last_offered.as_deref() {
+                let due = books.ledger().state.remind_due(identity, now);
+                if let Some(reason) = due {
+                    let identity = identity.to_string();
+                    self.emit(UpgradeEvent::StillRejected { identity, reason });
+                }
+            }
             return Ok(Checked::Done);
         };
+        *last_offered = Some(release.identity.clone());
         if let Some(why) = self.cfg.fleet.defers(&standing, &release) {
             self.cfg.fleet.note(Some(&release.identity), &why);
             fetcher.deferred(&release.identity);
@@ -282,17 +294,20 @@ impl Updater {
             source: release.source.as_deref(),
             origin: release.origin,
         };
-        match books.ledger().state.admit(&offer, &self.cfg.policy(), now) {
+        // Bound first: a guard in a `match` scrutinee would live through the arms, which lock
+        // the ledger again.
+        let admission = books.ledger().state.admit(&offer, &self.cfg.policy(), now);
+        match admission {
             Admission::Download => {}
             Admission::Refuse { reason } => {
                 // Decided from what the release says about itself: not a byte of it was read.
                 let kind = crate::release::model::RefusalKind::Release;
-                books.ledger().state.refuse(&offer, None, &reason, kind, now);
+                books
+                    .ledger()
+                    .state
+                    .refuse(&offer, None, &reason, kind, now);
                 tracing::warn!(%identity, %reason, "release refused before downloading it; the running version keeps serving");
-                self.emit(UpgradeEvent::Rejected {
-                    identity,
-                    reason,
-                });
+                self.emit(UpgradeEvent::Rejected { identity, reason });
                 return;
             }
             Admission::AlreadyRefused { reason, remind } => {
@@ -335,8 +350,8 @@ impl Updater {
                 return self.reject(books, &offer, None, &e);
             }
         };
-        let installed_sha = (books.ledger().state.persisted.installed.as_ref())
-            .map(|b| b.sha256.clone());
+        let installed_sha =
+            (books.ledger().state.persisted.installed.as_ref()).map(|b| b.sha256.clone());
         let staged = match install::stage(release, &target, &self.cfg.stage).await {
             Ok(s) => s,
             Err(InstallError::ChecksumMismatch { actual, .. })
@@ -509,16 +524,22 @@ impl Updater {
         error: &InstallError,
     ) {
         let identity = offer.identity.to_string();
+        let reason = error.to_string();
+        if books.ledger().state.refused_alike(&identity, &reason) {
+            // The same bytes again (the source's description of them changed, they did not).
+            tracing::debug!(%identity, %reason, "release refused again for the same reason");
+            if let Some(kind) = refusal_kind(error) {
+                let now = std::time::Instant::now();
+                (books.ledger().state).refuse(offer, binary_sha256, &reason, kind, now);
+            }
+            return;
+        }
         tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
         let now = std::time::Instant::now();
         match refusal_kind(error) {
-            Some(kind) => (books.ledger().state).refuse(
-                offer,
-                binary_sha256,
-                &error.to_string(),
-                kind,
-                now,
-            ),
+            Some(kind) => {
+                (books.ledger().state).refuse(offer, binary_sha256, &error.to_string(), kind, now)
+            }
             None => books.retry = Some(identity.clone()),
         }
         self.emit(UpgradeEvent::Rejected {
@@ -568,15 +589,20 @@ fn install_blocking(
             install::install_flip(staged, invoked, &disk.target, identity)?
         }
     };
-    let now = ledger
-        .hasher
-        .read_target(invoked)
-        .map_err(|e| InstallError::io(format!("reading {} after the install", invoked.display()), e))?;
+    let now = ledger.hasher.read_target(invoked).map_err(|e| {
+        InstallError::io(
+            format!("reading {} after the install", invoked.display()),
+            e,
+        )
+    })?;
     if now.sha256 == expected {
         return Ok((restore, previous, None));
     }
     tracing::error!(path = %written.display(), expected, found = %now.sha256, "the binary is not what was just installed");
-    let repaired = matches!(super::probation::put_back(ledger, invoked, &restore), Ok(None));
+    let repaired = matches!(
+        super::probation::put_back(ledger, invoked, &restore),
+        Ok(None)
+    );
     let event = UpgradeEvent::Diverged {
         path: now.target.display().to_string(),
         expected: expected.to_string(),

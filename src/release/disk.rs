@@ -84,8 +84,7 @@ pub(crate) struct RestorePoint {
 
 impl RestorePoint {
     /// Opens what serves now: the serving worker's executable when one serves (the very inode it
-    /// runs, even if the path was changed since), else the file at the target. Returns `None`
-    /// with a warning when neither can be read.
+    /// runs, even if the path was changed since), else the file at the target.
     pub(crate) fn capture(
         hasher: &mut Hasher,
         serving_pid: Option<u32>,

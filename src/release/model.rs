@@ -115,9 +115,14 @@ pub(crate) struct Policy {
 pub(crate) enum Admission {
     Download,
     /// Refused before a byte of the body was read; remember it.
-    Refuse { reason: String },
+    Refuse {
+        reason: String,
+    },
     /// Refused before; `remind` when the reminder is due (logged at INFO and an event).
-    AlreadyRefused { reason: String, remind: bool },
+    AlreadyRefused {
+        reason: String,
+        remind: bool,
+    },
 }
 
 /// What to do with a staged, verified binary.
@@ -138,7 +143,9 @@ pub(crate) enum DiskChange {
     /// First look, or a state file that named another build: now recorded.
     Adopted,
     /// Someone else put another build at the path (a manual deploy): it is what is installed now.
-    ChangedOutside { was: String },
+    ChangedOutside {
+        was: String,
+    },
 }
 
 /// The release state of one master.
@@ -189,11 +196,7 @@ impl ReleaseState {
         // The operator's build counts as proven: it is what they chose to run, and a failing
         // candidate after it falls back to it, not to something older.
         self.persisted.proven = Some(sha256.to_string());
-        if self
-            .probation
-            .as_ref()
-            .is_some_and(|p| p.sha256 != sha256)
-        {
+        if self.probation.as_ref().is_some_and(|p| p.sha256 != sha256) {
             self.probation = None;
         }
         change
@@ -302,6 +305,14 @@ impl ReleaseState {
         }
     }
 
+    /// Whether this release was refused before for the very same reason (the same bytes read
+    /// again under a changed source description): not news, so not worth a warning.
+    pub(crate) fn refused_alike(&self, identity: &str, reason: &str) -> bool {
+        self.refusals
+            .iter()
+            .any(|r| r.identity == identity && r.reason == reason)
+    }
+
     /// Remembers a refusal. A transient one is keyed by the source's description of the bytes,
     /// so that new bytes are a new candidate; without one, it is kept only for a while.
     pub(crate) fn refuse(
@@ -338,10 +349,15 @@ impl ReleaseState {
     /// build it replaced had proven itself (then `.prev` took it: `.prev` is always the last
     /// proven build before the installed one).
     pub(crate) fn installed(&mut self, build: Build) -> bool {
-        let replaced_proven = self.persisted.installed.as_ref().map(|b| &b.sha256)
-            == self.persisted.proven.as_ref();
+        let replaced_proven =
+            self.persisted.installed.as_ref().map(|b| &b.sha256) == self.persisted.proven.as_ref();
         if let Some(v) = &build.version {
-            if self.persisted.highest_version.as_ref().is_none_or(|h| v > h) {
+            if self
+                .persisted
+                .highest_version
+                .as_ref()
+                .is_none_or(|h| v > h)
+            {
                 self.persisted.highest_version = Some(v.clone());
             }
         }
@@ -357,7 +373,12 @@ impl ReleaseState {
             b.identity = Some(identity.to_string());
             if let Some(v) = version {
                 b.version = Some(v.clone());
-                if self.persisted.highest_version.as_ref().is_none_or(|h| v > h) {
+                if self
+                    .persisted
+                    .highest_version
+                    .as_ref()
+                    .is_none_or(|h| v > h)
+                {
                     self.persisted.highest_version = Some(v.clone());
                 }
             }
@@ -433,6 +454,18 @@ impl ReleaseState {
             // What served before the candidate is back on probation if it was on probation.
         }
         still
+    }
+
+    /// The last release a fetcher offered was refused, and the fetcher keeps offering nothing
+    /// newer (it skips what was refused): the reason, when a reminder is due.
+    pub(crate) fn remind_due(&mut self, identity: &str, now: Instant) -> Option<String> {
+        self.forget_expired(now);
+        let r = self.refusals.iter_mut().rfind(|r| r.identity == identity)?;
+        if now.saturating_duration_since(r.reminded) < REMIND_EVERY {
+            return None;
+        }
+        r.reminded = now;
+        Some(r.reason.clone())
     }
 
     fn forget_expired(&mut self, now: Instant) {

@@ -28,16 +28,25 @@ enum Kind {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Publish { kind: Kind, version: Option<u8> },
+    Publish {
+        kind: Kind,
+        version: Option<u8>,
+    },
     /// A good release written in place: a poll reads it half-written, then the upload ends.
-    UploadInPlace { version: Option<u8> },
+    UploadInPlace {
+        version: Option<u8>,
+    },
     Poll,
     /// The operator copies a new build over the binary (or flips its symlink to one).
-    ManualDeploy { restart: bool },
+    ManualDeploy {
+        restart: bool,
+    },
     RestartSignal,
     ProbationEnds,
     MasterRestart,
-    Wait { minutes: u8 },
+    Wait {
+        minutes: u8,
+    },
 }
 
 fn kind() -> impl Strategy<Value = Kind> {
@@ -188,7 +197,12 @@ impl Host {
                 self.poll()?;
                 if admissible {
                     // Refused while half-written, it must install once intact.
-                    let installed = self.st.persisted.installed.as_ref().map(|b| b.sha256.clone());
+                    let installed = self
+                        .st
+                        .persisted
+                        .installed
+                        .as_ref()
+                        .map(|b| b.sha256.clone());
                     prop_assert_eq!(
                         installed,
                         Some(sha(build)),
@@ -273,7 +287,10 @@ impl Host {
             return Ok(());
         };
         // Decisions from metadata read no body: only a release that passed them is downloaded.
-        prop_assert!(checksum.is_some(), "a release without a checksum was downloaded");
+        prop_assert!(
+            checksum.is_some(),
+            "a release without a checksum was downloaded"
+        );
         if let Some(v) = p.version.as_deref() {
             let v = parse_version(v).unwrap_or_else(|| Version::new(0, 0, 0));
             prop_assert!(
@@ -301,15 +318,25 @@ impl Host {
                 return Ok(());
             }
             Staging::RefusedBefore { reason } => {
-                self.st
-                    .refuse(&offer, Some(&build.sha256), &reason, RefusalKind::Release, self.now);
+                self.st.refuse(
+                    &offer,
+                    Some(&build.sha256),
+                    &reason,
+                    RefusalKind::Release,
+                    self.now,
+                );
                 return Ok(());
             }
         }
         if p.kind == Kind::NotUpshift {
             let reason = "did not answer the handshake";
-            self.st
-                .refuse(&offer, Some(&build.sha256), reason, RefusalKind::Release, self.now);
+            self.st.refuse(
+                &offer,
+                Some(&build.sha256),
+                reason,
+                RefusalKind::Release,
+                self.now,
+            );
             return Ok(());
         }
         // Install: what serves is kept open as the restore point; `.prev` takes a proven build.
@@ -372,7 +399,10 @@ impl Host {
             source: Some(&p.source),
             origin: Origin::Remote,
         };
-        if self.st.failed(&p.build, &offer, &p.restore, "crashed", self.now) {
+        if self
+            .st
+            .failed(&p.build, &offer, &p.restore, "crashed", self.now)
+        {
             let restored = self.build_of(&p.restore.sha256);
             // A rollback never restores below the serving build: exactly the one that served
             // when the candidate was installed (which still serves, if it failed before ready).
@@ -400,12 +430,22 @@ impl Host {
         );
         // What is recorded as installed is what is on disk, once observed.
         self.observe();
-        let recorded = self.st.persisted.installed.as_ref().map(|b| b.sha256.clone());
+        let recorded = self
+            .st
+            .persisted
+            .installed
+            .as_ref()
+            .map(|b| b.sha256.clone());
         prop_assert_eq!(recorded, Some(sha(self.disk)));
         // The floor only goes up, across restarts too.
         let floor = self.st.floor().cloned();
         if let (Some(before), Some(now)) = (&self.last_floor, &floor) {
-            prop_assert!(now >= before, "the floor went down from {} to {}", before, now);
+            prop_assert!(
+                now >= before,
+                "the floor went down from {} to {}",
+                before,
+                now
+            );
         }
         prop_assert!(
             !(self.last_floor.is_some() && floor.is_none()),
@@ -413,9 +453,14 @@ impl Host {
         );
         self.last_floor = floor;
         // Nothing that failed is what the disk holds unless the operator put it there.
-        let kind = self.kinds.iter().find(|(b, _)| *b == self.disk).map(|(_, k)| *k);
+        let kind = self
+            .kinds
+            .iter()
+            .find(|(b, _)| *b == self.disk)
+            .map(|(_, k)| *k);
         prop_assert!(
-            matches!(kind, Some(Kind::Good) | Some(Kind::CrashAfterReady)) || self.operator.contains(&self.disk),
+            matches!(kind, Some(Kind::Good) | Some(Kind::CrashAfterReady))
+                || self.operator.contains(&self.disk),
             "disk holds build {} of kind {:?}",
             self.disk,
             kind
@@ -454,24 +499,48 @@ proptest! {
 fn a_rollback_restores_the_serving_build_not_the_one_before_it() {
     // Sequence 1 of the issue, spelled out: A on probation, B fails before ready.
     let mut h = Host::new();
-    h.step(&Step::Publish { kind: Kind::Good, version: None }).unwrap();
+    h.step(&Step::Publish {
+        kind: Kind::Good,
+        version: None,
+    })
+    .unwrap();
     let a = h.disk;
-    h.step(&Step::Publish { kind: Kind::CrashBeforeReady, version: None }).unwrap();
+    h.step(&Step::Publish {
+        kind: Kind::CrashBeforeReady,
+        version: None,
+    })
+    .unwrap();
     assert_eq!(h.disk, a);
     assert_eq!(h.serving, a);
     assert_eq!(h.prev, Some(1));
     h.step(&Step::ProbationEnds).unwrap();
-    h.step(&Step::Publish { kind: Kind::Good, version: None }).unwrap();
-    assert_eq!(h.prev, Some(a), ".prev takes A once it proved itself and was replaced");
+    h.step(&Step::Publish {
+        kind: Kind::Good,
+        version: None,
+    })
+    .unwrap();
+    assert_eq!(
+        h.prev,
+        Some(a),
+        ".prev takes A once it proved itself and was replaced"
+    );
 }
 
 #[test]
 fn the_floor_survives_a_master_restart_and_refuses_downgrades() {
     let mut h = Host::new();
-    h.step(&Step::Publish { kind: Kind::Good, version: Some(9) }).unwrap();
+    h.step(&Step::Publish {
+        kind: Kind::Good,
+        version: Some(9),
+    })
+    .unwrap();
     h.step(&Step::MasterRestart).unwrap();
     let before = h.disk;
-    h.step(&Step::Publish { kind: Kind::Good, version: Some(5) }).unwrap();
+    h.step(&Step::Publish {
+        kind: Kind::Good,
+        version: Some(5),
+    })
+    .unwrap();
     assert_eq!(h.disk, before, "5.0.0 after 9.0.0 was installed");
     assert_eq!(h.st.floor().map(ToString::to_string), Some("9.0.0".into()));
 }
@@ -479,7 +548,11 @@ fn the_floor_survives_a_master_restart_and_refuses_downgrades() {
 #[test]
 fn a_manual_deploy_makes_the_previous_release_new_again() {
     let mut h = Host::new();
-    h.step(&Step::Publish { kind: Kind::Good, version: None }).unwrap();
+    h.step(&Step::Publish {
+        kind: Kind::Good,
+        version: None,
+    })
+    .unwrap();
     let a = h.disk;
     h.step(&Step::ProbationEnds).unwrap();
     h.step(&Step::ManualDeploy { restart: true }).unwrap();
@@ -495,10 +568,22 @@ fn a_manual_deploy_makes_the_previous_release_new_again() {
 fn a_refusal_is_reminded_at_most_every_few_minutes() {
     let mut st = ReleaseState::new(Persisted::default(), None);
     st.observe_disk(&sha(1));
-    let policy = Policy { require_checksum_for_remote: true, require_signature: false };
+    let policy = Policy {
+        require_checksum_for_remote: true,
+        require_signature: false,
+    };
     let now = Instant::now();
-    let offer = Offer { identity: "x", sha256: None, signature: None, version: None, source: None, origin: Origin::Remote };
-    let Admission::Refuse { reason } = st.admit(&offer, &policy, now) else { panic!("admitted") };
+    let offer = Offer {
+        identity: "x",
+        sha256: None,
+        signature: None,
+        version: None,
+        source: None,
+        origin: Origin::Remote,
+    };
+    let Admission::Refuse { reason } = st.admit(&offer, &policy, now) else {
+        panic!("admitted")
+    };
     st.refuse(&offer, None, &reason, RefusalKind::Release, now);
     let remind = |st: &mut ReleaseState, t| match st.admit(&offer, &policy, t) {
         Admission::AlreadyRefused { remind, .. } => remind,
@@ -506,6 +591,19 @@ fn a_refusal_is_reminded_at_most_every_few_minutes() {
     };
     assert!(!remind(&mut st, now + Duration::from_secs(60)));
     assert!(remind(&mut st, now + REMIND_EVERY));
-    assert!(!remind(&mut st, now + REMIND_EVERY + Duration::from_secs(1)));
+    assert!(!remind(
+        &mut st,
+        now + REMIND_EVERY + Duration::from_secs(1)
+    ));
     assert!(st.current(&policy, now).was_rejected("x", None, None));
+    // A fetcher that skips it offers nothing; the poll loop asks whether a reminder is due.
+    assert_eq!(
+        st.remind_due("x", now + REMIND_EVERY),
+        None,
+        "reminded twice in a row"
+    );
+    let later = now + REMIND_EVERY * 2 + Duration::from_secs(1);
+    assert!(st.remind_due("x", later).is_some());
+    assert_eq!(st.remind_due("x", later + Duration::from_secs(60)), None);
+    assert_eq!(st.remind_due("never refused", later), None);
 }

@@ -53,7 +53,12 @@ pub(crate) fn load(path: &Path) -> Result<Option<Persisted>, LoadError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(LoadError::Io { path: shown, source }),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: shown,
+                source,
+            })
+        }
     };
     let mut text = String::new();
     let read = io::Read::read_to_string(&mut io::Read::take(file, MAX_STATE_BYTES + 1), &mut text);

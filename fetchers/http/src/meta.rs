@@ -93,25 +93,30 @@ pub(crate) fn identity_without_digest(v: &Validators, url: &Url, len: Option<u64
 }
 
 /// What the server said about a release file's bytes ([`Release::source`]): its ETag, else its
-/// Last-Modified and length. `None` when it said neither, or when they were not settled (the
-/// file was modified in the second it was served): a same-size rewrite within that second keeps
-/// them, so a refusal remembered under them could outlive the bytes it was about.
+/// Last-Modified and length. `None` when it said neither. When they were not settled (the file
+/// was modified in the second it was served, as during an upload in place), a same-size rewrite
+/// within that second keeps them, so a refusal remembered under them could outlive the bytes it
+/// was about: the source is then made unique to this response, and the next poll tries again
+/// until the file has settled.
 ///
 /// [`Release::source`]: upshift::fetch::Release::source
 pub(crate) fn source_of(v: &Validators, len: Option<u64>) -> Option<String> {
     let text =
         |h: &reqwest::header::HeaderValue| String::from_utf8_lossy(h.as_bytes()).into_owned();
-    if !v.reliable() {
-        return None;
-    }
-    match (&v.etag, &v.last_modified) {
+    static UNSETTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unsettled = (!v.reliable()).then(|| {
+        let n = UNSETTLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("unsettled#{n}:")
+    });
+    let settled = match (&v.etag, &v.last_modified) {
         (Some(etag), _) => Some(format!("etag:{}", text(etag))),
         (None, Some(date)) => {
             let len = len.map_or_else(|| "?".to_string(), |n| n.to_string());
             Some(format!("last-modified:{}#{len}", text(date)))
         }
         (None, None) => None,
-    }
+    }?;
+    Some(unsettled.unwrap_or_default() + &settled)
 }
 
 /// The format by name, if the name says one (`None` for a plain name: the executable itself, or

@@ -189,11 +189,12 @@ pub struct Fetched {
     pub bytes: Vec<u8>,
 }
 
-/// What the install pipeline knows before its first upgrade: a binary that is none of ours.
+/// What the install pipeline knows before its first upgrade: a binary that is none of ours,
+/// with a version floor (`None`: the lowest, 0.0.1; the GitHub fetcher needs one).
 pub fn fresh_current(version: Option<&str>) -> Current {
     Current {
         sha256: "0".repeat(64),
-        version: version.map(str::to_string),
+        version: Some(version.unwrap_or("0.0.1").to_string()),
         ..Default::default()
     }
 }

@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use super::{sha256_hex, TempDir};
 use crate::install::replace::prev_path;
-use crate::install::{
-    file_sha256, install, resolve_target, restore_from, sweep_leftovers, Staged,
-};
+use crate::install::{file_sha256, install, resolve_target, restore_from, sweep_leftovers, Staged};
 
 fn staged(dir: &TempDir, content: &[u8]) -> Staged {
     let path = dir.exe(
