@@ -525,27 +525,22 @@ impl Updater {
     ) {
         let identity = offer.identity.to_string();
         let reason = error.to_string();
-        if books.ledger().state.refused_alike(&identity, &reason) {
-            // The same bytes again (the source's description of them changed, they did not).
-            tracing::debug!(%identity, %reason, "release refused again for the same reason");
-            if let Some(kind) = refusal_kind(error) {
-                let now = std::time::Instant::now();
-                (books.ledger().state).refuse(offer, binary_sha256, &reason, kind, now);
-            }
-            return;
-        }
-        tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
-        let now = std::time::Instant::now();
+        // The same bytes refused again for the same reason (the source's description of them
+        // changed, they did not) are not news.
+        let news = !books.ledger().state.refused_alike(&identity, &reason);
         match refusal_kind(error) {
             Some(kind) => {
-                (books.ledger().state).refuse(offer, binary_sha256, &error.to_string(), kind, now)
+                let now = std::time::Instant::now();
+                (books.ledger().state).refuse(offer, binary_sha256, &reason, kind, now)
             }
             None => books.retry = Some(identity.clone()),
         }
-        self.emit(UpgradeEvent::Rejected {
-            identity,
-            reason: error.to_string(),
-        });
+        if !news {
+            tracing::debug!(%identity, %reason, "release refused again for the same reason");
+            return;
+        }
+        tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
+        self.emit(UpgradeEvent::Rejected { identity, reason });
     }
 
     pub(super) fn emit(&self, event: UpgradeEvent) {

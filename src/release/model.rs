@@ -345,43 +345,34 @@ impl ReleaseState {
         });
     }
 
-    /// Records the release whose binary is now at the target, on probation. Returns whether the
-    /// build it replaced had proven itself (then `.prev` took it: `.prev` is always the last
-    /// proven build before the installed one).
-    pub(crate) fn installed(&mut self, build: Build) -> bool {
-        let replaced_proven =
-            self.persisted.installed.as_ref().map(|b| &b.sha256) == self.persisted.proven.as_ref();
+    /// Records the release whose binary is now at the target, on probation, and counts its
+    /// version as accepted.
+    pub(crate) fn installed(&mut self, build: Build) {
         if let Some(v) = &build.version {
-            if self
-                .persisted
-                .highest_version
-                .as_ref()
-                .is_none_or(|h| v > h)
-            {
-                self.persisted.highest_version = Some(v.clone());
-            }
+            self.accept_version(v);
         }
         self.persisted.installed = Some(build.clone());
         self.probation = Some(build);
-        replaced_proven
     }
 
     /// A release turned out to be the installed build already: remember its name and version
     /// (so fetchers that compare identities stop offering it), and count its version as accepted.
     pub(crate) fn name_installed(&mut self, identity: &str, version: Option<&Version>) {
-        if let Some(b) = self.persisted.installed.as_mut() {
-            b.identity = Some(identity.to_string());
-            if let Some(v) = version {
-                b.version = Some(v.clone());
-                if self
-                    .persisted
-                    .highest_version
-                    .as_ref()
-                    .is_none_or(|h| v > h)
-                {
-                    self.persisted.highest_version = Some(v.clone());
-                }
-            }
+        let Some(b) = self.persisted.installed.as_mut() else {
+            return;
+        };
+        b.identity = Some(identity.to_string());
+        if let Some(v) = version {
+            b.version = Some(v.clone());
+            self.accept_version(v);
+        }
+    }
+
+    /// Raises the highest version accepted to `v`; it never goes down.
+    fn accept_version(&mut self, v: &Version) {
+        let highest = &mut self.persisted.highest_version;
+        if highest.as_ref().is_none_or(|h| v > h) {
+            *highest = Some(v.clone());
         }
     }
 

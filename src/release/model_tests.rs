@@ -154,6 +154,11 @@ impl Host {
         }
     }
 
+    /// Publishes a release and lets the host poll it.
+    fn publish(&mut self, kind: Kind, version: Option<u8>) {
+        self.step(&Step::Publish { kind, version }).unwrap();
+    }
+
     fn fresh(&mut self, kind: Kind) -> u32 {
         let b = self.next_build;
         self.next_build += 1;
@@ -499,26 +504,14 @@ proptest! {
 fn a_rollback_restores_the_serving_build_not_the_one_before_it() {
     // Sequence 1 of the issue, spelled out: A on probation, B fails before ready.
     let mut h = Host::new();
-    h.step(&Step::Publish {
-        kind: Kind::Good,
-        version: None,
-    })
-    .unwrap();
+    h.publish(Kind::Good, None);
     let a = h.disk;
-    h.step(&Step::Publish {
-        kind: Kind::CrashBeforeReady,
-        version: None,
-    })
-    .unwrap();
+    h.publish(Kind::CrashBeforeReady, None);
     assert_eq!(h.disk, a);
     assert_eq!(h.serving, a);
     assert_eq!(h.prev, Some(1));
     h.step(&Step::ProbationEnds).unwrap();
-    h.step(&Step::Publish {
-        kind: Kind::Good,
-        version: None,
-    })
-    .unwrap();
+    h.publish(Kind::Good, None);
     assert_eq!(
         h.prev,
         Some(a),
@@ -529,18 +522,10 @@ fn a_rollback_restores_the_serving_build_not_the_one_before_it() {
 #[test]
 fn the_floor_survives_a_master_restart_and_refuses_downgrades() {
     let mut h = Host::new();
-    h.step(&Step::Publish {
-        kind: Kind::Good,
-        version: Some(9),
-    })
-    .unwrap();
+    h.publish(Kind::Good, Some(9));
     h.step(&Step::MasterRestart).unwrap();
     let before = h.disk;
-    h.step(&Step::Publish {
-        kind: Kind::Good,
-        version: Some(5),
-    })
-    .unwrap();
+    h.publish(Kind::Good, Some(5));
     assert_eq!(h.disk, before, "5.0.0 after 9.0.0 was installed");
     assert_eq!(h.st.floor().map(ToString::to_string), Some("9.0.0".into()));
 }
@@ -548,11 +533,7 @@ fn the_floor_survives_a_master_restart_and_refuses_downgrades() {
 #[test]
 fn a_manual_deploy_makes_the_previous_release_new_again() {
     let mut h = Host::new();
-    h.step(&Step::Publish {
-        kind: Kind::Good,
-        version: None,
-    })
-    .unwrap();
+    h.publish(Kind::Good, None);
     let a = h.disk;
     h.step(&Step::ProbationEnds).unwrap();
     h.step(&Step::ManualDeploy { restart: true }).unwrap();
