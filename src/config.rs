@@ -74,6 +74,7 @@ pub struct Upgrader {
     test_run_timeout: Duration,
     max_release_bytes: u64,
     allow_unverified_remote: bool,
+    allow_insecure_transport: bool,
     public_key: Option<String>,
     version: Option<String>,
     install_mode: InstallMode,
@@ -149,6 +150,7 @@ impl Upgrader {
             test_run_timeout: Duration::from_secs(10),
             max_release_bytes: 1 << 30,
             allow_unverified_remote: false,
+            allow_insecure_transport: false,
             public_key: None,
             version: None,
             install_mode: InstallMode::InPlace,
@@ -270,6 +272,20 @@ impl Upgrader {
     /// release must come with a sha256 (or a signature check must be configured).
     pub fn allow_unverified_remote(mut self, allow: bool) -> Self {
         self.allow_unverified_remote = allow;
+        self
+    }
+
+    /// Allows fetchers to use plain (non-TLS) transport — `http://` release URLs, S3 endpoints,
+    /// GitHub API bases — without a minisign key. Off by default: without a key, the checksum
+    /// comes over the same channel as the binary, so whoever is on the path can replace both.
+    /// Meant for loopback test servers; with [`minisign_public_key`](Self::minisign_public_key)
+    /// set it is not needed. A redirect from `https://` to `http://` is never followed.
+    ///
+    /// ```no_run
+    /// let upgrader = upshift::Upgrader::new().allow_insecure_transport(true);
+    /// ```
+    pub fn allow_insecure_transport(mut self, allow: bool) -> Self {
+        self.allow_insecure_transport = allow;
         self
     }
 
@@ -436,6 +452,15 @@ impl Upgrader {
                 None => None,
                 Some(text) => Some(parse_public_key(text)?),
             };
+            let policy = crate::fetch::TrustPolicy {
+                signature_required: public_key.is_some(),
+                allow_insecure_transport: self.allow_insecure_transport,
+            };
+            for fetcher in &mut self.fetchers {
+                fetcher
+                    .apply_policy(&policy)
+                    .map_err(|e| Error::Config(format!("fetcher {}: {e}", fetcher.name())))?;
+            }
             let stage = StageOptions {
                 max_bytes: self.max_release_bytes,
                 require_checksum_for_remote: !self.allow_unverified_remote && public_key.is_none(),
@@ -523,6 +548,67 @@ mod tests {
         assert!(parse_public_key(&bare).is_ok());
         let err = parse_public_key("not a key").unwrap_err();
         assert!(err.to_string().contains("minisign public key"), "{err}");
+    }
+
+    /// Records the policy it was handed and refuses it unless plain transport is allowed, as a
+    /// fetcher with an `http://` URL does.
+    struct PlainHttp(std::sync::Arc<std::sync::Mutex<Option<crate::fetch::TrustPolicy>>>);
+
+    #[async_trait::async_trait]
+    impl Fetcher for PlainHttp {
+        fn name(&self) -> &str {
+            "http://example.test/app"
+        }
+        async fn check(
+            &mut self,
+            _: &crate::fetch::Current,
+        ) -> Result<Option<crate::fetch::Release>, crate::fetch::FetchError> {
+            Ok(None)
+        }
+        fn apply_policy(
+            &mut self,
+            policy: &crate::fetch::TrustPolicy,
+        ) -> Result<(), crate::fetch::FetchError> {
+            *self.0.lock().unwrap() = Some(*policy);
+            if policy.plain_transport_allowed() {
+                Ok(())
+            } else {
+                Err(crate::fetch::FetchError::Source("plain http".into()))
+            }
+        }
+    }
+
+    #[test]
+    fn every_fetcher_gets_the_trust_policy_and_can_refuse_it_at_startup() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let strict = Upgrader::new()
+            .listen("127.0.0.1:1")
+            .fetcher(PlainHttp(seen.clone()));
+        let err = strict.into_master_config().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("fetcher http://example.test/app: plain http"),
+            "{err}"
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(crate::fetch::TrustPolicy::default())
+        );
+
+        let opted_in = Upgrader::new()
+            .listen("127.0.0.1:1")
+            .allow_insecure_transport(true)
+            .fetcher(PlainHttp(seen.clone()));
+        assert!(opted_in.into_master_config().is_ok());
+
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let signed = Upgrader::new()
+            .listen("127.0.0.1:1")
+            .minisign_public_key(kp.pk.to_base64())
+            .fetcher(PlainHttp(seen.clone()));
+        assert!(signed.into_master_config().is_ok());
+        let policy = seen.lock().unwrap().unwrap();
+        assert!(policy.signature_required && !policy.allow_insecure_transport);
     }
 
     #[test]

@@ -290,6 +290,38 @@ pub enum FetchError {
     RateLimited(Duration),
 }
 
+/// What the configuration asks of every fetcher's transport and location, handed to each fetcher
+/// once by [`Upgrader::run`](crate::Upgrader::run) before its first check
+/// ([`Fetcher::apply_policy`]).
+///
+/// ```
+/// use upshift::fetch::TrustPolicy;
+///
+/// // No key and no opt-in: a fetcher must refuse plain http.
+/// let strict = TrustPolicy::default();
+/// assert!(!strict.plain_transport_allowed());
+/// // A minisign key makes the transport's integrity moot: the signature vouches for the bytes.
+/// let signed = TrustPolicy { signature_required: true, ..TrustPolicy::default() };
+/// assert!(signed.plain_transport_allowed());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrustPolicy {
+    /// A minisign public key is configured: every release must carry a valid signature by it,
+    /// bound to this product, target and a version above the floor.
+    pub signature_required: bool,
+    /// The operator allowed plain (non-TLS) transport without a key
+    /// ([`Upgrader::allow_insecure_transport`](crate::Upgrader::allow_insecure_transport)).
+    pub allow_insecure_transport: bool,
+}
+
+impl TrustPolicy {
+    /// Whether a fetcher may use a plain (non-TLS) URL: with a key configured, or when the
+    /// operator opted in.
+    pub fn plain_transport_allowed(&self) -> bool {
+        self.signature_required || self.allow_insecure_transport
+    }
+}
+
 /// A release source. Object-safe: `Box<dyn Fetcher>` works.
 ///
 /// ```
@@ -315,6 +347,16 @@ pub trait Fetcher: Send {
     /// should make that answer cheap (conditional requests, metadata comparison) and must not
     /// return the release `current` describes.
     async fn check(&mut self, current: &Current) -> Result<Option<Release>, FetchError>;
+
+    /// Receives the configuration's [`TrustPolicy`] once, before the first
+    /// [`check`](Fetcher::check). A fetcher checks here what it can know at startup (a plain
+    /// `http://` URL without a key or the opt-in) and keeps the policy for what it learns later
+    /// (a redirect, a file's owner). An error stops [`Upgrader::run`](crate::Upgrader::run) with a
+    /// configuration error naming the fetcher. The default accepts any policy.
+    fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
+        let _ = policy;
+        Ok(())
+    }
 
     /// Resolves when the fetcher has a reason to check before the next interval (a file changed).
     /// The default never resolves: pure interval polling.
