@@ -44,7 +44,8 @@ const USAGE: &str =
     "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] [--watch PATH] \
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
 [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
-[--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]";
+[--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH] [--version V] \
+[--product NAME]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -61,6 +62,10 @@ struct Args {
     minisign_pubkey: Option<PathBuf>,
     install_mode: Option<upshift::InstallMode>,
     veto_all: bool,
+    /// The running version: the version floor signed releases are held against.
+    version: Option<String>,
+    /// The product signed releases must name (default: the binary's file name).
+    product: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -91,6 +96,8 @@ fn parse_args() -> Result<Args, String> {
                 })
             }
             "--veto-all" => args.veto_all = true,
+            "--version" => args.version = Some(value()?),
+            "--product" => args.product = Some(value()?),
             // Acted on before parsing, by `log_exec`.
             "--exec-log" => drop(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -268,6 +275,12 @@ fn main() -> ExitCode {
     }
     if let Some(mode) = args.install_mode {
         upgrader = upgrader.install_mode(mode);
+    }
+    if let Some(version) = &args.version {
+        upgrader = upgrader.version(version.clone());
+    }
+    if let Some(product) = &args.product {
+        upgrader = upgrader.product(product.clone());
     }
     if args.veto_all {
         upgrader = upgrader.pre_upgrade(|_| Err("vetoed by the test".to_string()));

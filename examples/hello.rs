@@ -24,7 +24,7 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
 const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
              [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
              [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS] [--probation SECS]
-             [--rollout PERCENT] [--host-name NAME]
+             [--rollout PERCENT] [--host-name NAME] [--minisign-key FILE]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
@@ -40,6 +40,9 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
                          counts as good; dying sooner rolls it back (default 10)
   --rollout PERCENT      share of the fleet taking a release that sets none itself (default 100)
   --host-name NAME       this host's name in staged rollouts (default: the machine's host name)
+  --minisign-key FILE    a minisign public key (minisign.pub): every release must be signed by it,
+                         for product \"hello\" (the binary's file name), this platform's target and
+                         a version above this build's (upshift-publish --sign writes all three)
 
 Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.
 UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
@@ -58,6 +61,7 @@ struct Args {
     probation: Option<Duration>,
     rollout: Option<f64>,
     host_name: Option<String>,
+    minisign_key: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -75,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
         probation: None,
         rollout: None,
         host_name: None,
+        minisign_key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             "--probation" => args.probation = Some(secs(&value()?)?),
             "--rollout" => args.rollout = Some(percent(&value()?)?),
             "--host-name" => args.host_name = Some(value()?),
+            "--minisign-key" => args.minisign_key = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -214,6 +220,15 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(name) = &args.host_name {
         upgrader = upgrader.host_name(name);
+    }
+    if let Some(path) = &args.minisign_key {
+        match std::fs::read_to_string(path) {
+            Ok(key) => upgrader = upgrader.minisign_public_key(key),
+            Err(e) => {
+                eprintln!("hello: --minisign-key: cannot read {path}: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
     }
     match add_fetchers(upgrader, &args) {
         Ok(u) => upgrader = u,

@@ -15,6 +15,7 @@ use crate::fetch::Fetcher;
 use crate::install::StageOptions;
 use crate::listener::ListenAddr;
 use crate::master::{EventHook, PipelineConfig, UpdateSettings, VetoHook};
+use crate::release::BUILD_TARGET;
 use crate::state::State;
 
 /// What the master does when the serving worker exits on its own (no restart under way).
@@ -77,6 +78,8 @@ pub struct Upgrader {
     allow_insecure_transport: bool,
     public_key: Option<String>,
     version: Option<String>,
+    product: Option<String>,
+    target: Option<String>,
     install_mode: InstallMode,
     /// Staged rollout, hold, pin and jitter: set in `rollout.rs`.
     pub(crate) fleet: crate::rollout::FleetOptions,
@@ -153,6 +156,8 @@ impl Upgrader {
             allow_insecure_transport: false,
             public_key: None,
             version: None,
+            product: None,
+            target: None,
             install_mode: InstallMode::InPlace,
             fleet: crate::rollout::FleetOptions::default(),
         }
@@ -313,6 +318,33 @@ impl Upgrader {
         self
     }
 
+    /// The product name a signed release must carry (see
+    /// [`SignedMetadata`](crate::release::SignedMetadata)); default: the file name of the binary
+    /// as invoked (`/srv/app/bin/billing` → `billing`). With a
+    /// [`minisign_public_key`](Self::minisign_public_key), a release signed for another product —
+    /// another service signed with the same key — is refused before it is downloaded.
+    ///
+    /// ```no_run
+    /// let upgrader = upshift::Upgrader::new().product("billing");
+    /// ```
+    pub fn product(mut self, name: impl Into<String>) -> Self {
+        self.product = Some(name.into());
+        self
+    }
+
+    /// The target triple a signed release must name; default: the triple this program was built
+    /// for ([`BUILD_TARGET`](crate::release::BUILD_TARGET)). Set it to move a host to another
+    /// build on purpose (from `x86_64-unknown-linux-gnu` to `x86_64-unknown-linux-musl`); the
+    /// release then signed for the new triple is accepted, any other is refused.
+    ///
+    /// ```no_run
+    /// let upgrader = upshift::Upgrader::new().target("x86_64-unknown-linux-musl");
+    /// ```
+    pub fn target(mut self, triple: impl Into<String>) -> Self {
+        self.target = Some(triple.into());
+        self
+    }
+
     /// How a release is put in place (default [`InstallMode::InPlace`]).
     ///
     /// ```no_run
@@ -452,6 +484,14 @@ impl Upgrader {
                 None => None,
                 Some(text) => Some(parse_public_key(text)?),
             };
+            for (what, value) in [("product", &self.product), ("target", &self.target)] {
+                if let Some(v) = value.as_deref().filter(|v| !valid_name(v)) {
+                    return Err(Error::Config(format!(
+                        "the {what} {v:?} must be non-empty, one line, without tabs or \
+                         surrounding spaces"
+                    )));
+                }
+            }
             let policy = crate::fetch::TrustPolicy {
                 signature_required: public_key.is_some(),
                 allow_insecure_transport: self.allow_insecure_transport,
@@ -474,6 +514,11 @@ impl Upgrader {
                     on_event: self.on_event.take(),
                     veto: self.veto.take(),
                     version: self.version.take(),
+                    product: self.product.take(),
+                    target: self
+                        .target
+                        .take()
+                        .unwrap_or_else(|| BUILD_TARGET.to_string()),
                     install_mode: self.install_mode,
                     fleet,
                 },
@@ -505,6 +550,11 @@ impl Upgrader {
             updates: None,
         })
     }
+}
+
+/// A product or target name as signed metadata can carry it.
+fn valid_name(v: &str) -> bool {
+    !v.is_empty() && v.trim() == v && !v.chars().any(char::is_control)
 }
 
 /// Accepts the bare base64 key or a whole `minisign.pub` file (comment line, then the key).

@@ -295,10 +295,7 @@ fn minisign_signature_by_another_key_is_rejected_and_a_good_one_accepted() {
     let pubarg = pubfile.display().to_string();
     rig.start(&["--minisign-pubkey", &pubarg]);
     let sign = |kp: &minisign::KeyPair, path: &Path| {
-        let data = fs::File::open(path).unwrap();
-        minisign::sign(Some(&kp.pk), &kp.sk, data, None, None)
-            .unwrap()
-            .into_string()
+        sign_for(kp, path, "app", "1.0.0", upshift::release::BUILD_TARGET)
     };
 
     // Signed by the wrong key: refused.

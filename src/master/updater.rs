@@ -20,7 +20,7 @@ use crate::fetch::{FetchError, Fetcher, Release};
 use crate::install::{self, InstallError, StageOptions};
 use crate::release::disk::RestorePoint;
 use crate::release::model::{refusal_kind, Admission, Build, Offer, Policy, Staging};
-use crate::release::{parse_version, Ledger};
+use crate::release::{parse_version, vouch, Expected, Ledger};
 
 /// Called with every event; runs in the master.
 pub(crate) type EventHook = Arc<dyn Fn(&UpgradeEvent) + Send + Sync>;
@@ -37,6 +37,10 @@ pub(crate) struct PipelineConfig {
     pub(crate) on_event: Option<EventHook>,
     pub(crate) veto: Option<VetoHook>,
     pub(crate) version: Option<String>,
+    /// The product a signed release must name; `None`: the invoked binary's file name.
+    pub(crate) product: Option<String>,
+    /// The target triple a signed release must name.
+    pub(crate) target: String,
     pub(crate) install_mode: InstallMode,
     /// Jitter, staged rollout, hold and pin.
     pub(crate) fleet: crate::rollout::Fleet,
@@ -119,6 +123,7 @@ impl Candidate {
             version: None,
             source: self.source.as_deref(),
             origin: self.origin,
+            unvouched: None,
         }
     }
 }
@@ -128,6 +133,8 @@ pub(crate) struct Updater {
     pub(super) master: UnboundedSender<Event>,
     pub(super) books: Mutex<Option<Books>>,
     invoked: PathBuf,
+    /// With a minisign key: what a release's signed metadata must say.
+    expected: Option<Expected>,
     /// The master's arguments, which the test-run gets too.
     args: Vec<std::ffi::OsString>,
     /// Who serves now, published by the master.
@@ -142,11 +149,18 @@ impl Updater {
         master: UnboundedSender<Event>,
         serving: tokio::sync::watch::Receiver<Option<ServingWorker>>,
     ) -> Arc<Self> {
+        let expected = cfg.stage.public_key.is_some().then(|| Expected {
+            product: cfg.product.clone().unwrap_or_else(|| {
+                (invoked.file_name()).map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            }),
+            target: cfg.target.clone(),
+        });
         Arc::new(Updater {
             cfg,
             master,
             books: Mutex::new(None),
             invoked,
+            expected,
             args,
             serving,
         })
@@ -286,6 +300,25 @@ impl Updater {
     async fn upgrade(self: &Arc<Self>, books: &mut Books, mut release: Release) {
         let identity = release.identity.clone();
         let now = std::time::Instant::now();
+        // With a key, the signed metadata is read before the body: a release for another
+        // product or target, or a replayed old version, is refused unread.
+        let (vouched, unvouched) = match &self.expected {
+            None => (None, None),
+            Some(expected) => {
+                match vouch(
+                    release.signature.as_deref(),
+                    release.version.as_deref(),
+                    expected,
+                ) {
+                    Ok(meta) => (Some(meta), None),
+                    Err(reason) => (None, Some(reason)),
+                }
+            }
+        };
+        if let Some(meta) = &vouched {
+            // The signed version is the release's version: the floor is held against it.
+            release.version = Some(meta.version.clone());
+        }
         let offer = Offer {
             identity: &release.identity,
             sha256: release.sha256.as_deref(),
@@ -293,6 +326,7 @@ impl Updater {
             version: release.version.as_deref(),
             source: release.source.as_deref(),
             origin: release.origin,
+            unvouched: unvouched.as_deref(),
         };
         // Bound first: a guard in a `match` scrutinee would live through the arms, which lock
         // the ledger again.
@@ -334,6 +368,7 @@ impl Updater {
             version: None,
             source: source.as_deref(),
             origin,
+            unvouched: None,
         };
         let body_read = Arc::new(std::sync::atomic::AtomicBool::new(false));
         release.body = Box::new(Progress::new(
@@ -374,6 +409,15 @@ impl Updater {
                 bytes: staged.bytes,
                 total: Some(staged.bytes),
             });
+        }
+        if let Some(meta) = vouched.filter(|m| m.sha256 != staged.asset_sha256) {
+            // The signature proved the comment is the publisher's: it names another file.
+            let e = InstallError::BadSignature(format!(
+                "the signed metadata names sha256 {}, but the release's sha256 is {} (the \
+                 publisher signed metadata for another file)",
+                meta.sha256, staged.asset_sha256
+            ));
+            return self.reject(books, &offer, Some(&staged.binary_sha256), &e);
         }
         tracing::debug!(%identity, downloaded = staged.bytes, binary_bytes = staged.binary_bytes, asset_sha256 = %staged.asset_sha256, "release staged and verified");
         let binary_sha256 = staged.binary_sha256.clone();

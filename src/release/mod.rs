@@ -4,12 +4,14 @@
 //! The decisions over it are pure functions ([`model`]); the master's updater reads the disk
 //! ([`disk`]: the invoked path resolved again and `stat`ed before every decision, hashed only
 //! when it changed), asks them, acts, and persists what must survive a restart ([`persist`]:
-//! `<binary>.upshift-state`). Only [`parse_version`] and [`Version`] are public: how upshift reads
-//! a version is part of its contract with fetchers.
+//! `<binary>.upshift-state`). Public: [`parse_version`] and [`Version`] (how upshift reads a
+//! version is part of its contract with fetchers) and [`SignedMetadata`] (what a release's
+//! signature must bind, the publisher's side of the contract).
 
 pub(crate) mod disk;
 pub(crate) mod model;
 pub(crate) mod persist;
+mod signed;
 mod version;
 
 #[cfg(test)]
@@ -17,6 +19,8 @@ mod model_tests;
 
 use std::path::{Path, PathBuf};
 
+pub(crate) use signed::{vouch, Expected};
+pub use signed::{MetadataError, SignedMetadata, BUILD_TARGET};
 pub use version::{parse_version, Version};
 
 use disk::{Hasher, OnDisk};

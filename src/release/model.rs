@@ -83,6 +83,9 @@ pub(crate) struct Offer<'a> {
     pub(crate) version: Option<&'a str>,
     pub(crate) source: Option<&'a str>,
     pub(crate) origin: Origin,
+    /// Why the release's signed metadata refuses it (another product or target, no metadata),
+    /// when a key is configured; checked before the body is read.
+    pub(crate) unvouched: Option<&'a str>,
 }
 
 impl Offer<'_> {
@@ -246,6 +249,11 @@ impl ReleaseState {
                     remind: false,
                 };
             }
+        }
+        if let Some(reason) = offer.unvouched {
+            return Admission::Refuse {
+                reason: reason.to_string(),
+            };
         }
         if let Some(raw) = offer.version {
             let Some(version) = parse_version(raw) else {

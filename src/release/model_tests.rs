@@ -281,6 +281,7 @@ impl Host {
             version: p.version.as_deref(),
             source: Some(&p.source),
             origin: Origin::Remote,
+            unvouched: None,
         };
         let floor_before = self.st.floor().cloned();
         let admission = self.st.admit(&offer, &self.policy, self.now);
@@ -403,6 +404,7 @@ impl Host {
             version: None,
             source: Some(&p.source),
             origin: Origin::Remote,
+            unvouched: None,
         };
         if self
             .st
@@ -561,6 +563,7 @@ fn a_refusal_is_reminded_at_most_every_few_minutes() {
         version: None,
         source: None,
         origin: Origin::Remote,
+        unvouched: None,
     };
     let Admission::Refuse { reason } = st.admit(&offer, &policy, now) else {
         panic!("admitted")
@@ -587,4 +590,49 @@ fn a_refusal_is_reminded_at_most_every_few_minutes() {
     assert!(st.remind_due("x", later).is_some());
     assert_eq!(st.remind_due("x", later + Duration::from_secs(60)), None);
     assert_eq!(st.remind_due("never refused", later), None);
+}
+
+#[test]
+fn a_release_its_signed_metadata_refuses_is_refused_unread_and_remembered() {
+    let mut st = ReleaseState::new(Persisted::default(), Some("1.0.0"));
+    st.observe_disk(&sha(1));
+    let policy = Policy {
+        require_checksum_for_remote: false,
+        require_signature: true,
+    };
+    let now = Instant::now();
+    let why = "the release is signed for product \"billing\", not \"app\"";
+    // Even with a version above the floor, the metadata's verdict comes first.
+    let foreign = Offer {
+        identity: "v2.0.0",
+        sha256: Some("ab"),
+        signature: Some("sig"),
+        version: Some("2.0.0"),
+        source: None,
+        origin: Origin::Remote,
+        unvouched: Some(why),
+    };
+    let Admission::Refuse { reason } = st.admit(&foreign, &policy, now) else {
+        panic!("admitted a release for another product")
+    };
+    assert_eq!(reason, why);
+    st.refuse(&foreign, None, &reason, RefusalKind::Release, now);
+    assert!(matches!(
+        st.admit(&foreign, &policy, now + Duration::from_secs(1)),
+        Admission::AlreadyRefused { remind: false, .. }
+    ));
+    assert!(st
+        .current(&policy, now)
+        .was_rejected("v2.0.0", Some("ab"), Some("sig")));
+    // A replayed old version, vouched for by its metadata, meets the floor.
+    let replay = Offer {
+        identity: "v0.9.0",
+        version: Some("0.9.0"),
+        unvouched: None,
+        ..foreign
+    };
+    let Admission::Refuse { reason } = st.admit(&replay, &policy, now) else {
+        panic!("admitted a version below the floor")
+    };
+    assert!(reason.contains("not newer than 1.0.0"), "{reason}");
 }

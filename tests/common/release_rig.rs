@@ -417,3 +417,30 @@ pub fn refused(rig: &mut Rig, bytes: &[u8], sidecar: Option<&str>, expected: &[&
     rig.assert_untouched(traffic, &format!("after rejecting {identity}"));
     reason
 }
+
+/// A minisign signature of the file at `path` whose trusted comment binds it to `product`,
+/// `version` and `target`, as `upshift-publish --sign` writes it.
+pub fn sign_for(
+    kp: &minisign::KeyPair,
+    path: &Path,
+    product: &str,
+    version: &str,
+    target: &str,
+) -> String {
+    let meta = upshift::release::SignedMetadata {
+        product: product.into(),
+        version: version.into(),
+        target: target.into(),
+        sha256: file_sha(path),
+    };
+    let comment = meta.to_trusted_comment(1_764_770_000, "next").unwrap();
+    sign_with_comment(kp, path, &comment)
+}
+
+/// A minisign signature of the file at `path` with exactly this trusted comment.
+pub fn sign_with_comment(kp: &minisign::KeyPair, path: &Path, comment: &str) -> String {
+    let data = fs::File::open(path).unwrap();
+    minisign::sign(Some(&kp.pk), &kp.sk, data, Some(comment), None)
+        .unwrap()
+        .into_string()
+}
