@@ -43,7 +43,13 @@ What is published:
   --sign KEYFILE            sign with this minisign secret key (NAME.minisig); the password of an
                             encrypted key is read from $MINISIGN_PASSWORD, never from a flag
   --password-env VAR        read the key's password from $VAR instead
-  --trusted-comment TEXT    the signature's trusted comment (default: timestamp and file name)
+  --product NAME            with --sign: the product the signature binds the release to; the
+                            master refuses a release signed for another product (default:
+                            BINARY's file name; upshift's default is the installed binary's)
+  --version VERSION         with --sign: the release's semantic version, signed so that a
+                            master never installs one at or below what it runs (default: a
+                            --tag that is a version, else ./Cargo.toml's package version)
+  --trusted-comment TEXT    with --sign: a note added to the signed metadata (one line)
 
 GitHub:
   --tag TAG                 the release's tag (required)
@@ -72,7 +78,7 @@ Output:
   -v, --verbose             debug logs (RUST_LOG overrides both)
   --timeout SECS            how long a request may go without progress (default 60)
   -h, --help                this text
-  -V, --version             the version";
+  -V, --version             this tool's version (--version alone)";
 
 /// The usage text with this build's default target filled in.
 pub fn usage() -> String {
@@ -109,7 +115,13 @@ fn env_secret(var: &str) -> Option<Secret> {
 /// Parses the arguments (without the program name). The environment supplies `GITHUB_TOKEN`
 /// and the S3 secret; the key password is read only when signing.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
+    let args: Vec<String> = args.into_iter().collect();
+    if args == ["--version"] {
+        return Ok(Command::Version);
+    }
     let mut it = args.into_iter();
+    let mut version = None;
+    let mut product = None;
     let mut binary: Option<PathBuf> = None;
     let mut dir = None;
     let mut github = None;
@@ -166,7 +178,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
+            "-V" => return Ok(Command::Version),
+            "--version" => version = Some(value()?),
+            "--product" => product = Some(value()?),
             "-q" | "--quiet" => quiet = true,
             "-v" | "--verbose" => verbose = true,
             "--dir" => dir = Some(PathBuf::from(value()?)),
@@ -346,8 +360,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
     if is_flag("--password-env") && sign_key.is_none() {
         return Err(usage_error("--password-env is for --sign only"));
     }
-    if is_flag("--trusted-comment") && sign_key.is_none() {
-        return Err(usage_error("--trusted-comment is for --sign only"));
+    for flag in ["--trusted-comment", "--version", "--product"] {
+        if is_flag(flag) && sign_key.is_none() {
+            return Err(usage_error(format!(
+                "{flag} is for --sign only: without a signature nothing binds it to the release"
+            )));
+        }
     }
     if is_flag("--sums-name") && !checksum.sums() {
         return Err(usage_error(
@@ -376,6 +394,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
             )));
         }
     }
+    let sign = match sign_key {
+        None => None,
+        Some(key) => Some(SignConfig {
+            product: signed_product(product, &binary)?,
+            version: signed_version(version, tag_of(&destination))?,
+            key,
+            password_env,
+            trusted_comment,
+        }),
+    };
     Ok(Command::Publish(Box::new(Config {
         binary,
         destination,
@@ -385,15 +413,97 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
         archive_entry,
         checksum,
         sums_name,
-        sign: sign_key.map(|key| SignConfig {
-            key,
-            password_env,
-            trusted_comment,
-        }),
+        sign,
         quiet,
         verbose,
         timeout,
     })))
+}
+
+/// The product a signature binds: `--product`, else the binary's file name.
+fn signed_product(product: Option<String>, binary: &std::path::Path) -> Result<String, Error> {
+    let product = match product {
+        Some(p) => p,
+        None => binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| usage_error("--sign: BINARY has no file name; pass --product"))?,
+    };
+    if product.is_empty() || product.trim() != product || product.chars().any(char::is_control) {
+        return Err(usage_error(format!(
+            "--product {product:?}: one line, without tabs or surrounding spaces"
+        )));
+    }
+    Ok(product)
+}
+
+/// The GitHub release's tag, if publishing to one.
+fn tag_of(destination: &Destination) -> Option<&str> {
+    match destination {
+        Destination::Github(g) => Some(g.tag.as_str()),
+        _ => None,
+    }
+}
+
+/// The version a signature binds: `--version`, else a tag that is a version, else the package
+/// version in `./Cargo.toml`. A tag that is a version must agree: the GitHub fetcher refuses a
+/// release whose tag and signature disagree.
+fn signed_version(version: Option<String>, tag: Option<&str>) -> Result<String, Error> {
+    let tag_version = tag.filter(|t| upshift::release::parse_version(t).is_some());
+    let version = match (version, tag_version) {
+        (Some(v), _) => v,
+        (None, Some(t)) => t.trim_start_matches(['v', 'V']).to_string(),
+        (None, None) => {
+            cargo_package_version(std::path::Path::new("Cargo.toml")).map_err(|why| {
+                usage_error(format!(
+                "--sign needs the release's version: pass --version (it could not be read from \
+                 ./Cargo.toml: {why})"
+            ))
+            })?
+        }
+    };
+    let Some(parsed) = upshift::release::parse_version(&version) else {
+        return Err(usage_error(format!(
+            "--version {version:?}: not a semantic version such as 1.4.0"
+        )));
+    };
+    if let Some(t) =
+        tag_version.filter(|t| upshift::release::parse_version(t) != Some(parsed.clone()))
+    {
+        return Err(usage_error(format!(
+            "--version {version} disagrees with --tag {t}: the GitHub fetcher would refuse the \
+             release"
+        )));
+    }
+    Ok(version)
+}
+
+/// The `version = "…"` of the `[package]` table of a Cargo manifest.
+fn cargo_package_version(manifest: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(manifest).map_err(|e| e.to_string())?;
+    let mut in_package = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("version") else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if !in_package || !(rest.starts_with('=') || rest.starts_with('.')) {
+            continue;
+        }
+        let value = rest.strip_prefix('=').map(str::trim);
+        match value
+            .and_then(|v| v.strip_prefix('"'))
+            .and_then(|v| v.split('"').next())
+        {
+            Some(v) => return Ok(v.to_string()),
+            None => return Err(format!("its package version is not a plain string: {line}")),
+        }
+    }
+    Err("it has no [package] version".into())
 }
 
 /// A published name is one path component.
@@ -552,6 +662,51 @@ mod tests {
         );
     }
 
+    fn signing(s: &str) -> SignConfig {
+        config(s).sign.expect("signing")
+    }
+
+    #[test]
+    fn a_signature_binds_product_and_version() {
+        // Defaults: the binary's file name; the tests run in the crate's directory, whose
+        // Cargo.toml names the package version.
+        let own = env!("CARGO_PKG_VERSION");
+        let s = signing("target/release/app --dir /x --sign k.key");
+        assert_eq!((s.product.as_str(), s.version.as_str()), ("app", own));
+        let s = signing("app --dir /x --sign k.key --product billing --version v2.0.0-rc.1");
+        assert_eq!(
+            (s.product.as_str(), s.version.as_str()),
+            ("billing", "v2.0.0-rc.1")
+        );
+        // A GitHub tag that is a version is the default, and must agree with --version.
+        let s = signing("app --github acme/app --tag v3.1.0 --sign k.key");
+        assert_eq!(s.version, "3.1.0");
+        assert!(
+            error("app --github acme/app --tag v3.1.0 --sign k.key --version 3.2.0")
+                .contains("disagrees with --tag v3.1.0")
+        );
+        assert!(error("app --dir /x --sign k.key --version latest").contains("semantic version"));
+        assert!(error("app --dir /x --version 1.0.0").contains("--version is for --sign only"));
+        assert!(error("app --dir /x --product p").contains("--product is for --sign only"));
+    }
+
+    #[test]
+    fn the_package_version_is_read_from_a_manifest() {
+        let dir = crate::artifact::Staging::new().unwrap();
+        let manifest = dir.path().join("Cargo.toml");
+        let write = |text: &str| std::fs::write(&manifest, text).unwrap();
+        write("[workspace]\nversion = \"9.9.9\"\n\n[package]\nname = \"app\"\nversion = \"1.4.2\" # x\n");
+        assert_eq!(cargo_package_version(&manifest).unwrap(), "1.4.2");
+        write("[package]\nname = \"app\"\nversion.workspace = true\n");
+        assert!(cargo_package_version(&manifest)
+            .unwrap_err()
+            .contains("not a plain string"));
+        write("[dependencies]\nversion = \"1\"\n");
+        assert!(cargo_package_version(&manifest)
+            .unwrap_err()
+            .contains("no [package] version"));
+    }
+
     #[test]
     fn names_and_help() {
         let c = config("app --dir /x --name app-{target}.tar.gz --archive tar.gz --target aarch64-unknown-linux-musl");
@@ -561,6 +716,7 @@ mod tests {
         );
         assert!(matches!(parse(args("--help")), Ok(Command::Help)));
         assert!(matches!(parse(args("app -V")), Ok(Command::Version)));
+        assert!(matches!(parse(args("--version")), Ok(Command::Version)));
         assert!(usage().contains(crate::TARGET));
         let s = format!("{:?}", Secret("ghp_x".into()));
         assert!(!s.contains("ghp_x"));

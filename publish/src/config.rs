@@ -51,8 +51,12 @@ pub struct SignConfig {
     pub key: PathBuf,
     /// The environment variable holding an encrypted key's password.
     pub password_env: String,
-    /// The trusted comment; `None`: `timestamp:<unix time>\tfile:<name>\tprehashed`.
+    /// A note added to the signed metadata (`note:<text>`).
     pub trusted_comment: Option<String>,
+    /// The product the signature binds the release to.
+    pub product: String,
+    /// The release's version, bound by the signature.
+    pub version: String,
 }
 
 /// Where to publish.

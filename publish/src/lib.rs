@@ -250,9 +250,18 @@ pub async fn publish(config: &Config) -> Result<Published, Error> {
         None => None,
         Some(sign) => {
             let (sign, path, name) = (sign.clone(), artifact.path.clone(), artifact.name.clone());
+            let metadata = upshift::release::SignedMetadata {
+                product: sign.product.clone(),
+                version: sign.version.clone(),
+                target: config.target.clone(),
+                sha256: artifact.sha256.clone(),
+            };
             let (text, pk) = blocking("signing", move || {
                 let signer = Signer::load(&sign)?;
-                Ok((signer.sign_file(&path, &name)?, signer.public_key()))
+                Ok((
+                    signer.sign_file(&path, &name, &metadata)?,
+                    signer.public_key(),
+                ))
             })
             .await?;
             tracing::info!(public_key = %pk, "signed");

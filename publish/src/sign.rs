@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minisign::{PublicKey, SecretKey, SecretKeyBox};
+use upshift::release::SignedMetadata;
 
 use crate::config::SignConfig;
 use crate::Error;
@@ -129,23 +130,36 @@ impl Signer {
         self.pk.to_base64()
     }
 
-    /// Signs the file at `path`, published as `name`: the text of `name.minisig`. The
-    /// signature is checked against the public key before it is returned. Blocking.
-    pub fn sign_file(&self, path: &Path, name: &str) -> Result<String, Error> {
+    /// Signs the file at `path`, published as `name`: the text of `name.minisig`. The trusted
+    /// comment carries `metadata` (product, version, target and the file's sha256), which a
+    /// master with the public key requires and checks. The signature is checked against the
+    /// public key before it is returned. Blocking.
+    pub fn sign_file(
+        &self,
+        path: &Path,
+        name: &str,
+        metadata: &SignedMetadata,
+    ) -> Result<String, Error> {
         let sign_error = |reason: String| Error::Sign {
             name: name.to_string(),
             reason,
         };
         let file = File::open(path).map_err(|e| sign_error(format!("{}: {e}", path.display())))?;
-        let trusted = match &self.trusted_comment {
-            Some(c) => c.clone(),
-            None => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                format!("timestamp:{now}\tfile:{name}\tprehashed")
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut trusted = metadata
+            .to_trusted_comment(now, name)
+            .map_err(|e| sign_error(e.to_string()))?;
+        if let Some(note) = &self.trusted_comment {
+            if note.chars().any(char::is_control) {
+                return Err(sign_error(
+                    "--trusted-comment must be one line without tabs".into(),
+                ));
             }
-        };
+            trusted.push_str("\tnote:");
+            trusted.push_str(note);
+        }
         let signature = minisign::sign(Some(&self.pk), &self.sk, file, Some(&trusted), None)
             .map_err(|e| sign_error(e.to_string()))?;
         if !signature.is_prehashed() {
@@ -165,7 +179,18 @@ mod tests {
         SignConfig {
             key: key.to_path_buf(),
             password_env: env.to_string(),
-            trusted_comment: None,
+            trusted_comment: Some("built by ci".into()),
+            product: "app".into(),
+            version: "1.2.0".into(),
+        }
+    }
+
+    fn metadata(path: &Path) -> SignedMetadata {
+        SignedMetadata {
+            product: "app".into(),
+            version: "1.2.0".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            sha256: crate::artifact::sha256_file(path).unwrap().0,
         }
     }
 
@@ -179,10 +204,17 @@ mod tests {
         std::fs::write(&data, b"the release").unwrap();
         let signer = Signer::load(&config(&key, "UPSHIFT_PUBLISH_TEST_UNSET_VAR")).unwrap();
         assert_eq!(signer.public_key(), kp.pk.to_base64());
-        let sig = signer.sign_file(&data, "app").unwrap();
+        let meta = metadata(&data);
+        let sig = signer.sign_file(&data, "app", &meta).unwrap();
         assert!(sig.contains("file:app"), "{sig}");
         let pk = minisign_verify::PublicKey::from_base64(&signer.public_key()).unwrap();
         let parsed = minisign_verify::Signature::decode(&sig).unwrap();
+        // The metadata the master requires reads back from the signed comment, note and all.
+        assert_eq!(
+            SignedMetadata::from_trusted_comment(parsed.trusted_comment()).unwrap(),
+            meta
+        );
+        assert!(parsed.trusted_comment().ends_with("\tnote:built by ci"));
         pk.verify(b"the release", &parsed, false).unwrap();
         assert!(pk.verify(b"another release", &parsed, false).is_err());
     }

@@ -142,3 +142,49 @@ fn hello_upgrades_from_a_directory_the_tool_published() {
         &[],
     );
 }
+
+/// With `--minisign-key`, hello installs only a release whose signature binds it to product
+/// `hello`, this target and a version above its own: what `upshift-publish --sign` writes, the
+/// version taken from the tag.
+#[test]
+fn hello_with_a_key_upgrades_to_a_release_the_tool_signed() {
+    let _serial = serial();
+    let data = Scratch::new("hello-gh-signed-data");
+    let fixture = Fixture::start(data.path(), &["acme/hello"], &[]);
+    let scratch = Scratch::new("hello-gh-signed-build");
+    let (key, public_key) = common::keypair(scratch.path(), None);
+    let pub_file = scratch.path().join("minisign.pub");
+    std::fs::write(&pub_file, format!("untrusted comment: pk\n{public_key}\n")).unwrap();
+    let original = std::fs::read(hello_binary()).expect("read hello");
+    let mut hello = Hello::start(
+        &hello_binary(),
+        &[
+            "--github".to_string(),
+            "acme/hello".to_string(),
+            "--github-api".to_string(),
+            fixture.api.clone(),
+            "--minisign-key".to_string(),
+            pub_file.display().to_string(),
+        ],
+        &[],
+        "info",
+    );
+    let build = new_build(&original, "v0.1.2");
+    let bin = write_binary(scratch.path(), "hello", &build);
+    upgrade_to(
+        &mut hello,
+        &build,
+        &[
+            bin.to_str().unwrap(),
+            "--github",
+            "acme/hello",
+            "--tag",
+            "v0.1.2",
+            "--github-api",
+            &fixture.api,
+            "--sign",
+            key.to_str().unwrap(),
+        ],
+        &[("GITHUB_TOKEN", "any-token-the-fixture-takes")],
+    );
+}

@@ -177,6 +177,18 @@ pub fn assert_verifies(public_key: &str, signature: &str, bytes: &[u8]) {
     let sig = minisign_verify::Signature::decode(signature).expect("signature");
     pk.verify(bytes, &sig, false)
         .unwrap_or_else(|e| panic!("the signature does not verify: {e}"));
+    // What a master with this key requires: the metadata, bound to exactly these bytes.
+    let meta = upshift::release::SignedMetadata::from_trusted_comment(sig.trusted_comment())
+        .unwrap_or_else(|e| panic!("{e}: {}", sig.trusted_comment()));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    assert_eq!(
+        meta.sha256, sha,
+        "the signed sha256 is not the published file's"
+    );
+    assert!(
+        upshift::release::parse_version(&meta.version).is_some(),
+        "{meta:?}"
+    );
 }
 
 /// A release as a fetcher offered it, its body read to the end.
