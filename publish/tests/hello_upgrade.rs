@@ -66,6 +66,30 @@ fn upgrade_to(hello: &mut Hello, build: &[u8], publish_args: &[&str], env: &[(&s
     }
 }
 
+/// Publishes `bin` to the fixture's `acme/hello` as release `tag` (plus `extra` flags) and
+/// checks the upgrade, as [`upgrade_to`].
+fn upgrade_from_github(
+    hello: &mut Hello,
+    fixture: &Fixture,
+    bin: &std::path::Path,
+    build: &[u8],
+    tag: &str,
+    extra: &[&str],
+) {
+    let mut args = vec![
+        bin.to_str().unwrap(),
+        "--github",
+        "acme/hello",
+        "--tag",
+        tag,
+        "--github-api",
+        &fixture.api,
+    ];
+    args.extend_from_slice(extra);
+    let env = [("GITHUB_TOKEN", "any-token-the-fixture-takes")];
+    upgrade_to(hello, build, &args, &env);
+}
+
 #[test]
 fn hello_upgrades_from_a_github_release_the_tool_published() {
     let _serial = serial();
@@ -86,20 +110,7 @@ fn hello_upgrades_from_a_github_release_the_tool_published() {
     let build = new_build(&original, "v0.1.1");
     let scratch = Scratch::new("hello-gh-build");
     let bin = write_binary(scratch.path(), "hello", &build);
-    upgrade_to(
-        &mut hello,
-        &build,
-        &[
-            bin.to_str().unwrap(),
-            "--github",
-            "acme/hello",
-            "--tag",
-            "v0.1.1",
-            "--github-api",
-            &fixture.api,
-        ],
-        &[("GITHUB_TOKEN", "any-token-the-fixture-takes")],
-    );
+    upgrade_from_github(&mut hello, &fixture, &bin, &build, "v0.1.1", &[]);
     // The master never saw the draft: no download began before the release was published.
     let log = fixture.log();
     let published = log
@@ -171,20 +182,6 @@ fn hello_with_a_key_upgrades_to_a_release_the_tool_signed() {
     );
     let build = new_build(&original, "v0.1.2");
     let bin = write_binary(scratch.path(), "hello", &build);
-    upgrade_to(
-        &mut hello,
-        &build,
-        &[
-            bin.to_str().unwrap(),
-            "--github",
-            "acme/hello",
-            "--tag",
-            "v0.1.2",
-            "--github-api",
-            &fixture.api,
-            "--sign",
-            key.to_str().unwrap(),
-        ],
-        &[("GITHUB_TOKEN", "any-token-the-fixture-takes")],
-    );
+    let sign = ["--sign", key.to_str().unwrap()];
+    upgrade_from_github(&mut hello, &fixture, &bin, &build, "v0.1.2", &sign);
 }
