@@ -466,3 +466,77 @@ fn a_release_without_a_checksum_is_refused_without_downloading_it() {
     }
     hello.assert_refused_once(polls, &before, &current);
 }
+
+/// With `--minisign-key`, a correctly signed release of an older version (a replay of a build
+/// with a known hole, say) is refused before its body is read, and remembered: over many polls
+/// nginx sends the body at most once (the first poll's GET, dropped unread), and the refusal is
+/// logged once.
+#[test]
+fn a_replayed_older_signed_release_is_refused_and_not_downloaded_again() {
+    let nginx = Nginx::start();
+    let key = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let pub_file = nginx.www().join("..").join("minisign.pub");
+    std::fs::write(&pub_file, key.pk.to_box().unwrap().into_string()).unwrap();
+    let mut hello = Hello::start(
+        &hello_binary(),
+        &[
+            "--url".to_string(),
+            nginx.url("hello"),
+            "--minisign-key".to_string(),
+            pub_file.display().to_string(),
+        ],
+        &[],
+        "info",
+    );
+    let before = hello.greeting();
+    let current = hello.installed();
+    let old = new_build(&current, "replayed-0.0.9");
+    let sha = sha256_hex(&old);
+    let meta = upshift::release::SignedMetadata {
+        product: "hello".into(),
+        version: "0.0.9".into(),
+        target: upshift::release::BUILD_TARGET.into(),
+        sha256: sha.clone(),
+    };
+    let comment = meta.to_trusted_comment(1_764_770_000, "hello").unwrap();
+    let sig = minisign::sign(
+        Some(&key.pk),
+        &key.sk,
+        std::io::Cursor::new(&old),
+        Some(&comment),
+        None,
+    )
+    .unwrap()
+    .into_string();
+    nginx.put("hello.minisig", sig.as_bytes());
+    publish(&nginx, &old, &sha);
+    let Some(line) = hello.wait_log(" rejected: ", UPGRADE) else {
+        hello.fail(format!("the replay was not rejected within {UPGRADE:?}"))
+    };
+    if !line.contains("0.0.9 is not newer than 0.1.0") {
+        hello.fail(format!("the rejection does not name the floor: {line}"));
+    }
+    let from = nginx.settled_hits().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let hits = nginx.settled_hits();
+    let polls = since(&hits, from)
+        .iter()
+        .filter(|h| h.uri.starts_with("/hello"))
+        .count();
+    if polls < 5 {
+        hello.fail(format!(
+            "only {polls} requests in the 4 s after the refusal"
+        ));
+    }
+    let bodies: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.uri == "/hello" && h.status / 100 == 2 && h.method == "GET")
+        .collect();
+    if bodies.len() > 1 {
+        hello.fail(format!(
+            "the refused release was requested {} times: {bodies:#?}",
+            bodies.len()
+        ));
+    }
+    hello.assert_refused_once(polls, &before, &current);
+}
