@@ -424,6 +424,24 @@ fn a_release_uploaded_in_place_is_installed_once_the_upload_completes() {
     }
 }
 
+/// Lets the master poll for 4 s after a refusal; the requests for the release in that time and
+/// the whole access log. Fails unless it kept polling.
+fn polls_after_refusal(hello: &Hello, nginx: &Nginx) -> (usize, Vec<Hit>) {
+    let from = nginx.settled_hits().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let hits = nginx.settled_hits();
+    let polls = since(&hits, from)
+        .iter()
+        .filter(|h| h.uri.starts_with("/hello"))
+        .count();
+    if polls < 5 {
+        hello.fail(format!(
+            "only {polls} requests in the 4 s after the refusal"
+        ));
+    }
+    (polls, hits)
+}
+
 /// A release published without any checksum is refused without its body: over many polls nginx
 /// sends none of the file's bytes, and the refusal is logged once (a reminder says "is still
 /// refused", not "rejected").
@@ -442,18 +460,7 @@ fn a_release_without_a_checksum_is_refused_without_downloading_it() {
             "the rejection does not say there is no checksum: {line}"
         ));
     }
-    let from = nginx.settled_hits().len();
-    std::thread::sleep(Duration::from_secs(4));
-    let hits = nginx.settled_hits();
-    let polls = since(&hits, from)
-        .iter()
-        .filter(|h| h.uri.starts_with("/hello"))
-        .count();
-    if polls < 5 {
-        hello.fail(format!(
-            "only {polls} requests in the 4 s after the refusal"
-        ));
-    }
+    let (polls, hits) = polls_after_refusal(&hello, &nginx);
     let sent: Vec<&Hit> = hits
         .iter()
         .filter(|h| h.uri == "/hello" && h.status / 100 == 2 && h.body_bytes > 0)
@@ -516,18 +523,7 @@ fn a_replayed_older_signed_release_is_refused_and_not_downloaded_again() {
     if !line.contains("0.0.9 is not newer than 0.1.0") {
         hello.fail(format!("the rejection does not name the floor: {line}"));
     }
-    let from = nginx.settled_hits().len();
-    std::thread::sleep(Duration::from_secs(4));
-    let hits = nginx.settled_hits();
-    let polls = since(&hits, from)
-        .iter()
-        .filter(|h| h.uri.starts_with("/hello"))
-        .count();
-    if polls < 5 {
-        hello.fail(format!(
-            "only {polls} requests in the 4 s after the refusal"
-        ));
-    }
+    let (polls, hits) = polls_after_refusal(&hello, &nginx);
     let bodies: Vec<&Hit> = hits
         .iter()
         .filter(|h| h.uri == "/hello" && h.status / 100 == 2 && h.method == "GET")
