@@ -42,7 +42,8 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
   --host-name NAME       this host's name in staged rollouts (default: the machine's host name)
   --minisign-key FILE    a minisign public key (minisign.pub): every release must be signed by it,
                          for product \"hello\" (the binary's file name), this platform's target and
-                         a version above this build's (upshift-publish --sign writes all three)
+                         a version above this build's (upshift-publish --sign writes all three);
+                         repeatable: a signature by any of the keys verifies (key rotation)
 
 Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.
 UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
@@ -61,7 +62,7 @@ struct Args {
     probation: Option<Duration>,
     rollout: Option<f64>,
     host_name: Option<String>,
-    minisign_key: Option<String>,
+    minisign_keys: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -79,7 +80,7 @@ fn parse_args() -> Result<Args, String> {
         probation: None,
         rollout: None,
         host_name: None,
-        minisign_key: None,
+        minisign_keys: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,7 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--probation" => args.probation = Some(secs(&value()?)?),
             "--rollout" => args.rollout = Some(percent(&value()?)?),
             "--host-name" => args.host_name = Some(value()?),
-            "--minisign-key" => args.minisign_key = Some(value()?),
+            "--minisign-key" => args.minisign_keys.push(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -221,7 +222,7 @@ async fn main() -> std::process::ExitCode {
     if let Some(name) = &args.host_name {
         upgrader = upgrader.host_name(name);
     }
-    if let Some(path) = &args.minisign_key {
+    for path in &args.minisign_keys {
         match std::fs::read_to_string(path) {
             Ok(key) => upgrader = upgrader.minisign_public_key(key),
             Err(e) => {

@@ -76,7 +76,7 @@ pub struct Upgrader {
     max_release_bytes: u64,
     allow_unverified_remote: bool,
     allow_insecure_transport: bool,
-    public_key: Option<String>,
+    public_keys: Vec<String>,
     version: Option<String>,
     product: Option<String>,
     target: Option<String>,
@@ -154,7 +154,7 @@ impl Upgrader {
             max_release_bytes: 1 << 30,
             allow_unverified_remote: false,
             allow_insecure_transport: false,
-            public_key: None,
+            public_keys: Vec::new(),
             version: None,
             product: None,
             target: None,
@@ -296,8 +296,19 @@ impl Upgrader {
 
     /// Requires every release to carry a minisign signature by this public key (the base64 key,
     /// or the text of a `minisign.pub` file). Unsigned or badly signed releases are refused.
+    ///
+    /// Call it again to trust several keys at once — a signature by any of them verifies — which
+    /// is how a key is rotated without a flag day (see `SECURITY.md`).
+    ///
+    /// ```no_run
+    /// # let (old_pub, new_pub) = ("RWQ...old", "RWQ...new");
+    /// // Both keys verify while the fleet moves from the old one to the new one.
+    /// let upgrader = upshift::Upgrader::new()
+    ///     .minisign_public_key(old_pub)
+    ///     .minisign_public_key(new_pub);
+    /// ```
     pub fn minisign_public_key(mut self, key: impl Into<String>) -> Self {
-        self.public_key = Some(key.into());
+        self.public_keys.push(key.into());
         self
     }
 
@@ -480,10 +491,9 @@ impl Upgrader {
         // Validated even without a fetcher, so that a bad setting is never a surprise later.
         let fleet = crate::rollout::Fleet::new(std::mem::take(&mut self.fleet))?;
         if !self.fetchers.is_empty() {
-            let public_key = match &self.public_key {
-                None => None,
-                Some(text) => Some(parse_public_key(text)?),
-            };
+            let public_keys = (self.public_keys.iter())
+                .map(|text| parse_public_key(text))
+                .collect::<Result<Vec<_>, _>>()?;
             for (what, value) in [("product", &self.product), ("target", &self.target)] {
                 if let Some(v) = value.as_deref().filter(|v| !valid_name(v)) {
                     return Err(Error::Config(format!(
@@ -493,7 +503,7 @@ impl Upgrader {
                 }
             }
             let policy = crate::fetch::TrustPolicy {
-                signature_required: public_key.is_some(),
+                signature_required: !public_keys.is_empty(),
                 allow_insecure_transport: self.allow_insecure_transport,
             };
             for fetcher in &mut self.fetchers {
@@ -503,8 +513,9 @@ impl Upgrader {
             }
             let stage = StageOptions {
                 max_bytes: self.max_release_bytes,
-                require_checksum_for_remote: !self.allow_unverified_remote && public_key.is_none(),
-                public_key,
+                require_checksum_for_remote: !self.allow_unverified_remote
+                    && public_keys.is_empty(),
+                public_keys,
             };
             cfg.updates = Some(UpdateSettings {
                 fetchers: std::mem::take(&mut self.fetchers),

@@ -30,8 +30,8 @@ pub(crate) struct StageOptions {
     pub(crate) max_bytes: u64,
     /// Refuse releases that came over the network without a checksum.
     pub(crate) require_checksum_for_remote: bool,
-    /// When set, every release must carry a minisign signature by this key.
-    pub(crate) public_key: Option<PublicKey>,
+    /// When any is set, every release must carry a minisign signature by one of these keys.
+    pub(crate) public_keys: Vec<PublicKey>,
 }
 
 impl Default for StageOptions {
@@ -39,7 +39,7 @@ impl Default for StageOptions {
         StageOptions {
             max_bytes: 1 << 30,
             require_checksum_for_remote: true,
-            public_key: None,
+            public_keys: Vec::new(),
         }
     }
 }
@@ -155,21 +155,16 @@ pub(crate) async fn stage(
         return Err(InstallError::MissingChecksum);
     }
     let signature =
-        match (&opts.public_key, signature) {
-            (None, _) => None,
-            (Some(_), None) => return Err(InstallError::Unsigned),
-            (Some(_), Some(text)) => Some(Signature::decode(&text).map_err(|e| {
+        match (opts.public_keys.is_empty(), signature) {
+            (true, _) => None,
+            (false, None) => return Err(InstallError::Unsigned),
+            (false, Some(text)) => Some(Signature::decode(&text).map_err(|e| {
                 InstallError::BadSignature(format!("cannot read the signature: {e}"))
             })?),
         };
-    let mut verifier = match (&opts.public_key, &signature) {
-        (Some(key), Some(sig)) => Some(key.verify_stream(sig).map_err(|e| {
-            InstallError::BadSignature(format!(
-                "{e} (a signature by another key, or a legacy non-prehashed one: sign with a \
-                 current minisign)"
-            ))
-        })?),
-        _ => None,
+    let mut verifier = match &signature {
+        Some(sig) => Some(start_verifier(&opts.public_keys, sig)?),
+        None => None,
     };
 
     if let (Format::Raw, None, Some(local)) = (&format, &verifier, local_file) {
@@ -232,6 +227,26 @@ pub(crate) async fn stage(
         binary_bytes: unpacked.bytes,
         armed: true,
     })
+}
+
+/// A stream verifier for `signature` with the configured key that made it (the signature names
+/// its key's id, so at most one matches).
+fn start_verifier<'a>(
+    keys: &'a [PublicKey],
+    signature: &'a Signature,
+) -> Result<StreamVerifier<'a>, InstallError> {
+    let mut last = None;
+    for key in keys {
+        match key.verify_stream(signature) {
+            Ok(verifier) => return Ok(verifier),
+            Err(e) => last = Some(e),
+        }
+    }
+    let why = last.map_or_else(|| "no key is configured".to_string(), |e| e.to_string());
+    Err(InstallError::BadSignature(format!(
+        "{why} (a signature by a key that is not configured, or a legacy non-prehashed one: sign \
+         with a current minisign)"
+    )))
 }
 
 struct Pumped {

@@ -50,7 +50,7 @@ impl PipelineConfig {
     fn policy(&self) -> Policy {
         Policy {
             require_checksum_for_remote: self.stage.require_checksum_for_remote,
-            require_signature: self.stage.public_key.is_some(),
+            require_signature: !self.stage.public_keys.is_empty(),
         }
     }
 }
@@ -149,7 +149,7 @@ impl Updater {
         master: UnboundedSender<Event>,
         serving: tokio::sync::watch::Receiver<Option<ServingWorker>>,
     ) -> Arc<Self> {
-        let expected = cfg.stage.public_key.is_some().then(|| Expected {
+        let expected = (!cfg.stage.public_keys.is_empty()).then(|| Expected {
             product: cfg.product.clone().unwrap_or_else(|| {
                 (invoked.file_name()).map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             }),

@@ -258,7 +258,7 @@ fn minisign_signature_is_required_and_checked_when_a_key_is_set() {
     let dir = TempDir::new("sig");
     let (kp, pk) = keypair();
     let opts = StageOptions {
-        public_key: Some(pk),
+        public_keys: vec![pk],
         ..StageOptions::default()
     };
     let body = b"signed binary".to_vec();
@@ -285,6 +285,31 @@ fn minisign_signature_is_required_and_checked_when_a_key_is_set() {
 
     let err = failed(&dir, stage_in(&dir, release(body, Format::Raw), &opts));
     assert!(matches!(err, InstallError::Unsigned), "{err}");
+}
+
+#[test]
+fn a_signature_by_any_configured_key_verifies_during_a_rotation() {
+    let dir = TempDir::new("rotate");
+    let (old, old_pk) = keypair();
+    let (new, new_pk) = keypair();
+    let (stranger, _) = keypair();
+    let opts = StageOptions {
+        public_keys: vec![old_pk, new_pk],
+        ..StageOptions::default()
+    };
+    let body = b"signed binary".to_vec();
+    for kp in [&old, &new] {
+        let mut rel = release(body.clone(), Format::Raw);
+        rel.signature = Some(sign(kp, &body));
+        stage_in(&dir, rel, &opts).unwrap();
+    }
+    let mut rel = release(body.clone(), Format::Raw);
+    rel.signature = Some(sign(&stranger, &body));
+    let err = failed(&dir, stage_in(&dir, rel, &opts));
+    assert!(
+        err.to_string().contains("a key that is not configured"),
+        "{err}"
+    );
 }
 
 #[test]
