@@ -24,7 +24,7 @@ const BUILD_ID: &str = match option_env!("BUILD_ID") {
 const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
              [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
              [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS] [--probation SECS]
-             [--rollout PERCENT] [--host-name NAME]
+             [--rollout PERCENT] [--host-name NAME] [--allow-insecure-transport]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
@@ -40,6 +40,10 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
                          counts as good; dying sooner rolls it back (default 10)
   --rollout PERCENT      share of the fleet taking a release that sets none itself (default 100)
   --host-name NAME       this host's name in staged rollouts (default: the machine's host name)
+  --allow-insecure-transport
+                         accept plain http:// for --url, --github-api and --s3-endpoint without a
+                         minisign key (loopback test servers only: on a network, anyone on the
+                         path could replace the release and its checksum)
 
 Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.
 UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
@@ -58,6 +62,7 @@ struct Args {
     probation: Option<Duration>,
     rollout: Option<f64>,
     host_name: Option<String>,
+    allow_insecure_transport: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -75,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         probation: None,
         rollout: None,
         host_name: None,
+        allow_insecure_transport: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--probation" => args.probation = Some(secs(&value()?)?),
             "--rollout" => args.rollout = Some(percent(&value()?)?),
             "--host-name" => args.host_name = Some(value()?),
+            "--allow-insecure-transport" => args.allow_insecure_transport = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -215,6 +222,7 @@ async fn main() -> std::process::ExitCode {
     if let Some(name) = &args.host_name {
         upgrader = upgrader.host_name(name);
     }
+    upgrader = upgrader.allow_insecure_transport(args.allow_insecure_transport);
     match add_fetchers(upgrader, &args) {
         Ok(u) => upgrader = u,
         Err(msg) => {
