@@ -71,6 +71,12 @@ impl Api {
         target: &str,
         headers: HeaderMap,
     ) -> Result<http::Response<Body>, FetchError> {
+        if !target.starts_with('/') {
+            // A URL the API handed over (a next page): held to the same rule as a redirect
+            // from the API base.
+            transport::check_redirect(&self.policy, &self.base, target)
+                .map_err(|e| self.error(target, e))?;
+        }
         let mut at = target.to_string();
         for hop in 0..=MAX_REDIRECTS {
             let response = self.get_once(&at, headers.clone()).await?;
