@@ -25,6 +25,7 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
              [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
              [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS] [--probation SECS]
              [--rollout PERCENT] [--host-name NAME] [--minisign-key FILE]
+             [--allow-insecure-transport]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
@@ -44,6 +45,10 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
                          for product \"hello\" (the binary's file name), this platform's target and
                          a version above this build's (upshift-publish --sign writes all three);
                          repeatable: a signature by any of the keys verifies (key rotation)
+  --allow-insecure-transport
+                         accept plain http:// for --url, --github-api and --s3-endpoint without a
+                         minisign key (loopback test servers only: on a network, anyone on the
+                         path could replace the release and its checksum)
 
 Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.
 UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
@@ -63,6 +68,7 @@ struct Args {
     rollout: Option<f64>,
     host_name: Option<String>,
     minisign_keys: Vec<String>,
+    allow_insecure_transport: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -81,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         rollout: None,
         host_name: None,
         minisign_keys: Vec::new(),
+        allow_insecure_transport: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -100,6 +107,7 @@ fn parse_args() -> Result<Args, String> {
             "--rollout" => args.rollout = Some(percent(&value()?)?),
             "--host-name" => args.host_name = Some(value()?),
             "--minisign-key" => args.minisign_keys.push(value()?),
+            "--allow-insecure-transport" => args.allow_insecure_transport = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -231,6 +239,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
+    upgrader = upgrader.allow_insecure_transport(args.allow_insecure_transport);
     match add_fetchers(upgrader, &args) {
         Ok(u) => upgrader = u,
         Err(msg) => {

@@ -56,6 +56,8 @@ impl Origin {
             ],
         };
         args.extend(["--interval".into(), interval.as_secs_f64().to_string()]);
+        // Both origins are loopback servers speaking plain http: the opt-in (no key here).
+        args.push("--allow-insecure-transport".into());
         args
     }
 

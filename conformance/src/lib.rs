@@ -30,6 +30,10 @@
 //! is a test failure with a message, never a stuck test.
 
 pub mod hello;
+mod loopback;
+pub mod startup;
+
+pub use loopback::{Loopback, LOOPBACK_POLICY};
 
 use std::time::Duration;
 

@@ -17,6 +17,7 @@ use common::{
 };
 use nginx::Nginx;
 use upshift::fetch::{FileFetcher, Format};
+use upshift_fetcher_conformance::Loopback;
 use upshift_http::HttpFetcher;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +69,7 @@ async fn a_raw_signed_release_reaches_the_file_and_http_fetchers() {
         &got.bytes,
     );
 
-    let mut http = HttpFetcher::new(nginx.url("next")).unwrap();
+    let mut http = HttpFetcher::new(nginx.url("next")).unwrap().loopback();
     let got = fetch(&mut http, &fresh_current(None))
         .await
         .expect("a release");
@@ -140,7 +141,8 @@ async fn archives_and_a_shared_sha256sums_list() {
 
     let mut http = HttpFetcher::new(nginx.url("app.tar.gz"))
         .unwrap()
-        .sha256sums_url(nginx.url("SHA256SUMS"));
+        .sha256sums_url(nginx.url("SHA256SUMS"))
+        .loopback();
     let got = fetch(&mut http, &fresh_current(None))
         .await
         .expect("a release");

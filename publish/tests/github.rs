@@ -11,6 +11,7 @@ use common::{
     write_binary, Scratch,
 };
 use upshift::fetch::Format;
+use upshift_fetcher_conformance::Loopback;
 use upshift_github::{GithubFetcher, TARGET};
 
 const TOKEN: &str = "ghp_fixtureToken0123456789";
@@ -19,6 +20,7 @@ fn fetcher(fixture: &Fixture) -> GithubFetcher {
     GithubFetcher::new("acme/app")
         .unwrap()
         .api_base(&fixture.api)
+        .loopback()
         .token(TOKEN)
         .prereleases(true)
 }
@@ -128,6 +130,7 @@ async fn a_new_release_is_created_uploaded_and_found_by_the_github_fetcher() {
     let mut latest = GithubFetcher::new("acme/app")
         .unwrap()
         .api_base(&fixture.api)
+        .loopback()
         .token(TOKEN);
     let got = fetch(&mut latest, &fresh_current(Some("1.1.0")))
         .await

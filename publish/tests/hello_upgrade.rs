@@ -103,6 +103,8 @@ fn hello_upgrades_from_a_github_release_the_tool_published() {
             "acme/hello".to_string(),
             "--github-api".to_string(),
             fixture.api.clone(),
+            // The fixture on 127.0.0.1 speaks plain http: the opt-in (no key here).
+            "--allow-insecure-transport".to_string(),
         ],
         &[],
         "info",

@@ -7,6 +7,7 @@
 //! this crate; `upshift-http`, `upshift-github` and `upshift-s3` as separate crates.
 
 mod file;
+pub mod transport;
 
 use std::fmt;
 use std::time::Duration;
@@ -352,7 +353,10 @@ pub trait Fetcher: Send {
     /// [`check`](Fetcher::check). A fetcher checks here what it can know at startup (a plain
     /// `http://` URL without a key or the opt-in) and keeps the policy for what it learns later
     /// (a redirect, a file's owner). An error stops [`Upgrader::run`](crate::Upgrader::run) with a
-    /// configuration error naming the fetcher. The default accepts any policy.
+    /// configuration error naming the fetcher. The default accepts any policy. Remote fetchers
+    /// refuse plain `http://` there with [`transport::require_tls`], warn once with
+    /// [`transport::warn_without_key`], and, used without it (a direct [`check`](Fetcher::check)),
+    /// apply the strict [`TrustPolicy::default`].
     fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
         let _ = policy;
         Ok(())

@@ -99,6 +99,7 @@ pub(super) fn kill_master_mid_download(ctx: &mut Ctx) -> Result<Outcome, String>
     let args = vec![
         "--url".into(),
         ctx.nginx.url(&rel),
+        "--allow-insecure-transport".into(),
         "--interval".into(),
         "1".into(),
     ];
@@ -441,6 +442,7 @@ pub(super) fn disk_full(ctx: &mut Ctx, http: bool) -> Result<Outcome, String> {
         true => vec![
             "--url".into(),
             ctx.nginx.url(&rel),
+            "--allow-insecure-transport".into(),
             "--interval".into(),
             "1".into(),
         ],
@@ -521,6 +523,7 @@ pub(super) fn release_server_dies(ctx: &mut Ctx) -> Result<Outcome, String> {
     let args = vec![
         "--url".into(),
         ctx.nginx.url(&rel),
+        "--allow-insecure-transport".into(),
         "--interval".into(),
         "1".into(),
     ];

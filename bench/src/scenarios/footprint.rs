@@ -327,6 +327,7 @@ fn http_run(
     let args = [
         "--url".to_string(),
         nginx.url(&rel),
+        "--allow-insecure-transport".to_string(),
         "--interval".to_string(),
         "1".to_string(),
     ];

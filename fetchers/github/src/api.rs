@@ -13,7 +13,9 @@ use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use octocrab::Octocrab;
 use tokio::io::{AsyncRead, ReadBuf};
-use upshift::fetch::FetchError;
+use upshift::fetch::{transport, FetchError, TrustPolicy};
+
+use crate::transport::{followed_elsewhere, redirect_target, MAX_REDIRECTS};
 
 /// A response body as octocrab's client hands it over.
 pub(crate) type Body = BoxBody<Bytes, octocrab::Error>;
@@ -26,19 +28,27 @@ const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub(crate) struct Api {
     pub client: Octocrab,
+    /// For URLs off the API's origin (a redirect to the storage host): no token.
+    pub elsewhere: Octocrab,
     /// The fetcher's name (`github:owner/repo`): every error starts with it.
     pub name: String,
     /// The API base (`https://api.github.com`), to show full URLs in errors.
     pub base: String,
     pub timeout: Duration,
+    /// Whether plain `http://` may be used (redirects included).
+    pub policy: TrustPolicy,
 }
 
 impl Api {
     /// The URL shown in logs and errors for a request target (a path, or a full next-page URL).
+    /// A URL off the API (a presigned storage URL) loses its query string.
     pub fn shown(&self, target: &str) -> String {
-        match target.starts_with('/') {
-            true => format!("{}{}", self.base, target),
-            false => target.to_string(),
+        if target.starts_with('/') {
+            format!("{}{}", self.base, target)
+        } else if target.starts_with(&format!("{}/", self.base)) {
+            target.to_string()
+        } else {
+            transport::redact_url(target)
         }
     }
 
@@ -52,15 +62,62 @@ impl Api {
     }
 
     /// `GET target` (a path relative to the API base, or an absolute URL on it) with `headers`,
-    /// through octocrab's client: the token goes only to the API's origin, redirects are
-    /// followed (dropping the Authorization header when they leave that origin). Bounded by the
-    /// timeout until the response head arrives.
+    /// through octocrab's client: the token goes only to the API's authority. Redirects are
+    /// followed here, each hop bounded by the timeout until its response head arrives, never
+    /// from `https://` to `http://` (see `transport.rs`); the URLs they lead to are logged
+    /// without their query string.
     pub async fn get(
         &self,
         target: &str,
         headers: HeaderMap,
     ) -> Result<http::Response<Body>, FetchError> {
-        let request = self.client._get_with_headers(target, Some(headers));
+        if !target.starts_with('/') {
+            // A URL the API handed over (a next page): held to the same rule as a redirect
+            // from the API base.
+            transport::check_redirect(&self.policy, &self.base, target)
+                .map_err(|e| self.error(target, e))?;
+        }
+        let mut at = target.to_string();
+        for hop in 0..=MAX_REDIRECTS {
+            let response = self.get_once(&at, headers.clone()).await?;
+            let full = match at.starts_with('/') {
+                true => format!("{}{at}", self.base),
+                false => at.clone(),
+            };
+            followed_elsewhere(&self.policy, &full, &response).map_err(|e| self.error(&at, e))?;
+            let Some(next) =
+                redirect_target(&self.policy, &full, &response).map_err(|e| self.error(&at, e))?
+            else {
+                return Ok(response);
+            };
+            if hop == MAX_REDIRECTS {
+                break;
+            }
+            tracing::debug!(
+                fetcher = %self.name,
+                from = %self.shown(&at),
+                to = %self.shown(&next),
+                status = response.status().as_u16(),
+                "following a redirect"
+            );
+            at = next;
+        }
+        Err(self.error(target, format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// One `GET`, bounded by the timeout until the response head arrives.
+    async fn get_once(
+        &self,
+        target: &str,
+        headers: HeaderMap,
+    ) -> Result<http::Response<Body>, FetchError> {
+        let on_api = target.starts_with('/') || same_origin(target, &self.base);
+        let client = if on_api {
+            &self.client
+        } else {
+            &self.elsewhere
+        };
+        let request = client._get_with_headers(target, Some(headers));
         let response = match tokio::time::timeout(self.timeout, request).await {
             Err(_) => {
                 return Err(self.error(target, format!("no response within {:?}", self.timeout)))
@@ -104,6 +161,16 @@ impl Api {
             Some(m) => self.error(target, format!("{status}: {m}")),
             None => self.error(target, status),
         }
+    }
+}
+
+/// Whether the absolute URLs `a` and `b` have the same scheme and authority.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (a.parse::<http::Uri>(), b.parse::<http::Uri>()) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme() && a.authority().is_some() && a.authority() == b.authority()
+        }
+        _ => false,
     }
 }
 

@@ -21,6 +21,21 @@
 //! installed, and has an asset for this platform is downloaded, through the API's asset endpoint
 //! (GitHub redirects to its storage host; the token is not sent there).
 //!
+//! # Transport
+//!
+//! Without a minisign key, the checksum (the asset's `digest`, a checksum asset) comes over the
+//! same channel as the asset, so a plain `http://` API base would let anyone on the network path
+//! replace both. An `http://` [`api_base`](GithubFetcher::api_base) is refused unless a key is
+//! configured or the operator opted in with `Upgrader::allow_insecure_transport(true)` (meant
+//! for loopback test fixtures): at startup by [`Fetcher::apply_policy`], with a message naming
+//! the URL and the fixes, and at each check for a fetcher never given a policy (the strict
+//! [`TrustPolicy::default`]). With a token, a plain `http://` API base is refused whatever the
+//! policy unless it is on this machine (`127.0.0.1`, `::1`, `localhost`): the token would travel
+//! in clear. Redirects (the asset download's, to GitHub's storage host) are followed by this
+//! crate, hop by hop: never from `https://` to `http://`, to another `http://` URL only where
+//! plain transport is allowed. The presigned storage URLs they lead to are never logged with
+//! their query string.
+//!
 //! TLS is rustls with the *ring* provider (installed as the process default if none is);
 //! certificates are checked against the system's trust store (Debian: `ca-certificates`), which
 //! must not be empty. No OpenSSL, no aws-lc.
@@ -28,6 +43,7 @@
 mod api;
 mod checksum;
 mod select;
+mod transport;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -37,7 +53,7 @@ use http::header::{HeaderValue, ACCEPT, IF_NONE_MATCH};
 use http::{HeaderMap, StatusCode};
 use octocrab::models::repos::Release as GhRelease;
 use semver::Version;
-use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release};
+use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy};
 
 use api::{Api, BodyReader};
 pub use select::TARGET;
@@ -125,6 +141,8 @@ pub struct GithubFetcher {
     cache: Option<Cached>,
     /// Tags already warned about as not semantic versions: one warning per tag, not per poll.
     unversioned_warned: HashSet<String>,
+    /// What the configuration allows ([`Fetcher::apply_policy`]); strict until told otherwise.
+    policy: TrustPolicy,
 }
 
 /// The last 200 answer to the releases request: its ETag and the release it pointed at.
@@ -222,11 +240,14 @@ impl GithubFetcher {
             api: None,
             cache: None,
             unversioned_warned: HashSet::new(),
+            policy: TrustPolicy::default(),
         })
     }
 
     /// The REST API's base URL. Default `https://api.github.com`; for GitHub Enterprise Server
-    /// `https://HOST/api/v3`. An unusable URL makes every check fail with an error saying so.
+    /// `https://HOST/api/v3`. An unusable URL makes every check fail with an error saying so. A
+    /// plain `http://` base is refused without a minisign key unless the operator opts in, and
+    /// with a token unless it is on this machine: see [Transport](crate#transport).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), upshift::fetch::FetchError> {
@@ -384,6 +405,8 @@ impl GithubFetcher {
         if let Some(api) = &self.api {
             return Ok(api.clone());
         }
+        transport::check_api_base(&self.policy, &self.api_base, self.token.is_some())
+            .map_err(|e| self.config_error(e))?;
         let base: http::Uri = self
             .api_base
             .parse()
@@ -420,11 +443,19 @@ impl GithubFetcher {
         let client = builder
             .build()
             .map_err(|e| self.config_error(format_args!("building the API client: {e}")))?;
+        // For redirects off the API (the storage host): no token, and no API base path that
+        // octocrab would prepend to the presigned URL's path.
+        let elsewhere = octocrab::OctocrabBuilder::new()
+            .set_connect_timeout(Some(self.timeout))
+            .build()
+            .map_err(|e| self.config_error(format_args!("building the API client: {e}")))?;
         let api = Api {
             client,
+            elsewhere,
             name: self.name.clone(),
             base: self.api_base.clone(),
             timeout: self.timeout,
+            policy: self.policy,
         };
         self.api = Some(api.clone());
         Ok(api)
@@ -817,11 +848,73 @@ impl Fetcher for GithubFetcher {
     fn interval(&self) -> Duration {
         self.interval
     }
+
+    /// Refuses a plain `http://` API base unless the policy allows it, and one that would carry
+    /// the token in clear to another machine whatever the policy (see
+    /// [Transport](crate#transport)); keeps the policy for the redirects met later, and warns
+    /// once when no minisign key is configured.
+    fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
+        self.policy = *policy;
+        self.api = None;
+        transport::check_api_base(policy, &self.api_base, self.token.is_some())?;
+        upshift::fetch::transport::warn_without_key(policy, &self.name);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl GithubFetcher {
+        /// With the opt-in for a plain loopback API base, as `Upgrader::run` would hand over.
+        fn opted_in(mut self) -> Self {
+            let policy = TrustPolicy {
+                signature_required: false,
+                allow_insecure_transport: true,
+            };
+            self.apply_policy(&policy).expect("the opt-in");
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_api_base_needs_the_opt_in_and_a_token_needs_loopback() {
+        let current = Current::default();
+        let e = GithubFetcher::new("o/r")
+            .unwrap()
+            .api_base("http://127.0.0.1:9")
+            .apply_policy(&TrustPolicy::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http://127.0.0.1:9") && e.contains("allow_insecure_transport(true)"),
+            "{e}"
+        );
+        // Never given a policy: refused at check time, before any request, the same way.
+        let mut unconfigured = GithubFetcher::new("o/r")
+            .unwrap()
+            .api_base("http://127.0.0.1:9")
+            .current_version("1.0.0");
+        let at_check = unconfigured.check(&current).await.unwrap_err().to_string();
+        assert!(
+            at_check.contains("github:o/r") && at_check.contains(&e),
+            "{at_check}"
+        );
+        let mut remote = GithubFetcher::new("o/r")
+            .unwrap()
+            .api_base("http://ghe.example/api/v3")
+            .token("ghp_x");
+        let policy = TrustPolicy {
+            signature_required: true,
+            allow_insecure_transport: true,
+        };
+        let e = remote.apply_policy(&policy).unwrap_err().to_string();
+        assert!(
+            e.contains("token would travel in clear") && !e.contains("ghp_x"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn repository_names() {
@@ -880,6 +973,7 @@ mod tests {
         let mut f = GithubFetcher::new("o/r")
             .unwrap()
             .api_base("http://127.0.0.1:9")
+            .opted_in()
             .token("line\nbreak");
         let e = f.check(&current).await.unwrap_err().to_string();
         assert!(e.contains("token") && !e.contains("break"), "{e}");
@@ -887,6 +981,7 @@ mod tests {
         let mut f = GithubFetcher::new("o/r")
             .unwrap()
             .api_base("http://127.0.0.1:9")
+            .opted_in()
             .current_version("banana");
         let e = f.check(&current).await.unwrap_err().to_string();
         assert!(e.contains("banana"), "{e}");
@@ -894,7 +989,8 @@ mod tests {
         // No version at all: refused before any request (port 9 would fail to connect).
         let mut f = GithubFetcher::new("o/r")
             .unwrap()
-            .api_base("http://127.0.0.1:9");
+            .api_base("http://127.0.0.1:9")
+            .opted_in();
         let e = f.check(&current).await.unwrap_err().to_string();
         assert!(
             e.contains("github:o/r")

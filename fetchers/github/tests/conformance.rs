@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{sha256_hex, Fixture, Repo, TestDir};
 use upshift::fetch::Fetcher;
-use upshift_fetcher_conformance::{Failure, Source};
+use upshift_fetcher_conformance::{Failure, Loopback, Source};
 use upshift_github::GithubFetcher;
 
 const OWNER: &str = "acme";
@@ -99,6 +99,7 @@ impl Source for GithubSource {
         let fetcher = GithubFetcher::new(&format!("{OWNER}/{REPO}"))
             .expect("valid repository name")
             .api_base(api)
+            .loopback()
             .timeout(TIMEOUT)
             .interval(Duration::from_millis(200))
             // The suite's `Current` has no version; tags start at v1.0.1.

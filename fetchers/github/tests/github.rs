@@ -10,6 +10,7 @@ use common::{http_full, sha256_hex, Fixture, Logged, Repo, TestDir};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
+use upshift_fetcher_conformance::Loopback;
 use upshift_github::{GithubFetcher, TARGET};
 
 const OWNER: &str = "acme";
@@ -37,6 +38,7 @@ impl Setup {
         GithubFetcher::new(&format!("{OWNER}/{REPO}"))
             .expect("valid repository name")
             .api_base(&self.fixture.api)
+            .loopback()
             .timeout(Duration::from_secs(5))
     }
 
@@ -707,7 +709,8 @@ async fn a_repository_without_releases_is_no_release() {
     let s = Setup::new(&[]);
     let mut f = GithubFetcher::new("acme/nothing-here")
         .unwrap()
-        .api_base(&s.fixture.api);
+        .api_base(&s.fixture.api)
+        .loopback();
     none(
         &mut f,
         &nothing_installed(),
@@ -718,6 +721,7 @@ async fn a_repository_without_releases_is_no_release() {
     let mut f = GithubFetcher::new("acme/nothing-here")
         .unwrap()
         .api_base(&s.fixture.api)
+        .loopback()
         .prereleases(true);
     let e = check(&mut f, &nothing_installed())
         .await

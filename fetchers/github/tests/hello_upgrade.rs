@@ -86,6 +86,8 @@ impl Rig {
             format!("{OWNER}/{REPO}"),
             "--github-api".to_string(),
             self.fixture.api.clone(),
+            // The fixture on 127.0.0.1 speaks plain http, which needs the opt-in without a key.
+            "--allow-insecure-transport".to_string(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         Hello::start(&hello_binary(), &args, &[], rust_log)

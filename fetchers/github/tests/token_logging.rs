@@ -1,6 +1,8 @@
-//! What the fetcher logs. The token never appears in logs: every tracing event at every level
-//! (the fetcher's and octocrab's) is captured while a fetcher with a token downloads a release
-//! and meets errors. A tag that is not a version is warned about once, not on every poll.
+//! What the fetcher logs. The token never appears in logs, nor the query string of the presigned
+//! storage URL an asset download redirects to: every tracing event at every level (the
+//! fetcher's and octocrab's) is captured while a fetcher with a token downloads a release and
+//! meets errors. A tag that is not a version is warned about once, not on every poll; so is the
+//! absence of a minisign key, once per fetcher.
 //!
 //! In a test binary of their own, with one process-wide subscriber shared by its tests (each
 //! looks at the lines naming its own repository): a thread-local subscriber shares tracing's
@@ -15,6 +17,7 @@ use std::time::Duration;
 use common::{sha256_hex, Fixture, Repo, TestDir};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, Fetcher};
+use upshift_fetcher_conformance::Loopback;
 use upshift_github::{GithubFetcher, TARGET};
 
 /// A writer the subscriber appends to.
@@ -80,6 +83,7 @@ async fn the_token_is_never_logged() {
     let mut f = GithubFetcher::new("acme/app")
         .expect("valid name")
         .api_base(&fixture.api)
+        .loopback()
         .token(token);
     let shown = format!("{f:?}");
     assert!(
@@ -110,12 +114,13 @@ async fn the_token_is_never_logged() {
     let _ = tokio::time::timeout(bounded, f.check(&current)).await;
 
     let logs = captured.text();
-    // The fetcher's own events and octocrab's request spans (with URLs) were captured.
+    // The fetcher's own events were captured, the redirect to the storage host among them.
     for expected in [
         "github:acme/app",
         "rate limited",
-        "requesting",
+        "following a redirect",
         "/releases/assets/",
+        "/objects/acme/app/",
     ] {
         assert!(
             logs.contains(expected),
@@ -130,6 +135,13 @@ async fn the_token_is_never_logged() {
         !logs.contains("Bearer"),
         "an Authorization header appears in the logs:\n{logs}"
     );
+    // The storage URL is presigned (`?expires=…&token=…`): logged without its query string.
+    for presigned in ["expires=", "token="] {
+        assert!(
+            !logs.contains(presigned),
+            "a presigned URL's query ({presigned}) appears in the logs:\n{logs}"
+        );
+    }
 }
 
 /// The latest release's tag is not a version: skipped, with one WARN however often it is polled;
@@ -158,6 +170,7 @@ async fn a_tag_that_is_not_a_version_is_warned_about_once() {
         GithubFetcher::new("acme/tags")
             .expect("valid name")
             .api_base(&fixture.api)
+            .loopback()
             .timeout(Duration::from_secs(5))
     };
 
@@ -185,10 +198,19 @@ async fn a_tag_that_is_not_a_version_is_warned_about_once() {
         .collect();
     assert_eq!(downloads.len(), 1, "only v1.5.0's asset: {downloads:?}");
     let logs = captured.text();
-    let warnings: Vec<&str> = logs
+    let (startup, warnings): (Vec<&str>, Vec<&str>) = logs
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("github:acme/tags"))
-        .collect();
+        .partition(|l| l.contains("no minisign key configured"));
+    // Without a key, each fetcher said once, when given its policy, what the checksum does not
+    // protect: not on each poll.
+    assert_eq!(startup.len(), 2, "{startup:#?}");
+    assert!(
+        startup
+            .iter()
+            .all(|l| l.contains("does not stop whoever controls the release origin")),
+        "{startup:#?}"
+    );
     // One per fetcher: the latest one polled three times, the listing one once.
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert!(

@@ -77,6 +77,8 @@ impl HttpFetcher {
         if let Some(e) = &self.config_error {
             return Err(FetchError::Source(format!("{}: {e}", self.name)));
         }
+        self.require_tls()
+            .map_err(|e| FetchError::Source(format!("{}: {e}", self.name)))?;
         self.checks += 1;
         let seq = self.checks;
         let client = self.client()?;
@@ -84,6 +86,7 @@ impl HttpFetcher {
             client,
             origin: &self.url,
             headers: &self.headers,
+            policy: self.policy,
         };
         let remembered = self.memory().clone();
         let small_timeout = self.small_timeout();

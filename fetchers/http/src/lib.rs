@@ -79,9 +79,21 @@
 //! error or a timeout is an error naming the URL (and the status). Userinfo and query strings are
 //! never shown: URLs in names, logs and errors read `https://host/path?…`.
 //!
+//! # Transport
+//!
+//! Without a minisign key, the checksum comes over the same channel as the release: plain
+//! `http://` would let anyone on the network path replace both. So `http://` release, checksum,
+//! signature and rollout URLs are refused (at startup, by [`Fetcher::apply_policy`], with a
+//! message naming the URL and the fixes) unless a key is configured or the operator opted in
+//! with `Upgrader::allow_insecure_transport(true)` (meant for loopback test servers). A fetcher
+//! used without `apply_policy` (its [`check`](Fetcher::check) called directly) applies the
+//! strict default, [`TrustPolicy::default`]: the same URLs are refused at each check, with the
+//! same message. Every request is checked again as it is sent, redirects included.
+//!
 //! # Redirects
 //!
-//! Up to 10 redirects are followed. Headers set with [`HttpFetcher::header`] are sent only to
+//! Up to 10 redirects are followed. A redirect from `https://` to `http://` is never followed,
+//! whatever the policy; one to another `http://` URL only where plain transport is allowed. Headers set with [`HttpFetcher::header`] are sent only to
 //! URLs of the release URL's origin (scheme, host and port), and not after a redirect has left
 //! that origin once, whatever their name (reqwest itself strips only `Authorization`, `Cookie`
 //! and `Proxy-Authorization` across origins).
@@ -106,7 +118,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Url;
-use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
+use upshift::fetch::{transport, Current, FetchError, Fetcher, Format, Release, TrustPolicy};
 
 use body::Memory;
 
@@ -174,6 +186,8 @@ pub struct HttpFetcher {
     /// deploy writes the checksum first, and a poll between the two writes got the old file, or
     /// the new one half written in place.
     last_offered: Option<check::Offered>,
+    /// What the configuration allows ([`Fetcher::apply_policy`]); strict until told otherwise.
+    policy: TrustPolicy,
 }
 
 impl std::fmt::Debug for HttpFetcher {
@@ -200,7 +214,8 @@ impl std::fmt::Debug for HttpFetcher {
 }
 
 impl HttpFetcher {
-    /// A fetcher for the release published at `url` (`http` or `https`), with the defaults:
+    /// A fetcher for the release published at `url` (`https`, or `http` where plain transport is
+    /// allowed: see [Transport](crate#transport)), with the defaults:
     /// checksum at `<url>.sha256`, signature at `<url>.minisig` if there is one, 10 s connect
     /// timeout, 5 min per download, polled every 60 s. A malformed URL is an error, never a panic.
     ///
@@ -239,6 +254,7 @@ impl HttpFetcher {
             memory: Arc::new(Mutex::new(Memory::default())),
             checks: 0,
             last_offered: None,
+            policy: TrustPolicy::default(),
         })
     }
 
@@ -466,6 +482,26 @@ impl HttpFetcher {
         }
     }
 
+    /// Refuses any configured URL that is plain `http://` where the policy does not allow it.
+    fn require_tls(&self) -> Result<(), FetchError> {
+        let signature = match &self.signature {
+            SignatureSource::None => None,
+            SignatureSource::Url(u) => Some(u),
+        };
+        let urls = [
+            ("release", Some(&self.url)),
+            ("checksum", self.checksum_location()),
+            ("signature", signature),
+            ("rollout", self.rollout.as_ref()),
+        ];
+        for (what, url) in urls {
+            if let Some(url) = url {
+                transport::require_tls(&self.policy, what, url.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
     fn checksum_location(&self) -> Option<&Url> {
         match &self.checksum {
             ChecksumSource::None => None,
@@ -512,6 +548,16 @@ impl Fetcher for HttpFetcher {
 
     async fn check(&mut self, current: &Current) -> Result<Option<Release>, FetchError> {
         self.poll(current).await
+    }
+
+    /// Refuses plain `http://` URLs unless the policy allows them (see
+    /// [Transport](crate#transport)), keeps the policy for the redirects met later, and warns
+    /// once when no minisign key is configured.
+    fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
+        self.policy = *policy;
+        self.require_tls()?;
+        transport::warn_without_key(policy, &self.name);
+        Ok(())
     }
 
     fn interval(&self) -> Duration {

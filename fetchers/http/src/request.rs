@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::time::Instant;
-use upshift::fetch::FetchError;
+use upshift::fetch::{transport, FetchError, TrustPolicy};
 
 use crate::body::Validators;
 use crate::meta::{self, redact};
@@ -19,6 +19,8 @@ pub(crate) struct Getter<'a> {
     /// The release URL: configured headers go only to its origin.
     pub(crate) origin: &'a Url,
     pub(crate) headers: &'a [(HeaderName, HeaderValue)],
+    /// Whether plain `http://` may be used; an `https://` to `http://` redirect never is.
+    pub(crate) policy: TrustPolicy,
 }
 
 /// The answer to the release `GET`.
@@ -74,7 +76,8 @@ fn send_error(what: &str, e: reqwest::Error, timeout: Duration) -> FetchError {
 impl Getter<'_> {
     /// Sends `GET url` (conditional on `validators`) and follows redirects, all within `timeout`
     /// (which keeps running while the caller reads the body). Configured headers are sent while
-    /// every URL so far is of the release URL's origin.
+    /// every URL so far is of the release URL's origin. A plain `http://` URL is sent only where
+    /// the policy allows it, and a redirect from `https://` to `http://` is never followed.
     async fn send(
         &self,
         method: Method,
@@ -83,6 +86,7 @@ impl Getter<'_> {
         timeout: Duration,
     ) -> Result<(Response, Url), FetchError> {
         let deadline = Instant::now() + timeout;
+        transport::require_tls(&self.policy, "request", url.as_str())?;
         let mut at = url.clone();
         let mut trusted = meta::same_origin(url, self.origin);
         for hop in 0..=MAX_REDIRECTS {
@@ -131,6 +135,8 @@ impl Getter<'_> {
                     "{what}: more than {MAX_REDIRECTS} redirects"
                 )));
             }
+            transport::check_redirect(&self.policy, at.as_str(), next.as_str())
+                .map_err(|e| FetchError::Source(format!("{what}: {e}")))?;
             trusted = trusted && meta::same_origin(&next, self.origin);
             tracing::debug!(
                 from = %redact(&at),

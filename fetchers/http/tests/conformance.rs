@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{Nginx, Options, Truncating};
 use upshift::fetch::Fetcher;
+use upshift_fetcher_conformance::Loopback;
 use upshift_fetcher_conformance::{Failure, Source};
 use upshift_http::HttpFetcher;
 
@@ -43,6 +44,7 @@ impl Source for NginxSource {
     fn fetcher(&self) -> Box<dyn Fetcher> {
         let fetcher = HttpFetcher::new(self.nginx.url(RELEASE))
             .expect("a valid URL")
+            .loopback()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(2))
             .interval(Duration::from_millis(200));

@@ -26,10 +26,42 @@ const CHECKING: &str = "event=checking ";
 fn start(nginx: &Nginx, rust_log: &str) -> Hello {
     Hello::start(
         &hello_binary(),
-        &["--url".to_string(), nginx.url("hello")],
+        &[
+            "--url".to_string(),
+            nginx.url("hello"),
+            // nginx on 127.0.0.1 speaks plain http, which needs the opt-in without a key.
+            "--allow-insecure-transport".to_string(),
+        ],
         &[],
         rust_log,
     )
+}
+
+/// `hello --url http://…` without a minisign key and without `--allow-insecure-transport`
+/// refuses to start: it exits with a configuration error that names the URL and both fixes,
+/// before serving anything. (Today's code started and polled the plain URL.)
+#[test]
+fn a_plain_http_url_is_refused_at_startup_without_the_opt_in() {
+    let nginx = Nginx::start();
+    let url = nginx.url("hello");
+    let (status, stderr) = upshift_fetcher_conformance::startup::run_to_exit(
+        &hello_binary(),
+        &["--url".to_string(), url.clone()],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(!status.success(), "hello started: {status}\n{stderr}");
+    for needed in [
+        url.as_str(),
+        "plain http",
+        "https://",
+        "minisign",
+        "allow_insecure_transport(true)",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} not in:\n{stderr}");
+    }
+    let hits = nginx.settled_hits();
+    assert!(hits.is_empty(), "the refused URL was requested: {hits:?}");
 }
 
 /// Publishes as a release pipeline does: the checksum first, then the file, each atomically
@@ -319,6 +351,16 @@ fn unchanged_release_costs_one_request_and_no_body() {
     }
     assert!(hello.is_running());
     assert_eq!(hello.greeting().generation, 2);
+    // Without a key, the master said once, at startup, what the checksum does not protect:
+    // not on each of the many polls above, nor again after the upgrade.
+    let warned = hello.log_lines("no minisign key configured");
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0].contains("WARN")
+            && warned[0].contains(&nginx.url("hello"))
+            && warned[0].contains("does not stop whoever controls the release origin"),
+        "{warned:#?}"
+    );
 }
 
 /// Publishing over an earlier release in the documented order (the checksum first, then the

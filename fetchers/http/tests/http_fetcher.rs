@@ -6,9 +6,10 @@ mod common;
 use std::io;
 use std::time::{Duration, Instant};
 
-use common::{sha256_hex, Hit, Nginx, Options, TOKEN};
+use common::{sha256_hex, Hit, Nginx, TOKEN};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
+use upshift_fetcher_conformance::Loopback;
 use upshift_http::HttpFetcher;
 
 const LEN: usize = 300 * 1024;
@@ -135,7 +136,9 @@ async fn an_unchanged_poll_is_one_request_and_no_body() {
     let nginx = Nginx::start();
     let bytes = payload("v1");
     publish_settled(&nginx, "releases/app", &bytes);
-    let mut f = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .loopback();
 
     let mut release = expect_release(&mut f, &nothing_installed(), "first poll").await;
     assert_eq!(read_all(&mut release).await.expect("body"), bytes);
@@ -199,7 +202,9 @@ async fn a_release_neither_installed_nor_refused_is_looked_at_again() {
     let nginx = Nginx::start();
     let bytes = payload("looked-at-again");
     publish_settled(&nginx, "releases/app", &bytes);
-    let mut f = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .loopback();
     let mut release = expect_release(&mut f, &nothing_installed(), "first poll").await;
     assert_eq!(read_all(&mut release).await.expect("body"), bytes);
 
@@ -232,6 +237,7 @@ async fn without_a_checksum_the_release_get_itself_is_conditional() {
     nginx.put_settled("releases/app", &bytes);
     let mut f = HttpFetcher::new(nginx.url("releases/app"))
         .expect("valid URL")
+        .loopback()
         .no_checksum();
 
     let mut release = expect_release(&mut f, &nothing_installed(), "first poll").await;
@@ -268,7 +274,9 @@ async fn a_checksum_rewritten_within_the_second_is_not_missed() {
     // nginx's validators have one-second resolution and a sidecar always has the same size: the
     // fetcher must not trust validators of a file modified in the second it was served.
     let nginx = Nginx::start();
-    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
     for tag in ["a", "b", "c"] {
         let bytes = payload(tag);
         let sha = sha256_hex(&bytes);
@@ -284,7 +292,9 @@ async fn a_checksum_rewritten_within_the_second_is_not_missed() {
 async fn a_release_dropped_unread_is_offered_again_and_a_read_one_is_not() {
     let nginx = Nginx::start();
     let sha = publish_settled(&nginx, "app", &payload("x"));
-    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
     let dropped = expect_release(&mut f, &nothing_installed(), "first").await;
     drop(dropped);
     let mut again = expect_release(&mut f, &nothing_installed(), "after a drop").await;
@@ -300,7 +310,9 @@ async fn a_deferred_release_is_offered_again() {
     let nginx = Nginx::start();
     let bytes = payload("deferred");
     publish_settled(&nginx, "app", &bytes);
-    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
     let mut release = expect_release(&mut f, &nothing_installed(), "first").await;
     read_all(&mut release).await.expect("body");
     f.deferred(&release.identity);
@@ -331,7 +343,9 @@ async fn the_installed_release_costs_no_release_request() {
             requires_checksum: false,
         },
     ] {
-        let mut f = HttpFetcher::new(nginx.url("app.tar.gz")).expect("valid URL");
+        let mut f = HttpFetcher::new(nginx.url("app.tar.gz"))
+            .expect("valid URL")
+            .loopback();
         let before = nginx.settled_hits().len();
         expect_none(&mut f, &current, "installed").await;
         let hits = since(&nginx.settled_hits(), before);
@@ -353,6 +367,7 @@ async fn sha256sums_gives_the_line_of_the_release_file() {
     nginx.put_settled("v1/SHA256SUMS", sums.as_bytes());
     let mut f = HttpFetcher::new(nginx.url("v1/app-x86_64-linux.tar.gz"))
         .expect("valid URL")
+        .loopback()
         .sha256sums_url("SHA256SUMS");
     let mut release = expect_release(&mut f, &nothing_installed(), "sums").await;
     assert_eq!(release.sha256.as_deref(), Some(sha.as_str()));
@@ -376,6 +391,7 @@ async fn sha256sums_gives_the_line_of_the_release_file() {
     // A sums file without a line for the release fails the check, naming the sums file.
     let mut f = HttpFetcher::new(nginx.url("v1/app-riscv64-linux.tar.gz"))
         .expect("valid URL")
+        .loopback()
         .sha256sums_url("SHA256SUMS");
     let msg = expect_error(&mut f, &nothing_installed(), "no line")
         .await
@@ -402,6 +418,7 @@ async fn format_from_name_content_type_or_override() {
     ] {
         let mut f = HttpFetcher::new(nginx.url(rel))
             .expect("valid URL")
+            .loopback()
             .no_checksum();
         let release = expect_release(&mut f, &nothing_installed(), rel).await;
         assert_eq!(release.format, format, "{rel}");
@@ -411,6 +428,7 @@ async fn format_from_name_content_type_or_override() {
     };
     let mut f = HttpFetcher::new(nginx.url("typed/download"))
         .expect("valid URL")
+        .loopback()
         .no_checksum()
         .format(forced.clone());
     let release = expect_release(&mut f, &nothing_installed(), "override").await;
@@ -426,6 +444,7 @@ async fn credentials_reach_their_origin_and_no_other() {
     let with_credentials = |path: &str| {
         HttpFetcher::new(nginx.url(path))
             .expect("valid URL")
+            .loopback()
             .header("Authorization", TOKEN)
             .header("X-Api-Key", "k-123")
     };
@@ -443,7 +462,9 @@ async fn credentials_reach_their_origin_and_no_other() {
     );
 
     // Without: 401, an error naming the URL and the status.
-    let mut f = HttpFetcher::new(nginx.url("private/app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("private/app"))
+        .expect("valid URL")
+        .loopback();
     let msg = expect_error(&mut f, &nothing_installed(), "unauthorized")
         .await
         .to_string();
@@ -525,6 +546,7 @@ async fn a_stalled_server_fails_the_check_within_the_timeout() {
     publish_settled(&nginx, "app", &payload("stall"));
     let mut f = HttpFetcher::new(nginx.url("app"))
         .expect("valid URL")
+        .loopback()
         .timeout(Duration::from_secs(1));
     nginx.pause();
     let started = Instant::now();
@@ -553,6 +575,7 @@ async fn a_download_slower_than_the_timeout_fails_the_read_within_it() {
     nginx.put("slow/app", &payload("slow")); // served at 10 KB/s: 30 s
     let mut f = HttpFetcher::new(nginx.url("slow/app"))
         .expect("valid URL")
+        .loopback()
         .no_checksum()
         .no_signature()
         .timeout(Duration::from_secs(1));
@@ -575,13 +598,17 @@ async fn statuses_map_to_errors_naming_the_url() {
     let nginx = Nginx::start();
     publish_settled(&nginx, "app", &payload("status"));
 
-    let mut f = HttpFetcher::new(nginx.url("limited/app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("limited/app"))
+        .expect("valid URL")
+        .loopback();
     match f.check(&nothing_installed()).await {
         Err(FetchError::RateLimited(d)) => assert_eq!(d, Duration::from_secs(7)),
         other => panic!("429 with Retry-After gave {other:?}"),
     }
 
-    let mut f = HttpFetcher::new(nginx.url("busy/app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("busy/app"))
+        .expect("valid URL")
+        .loopback();
     let msg = expect_error(&mut f, &nothing_installed(), "503")
         .await
         .to_string();
@@ -590,7 +617,9 @@ async fn statuses_map_to_errors_naming_the_url() {
         "{msg}"
     );
 
-    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
     nginx.fault("500", true);
     let msg = expect_error(&mut f, &nothing_installed(), "500")
         .await
@@ -601,11 +630,14 @@ async fn statuses_map_to_errors_naming_the_url() {
         "{msg}"
     );
 
-    let mut f = HttpFetcher::new(nginx.url("nothing/here")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("nothing/here"))
+        .expect("valid URL")
+        .loopback();
     expect_none(&mut f, &nothing_installed(), "404 is nothing published").await;
 
     let mut f = HttpFetcher::new(nginx.url("loop"))
         .expect("valid URL")
+        .loopback()
         .no_checksum();
     let msg = expect_error(&mut f, &nothing_installed(), "redirect loop")
         .await
@@ -623,7 +655,9 @@ async fn a_refused_connection_is_an_io_error_naming_the_url() {
         l.local_addr().expect("addr").port()
     }; // closed again: nothing listens there
     let url = format!("http://127.0.0.1:{port}/app");
-    let mut f = HttpFetcher::new(url.as_str()).expect("valid URL");
+    let mut f = HttpFetcher::new(url.as_str())
+        .expect("valid URL")
+        .loopback();
     match f.check(&nothing_installed()).await {
         Err(e @ FetchError::Io { .. }) => {
             let FetchError::Io { source, .. } = &e else {
@@ -638,19 +672,14 @@ async fn a_refused_connection_is_an_io_error_naming_the_url() {
 
 #[tokio::test]
 async fn https_runs_a_real_rustls_handshake_with_ring() {
-    if !common::nginx::have_openssl() {
-        eprintln!(
-            "SKIPPED: no `openssl` command to make a test certificate (apt-get install openssl)"
-        );
+    let Some(nginx) = common::nginx::start_tls() else {
         return;
-    }
-    let nginx = Nginx::start_with(Options {
-        upstream: None,
-        tls: true,
-    });
+    };
     publish_settled(&nginx, "app", &payload("tls"));
     let url = nginx.tls_url("app");
-    let mut f = HttpFetcher::new(url.as_str()).expect("valid URL");
+    let mut f = HttpFetcher::new(url.as_str())
+        .expect("valid URL")
+        .loopback();
     // The self-signed certificate is trusted by nobody: the handshake got as far as checking it
     // (key exchange and decryption done by ring), and the error says why it stopped.
     let msg = expect_error(&mut f, &nothing_installed(), "self-signed")
@@ -700,7 +729,9 @@ async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
     };
 
     // Checksum and signature looked up (both 404), then the HEAD.
-    let mut f = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .loopback();
     let before = nginx.settled_hits().len();
     let mut release = expect_release(&mut f, &strict, "no checksum, required").await;
     let poll = since(&nginx.settled_hits(), before);
@@ -749,6 +780,7 @@ async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
     // Told there is no checksum to look for: one HEAD per poll, exactly.
     let mut bare = HttpFetcher::new(nginx.url("releases/app"))
         .expect("valid URL")
+        .loopback()
         .no_checksum()
         .no_signature();
     let before = nginx.settled_hits().len();
@@ -771,7 +803,9 @@ async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
     );
 
     // Not required (the operator opted out): downloaded as before.
-    let mut lax = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut lax = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .loopback();
     let mut release = expect_release(&mut lax, &nothing_installed(), "not required").await;
     assert_eq!(read_all(&mut release).await.expect("body").len(), LEN - 1);
 }
@@ -788,6 +822,7 @@ async fn a_server_refusing_head_is_asked_with_an_unread_get() {
     };
     let mut f = HttpFetcher::new(nginx.url("gets-only/app"))
         .expect("valid URL")
+        .loopback()
         .no_checksum()
         .no_signature();
     let before = nginx.settled_hits().len();
@@ -820,7 +855,9 @@ async fn a_release_read_mid_upload_is_offered_once_the_upload_completes() {
     // A slow upload: the poll comes long after the last write.
     let last_write = std::time::SystemTime::now() - Duration::from_secs(30);
     backdate(&nginx, "app", last_write);
-    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
 
     let mut half = expect_release(&mut f, &nothing_installed(), "mid-upload").await;
     assert_eq!(half.sha256.as_deref(), Some(sha.as_str()));
@@ -863,7 +900,9 @@ async fn a_release_read_mid_upload_is_offered_once_the_upload_completes() {
     // response head: not offered.
     std::fs::write(&path, &bytes[..LEN / 2]).expect("the half again");
     backdate(&nginx, "app", last_write);
-    let mut fresh = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut fresh = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
     expect_none(&mut fresh, &refused, "fresh fetcher, refused bytes").await;
 }
 
@@ -876,7 +915,9 @@ async fn an_atomic_republish_after_a_transient_refusal_is_offered() {
     let sha = sha256_hex(&bytes);
     nginx.put_settled("app.sha256", format!("{sha}  app\n").as_bytes());
     nginx.put_settled("app", &bytes[..LEN / 3]);
-    let mut f = HttpFetcher::new(nginx.url("app")).expect("valid URL");
+    let mut f = HttpFetcher::new(nginx.url("app"))
+        .expect("valid URL")
+        .loopback();
     let mut partial = expect_release(&mut f, &nothing_installed(), "partial").await;
     read_all(&mut partial).await.expect("the partial file");
     let refused = refused_as_served(&partial);

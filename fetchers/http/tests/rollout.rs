@@ -7,6 +7,7 @@ mod common;
 use common::{sha256_hex, Nginx};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, Fetcher, Release};
+use upshift_fetcher_conformance::Loopback;
 use upshift_http::HttpFetcher;
 
 fn nothing_installed() -> Current {
@@ -40,6 +41,7 @@ async fn the_published_percentage_travels_with_the_release_and_is_read_again_whe
     nginx.put("releases/app.rollout", b"rollout: 25\n");
     let mut f = HttpFetcher::new(nginx.url("releases/app"))
         .expect("valid URL")
+        .loopback()
         .rollout_url("app.rollout");
 
     let first = offered(&mut f, &nothing_installed(), "first poll").await;
@@ -80,7 +82,9 @@ async fn no_document_means_no_percentage_and_a_bad_one_fails_the_check() {
     nginx.put_settled("releases/app.sha256", sha256_hex(&bytes).as_bytes());
     nginx.put_settled("releases/app", &bytes);
 
-    let mut plain = HttpFetcher::new(nginx.url("releases/app")).expect("valid URL");
+    let mut plain = HttpFetcher::new(nginx.url("releases/app"))
+        .expect("valid URL")
+        .loopback();
     let r = offered(&mut plain, &nothing_installed(), "without rollout_url").await;
     assert_eq!(r.rollout_percent, None);
     drop(r);
@@ -94,6 +98,7 @@ async fn no_document_means_no_percentage_and_a_bad_one_fails_the_check() {
 
     let mut f = HttpFetcher::new(nginx.url("releases/app"))
         .expect("valid URL")
+        .loopback()
         .rollout_url("app.rollout");
     let r = offered(&mut f, &nothing_installed(), "rollout document missing").await;
     assert_eq!(r.rollout_percent, None);

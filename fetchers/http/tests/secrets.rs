@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::{sha256_hex, Nginx, TOKEN};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, Fetcher};
+use upshift_fetcher_conformance::Loopback;
 use upshift_http::HttpFetcher;
 
 fn payload(tag: &str) -> Vec<u8> {
@@ -66,6 +67,7 @@ async fn header_values_are_never_logged_nor_in_errors() {
     ] {
         let mut f = HttpFetcher::new(nginx.url(path))
             .expect("valid URL")
+            .loopback()
             .header("Authorization", TOKEN)
             .header("X-Api-Key", "k-s3cret-key");
         match f.check(&nothing_installed()).await {
@@ -80,6 +82,7 @@ async fn header_values_are_never_logged_nor_in_errors() {
     }
     let mut f = HttpFetcher::new(nginx.url("private/app"))
         .expect("valid URL")
+        .loopback()
         .header("Authorization", "Bearer s3cret-but-wrong");
     match f.check(&nothing_installed()).await {
         Err(e) => errors.push(e.to_string()),

@@ -31,6 +31,18 @@
 //!
 //! TLS is rustls with the *ring* provider; neither aws-lc nor OpenSSL is in the dependency tree.
 //!
+//! # Transport
+//!
+//! Without a minisign key, the checksum (S3's, the metadata or the sidecar) comes over the same
+//! channel as the object, so a plain `http://` endpoint would let anyone on the network path
+//! replace both. An `http://` [`endpoint`](S3Fetcher::endpoint) (or one from the AWS
+//! configuration, `AWS_ENDPOINT_URL`) is refused unless a key is configured or the operator opted
+//! in with `Upgrader::allow_insecure_transport(true)` (meant for loopback test servers): at
+//! startup by [`Fetcher::apply_policy`], with a message naming the endpoint and the fixes, and
+//! at each check for a fetcher never given a policy (the strict [`TrustPolicy::default`]). The
+//! SDK's HTTP client follows no redirects (S3 answers a wrong region with an error, not a
+//! redirect that would be followed), so no request ever leaves the configured endpoint.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use upshift_s3::S3Fetcher;
@@ -73,7 +85,9 @@ use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 use aws_smithy_http_client::tls;
-use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release};
+use upshift::fetch::{
+    transport, Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy,
+};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,6 +131,8 @@ pub struct S3Fetcher {
     seen: Option<Seen>,
     /// Whether "no such object" was logged since the object was last there.
     missing_logged: bool,
+    /// What the configuration allows ([`Fetcher::apply_policy`]); strict until told otherwise.
+    policy: TrustPolicy,
 }
 
 impl fmt::Debug for S3Fetcher {
@@ -231,6 +247,7 @@ impl S3Fetcher {
             client: None,
             seen: None,
             missing_logged: false,
+            policy: TrustPolicy::default(),
         }
     }
 
@@ -280,14 +297,17 @@ impl S3Fetcher {
         self
     }
 
-    /// A custom endpoint (MinIO, R2, Ceph, a test server), like `http://127.0.0.1:9000` or
-    /// `https://<account>.r2.cloudflarestorage.com`. Implies path-style addressing unless
-    /// [`path_style`](Self::path_style) says otherwise.
+    /// A custom endpoint (MinIO, R2, Ceph, a test server), like
+    /// `https://minio.internal:9000` or `https://<account>.r2.cloudflarestorage.com`. Implies
+    /// path-style addressing unless [`path_style`](Self::path_style) says otherwise. Use
+    /// `https://`: a plain `http://` endpoint is refused without a minisign key unless the
+    /// operator opts in (`Upgrader::allow_insecure_transport(true)`, for a loopback test server
+    /// such as `http://127.0.0.1:9000`); see [Transport](crate#transport).
     ///
     /// ```no_run
     /// use upshift_s3::S3Fetcher;
     /// let fetcher = S3Fetcher::new("releases", "myapp")
-    ///     .endpoint("http://minio.internal:9000")
+    ///     .endpoint("https://minio.internal:9000")
     ///     .region("us-east-1");
     /// ```
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
@@ -390,6 +410,15 @@ impl S3Fetcher {
         self
     }
 
+    /// Refuses a configured plain `http://` endpoint where the policy does not allow it.
+    fn require_tls(&self) -> Result<(), FetchError> {
+        match &self.endpoint {
+            Some(url) => transport::require_tls(&self.policy, "S3 endpoint", url)
+                .map_err(|e| FetchError::Source(format!("{}: {e}", self.name))),
+            None => Ok(()),
+        }
+    }
+
     fn sidecar_key(&self) -> String {
         self.checksum_key
             .clone()
@@ -406,9 +435,9 @@ impl S3Fetcher {
 
     /// Builds the client on first use: the AWS configuration chain, with our rustls + ring HTTP
     /// client for S3 and for the credential providers (STS, ECS, IMDS) alike.
-    async fn connect(&mut self) -> (aws_sdk_s3::Client, String) {
+    async fn connect(&mut self) -> Result<(aws_sdk_s3::Client, String), FetchError> {
         if let Some(c) = &self.client {
-            return (c.s3.clone(), c.endpoint.clone());
+            return Ok((c.s3.clone(), c.endpoint.clone()));
         }
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
@@ -443,7 +472,12 @@ impl S3Fetcher {
         let path_style = self.path_style.unwrap_or(self.endpoint.is_some());
         config = config.force_path_style(path_style);
         let endpoint = match self.endpoint.as_deref().or(sdk.endpoint_url()) {
-            Some(url) => url.to_string(),
+            Some(url) => {
+                // The AWS configuration's endpoint (AWS_ENDPOINT_URL) is known only now.
+                transport::require_tls(&self.policy, "S3 endpoint", url)
+                    .map_err(|e| FetchError::Source(format!("{}: {e}", self.name)))?;
+                transport::redact_url(url)
+            }
             None => format!("AWS S3 {region}"),
         };
         tracing::debug!(
@@ -459,7 +493,7 @@ impl S3Fetcher {
             s3: s3.clone(),
             endpoint: endpoint.clone(),
         });
-        (s3, endpoint)
+        Ok((s3, endpoint))
     }
 
     /// HEADs the object: `None` if there is none.
@@ -657,7 +691,7 @@ impl S3Fetcher {
     }
 
     async fn check_once(&mut self, current: &Current) -> Result<Step, FetchError> {
-        let (s3, endpoint) = self.connect().await;
+        let (s3, endpoint) = self.connect().await?;
         let Some(head) = self.head(&s3, &endpoint).await? else {
             self.note_missing();
             return Ok(Step::Done(None));
@@ -817,6 +851,7 @@ impl Fetcher for S3Fetcher {
         if let Some(why) = bucket_problem(&self.bucket).or_else(|| key_problem(&self.key)) {
             return Err(FetchError::Source(format!("{}: {why}", self.name)));
         }
+        self.require_tls()?;
         for _ in 0..RACE_ATTEMPTS {
             match self.check_once(current).await? {
                 Step::Done(release) => return Ok(release),
@@ -834,6 +869,18 @@ impl Fetcher for S3Fetcher {
 
     fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// Refuses a plain `http://` endpoint unless the policy allows it (see
+    /// [Transport](crate#transport)), keeps the policy for an endpoint the AWS configuration
+    /// names, and warns once when no minisign key is configured.
+    fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
+        self.policy = *policy;
+        if let Some(endpoint) = &self.endpoint {
+            transport::require_tls(policy, "S3 endpoint", endpoint)?;
+        }
+        transport::warn_without_key(policy, &self.name);
+        Ok(())
     }
 
     /// Forgets the object version last handed out, so the next check offers it again even if

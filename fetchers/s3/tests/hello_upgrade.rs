@@ -57,6 +57,8 @@ fn start(bed: &Bed, rust_log: &str) -> Hello {
         format!("s3://{BUCKET}/{KEY}"),
         "--s3-endpoint".to_string(),
         bed.endpoint(),
+        // s3s-fs on 127.0.0.1 speaks plain http, which needs the opt-in without a key.
+        "--allow-insecure-transport".to_string(),
     ];
     Hello::start(&hello_binary(), &args, &aws_env(), rust_log)
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::proxy::Exchange;
 use common::{Bed, Mode, Vouch, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
-use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release};
-use upshift_fetcher_conformance::{payload, read_body, sha256_hex};
+use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy};
+use upshift_fetcher_conformance::{payload, read_body, sha256_hex, Loopback, LOOPBACK_POLICY};
 use upshift_s3::S3Fetcher;
 
 fn unrelated() -> Current {
@@ -258,7 +258,8 @@ async fn the_release_describes_the_object() {
         .expect("a valid URL")
         .endpoint(bed.endpoint())
         .region("us-east-1")
-        .credentials(ACCESS_KEY, SECRET_KEY, None);
+        .credentials(ACCESS_KEY, SECRET_KEY, None)
+        .loopback();
     assert_eq!(f.name(), format!("s3://{BUCKET}/{key}"));
     let mut release = found(&mut f, &unrelated()).await;
     assert_eq!(release.format, Format::TarGz { binary: None });
@@ -433,7 +434,8 @@ async fn a_missing_bucket_is_no_release() {
     let mut f = S3Fetcher::new("no-such-bucket", "k")
         .endpoint(bed.endpoint())
         .region("us-east-1")
-        .credentials(ACCESS_KEY, SECRET_KEY, None);
+        .credentials(ACCESS_KEY, SECRET_KEY, None)
+        .loopback();
     nothing(&mut f, &unrelated()).await;
 }
 
@@ -547,4 +549,50 @@ async fn a_release_refused_for_its_bytes_costs_one_head_until_they_change() {
     bed.put(KEY, &good);
     let mut whole = found(&mut f, &refused).await;
     assert_eq!(read_all(&mut whole, good.len()).await, good);
+}
+
+/// A plain `http://` endpoint without a key or the opt-in: refused by `apply_policy` with the
+/// endpoint and both fixes named, and by a `check` never given a policy with the same message,
+/// before any request; accepted with the opt-in (every other test here) and with a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_endpoint_needs_the_opt_in_or_a_key() {
+    let bed = Bed::start();
+    bed.put(KEY, b"plain build");
+    let plain = || {
+        S3Fetcher::new(BUCKET, KEY)
+            .endpoint(bed.endpoint())
+            .region("us-east-1")
+            .credentials(ACCESS_KEY, SECRET_KEY, None)
+    };
+    let e = plain()
+        .apply_policy(&TrustPolicy::default())
+        .expect_err("a plain endpoint accepted without a key or the opt-in")
+        .to_string();
+    for needed in [
+        "S3 endpoint",
+        bed.endpoint().as_str(),
+        "plain http",
+        "https://",
+        "minisign",
+        "allow_insecure_transport(true)",
+    ] {
+        assert!(e.contains(needed), "{needed:?} not in {e}");
+    }
+    let at_check = failed(&mut plain(), &unrelated()).await.to_string();
+    assert!(
+        at_check.contains(&e) && at_check.contains(&format!("s3://{BUCKET}/{KEY}")),
+        "{at_check}"
+    );
+    assert_eq!(bed.proxy.requests(), 0, "{:?}", bed.proxy.log_now());
+
+    let mut opted_in = plain();
+    opted_in.apply_policy(&LOOPBACK_POLICY).expect("the opt-in");
+    found(&mut opted_in, &unrelated()).await;
+    let mut signed = plain();
+    let with_key = TrustPolicy {
+        signature_required: true,
+        allow_insecure_transport: false,
+    };
+    signed.apply_policy(&with_key).expect("a key");
+    found(&mut signed, &unrelated()).await;
 }

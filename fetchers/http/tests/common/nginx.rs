@@ -165,6 +165,7 @@ impl Nginx {
             "if (-f {dir}/faults/500) {{ return 500; }}\n            \
              if (-f {dir}/faults/404) {{ return 404; }}"
         );
+        let port = self.port;
         let tls = match self.tls_port {
             Some(p) => format!(
                 "server {{
@@ -172,6 +173,7 @@ impl Nginx {
         ssl_certificate {dir}/cert.pem;
         ssl_certificate_key {dir}/key.pem;
         root {dir}/www;
+        location = /downgrade {{ return 302 http://127.0.0.1:{port}/app; }}
     }}"
             ),
             None => String::new(),
@@ -484,6 +486,21 @@ fn make_certificate(dir: &Path) {
         "openssl req failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// nginx with TLS too, or `None` (the test is skipped, saying why) without the `openssl` command
+/// to make its certificate.
+pub fn start_tls() -> Option<Nginx> {
+    if !have_openssl() {
+        eprintln!(
+            "SKIPPED: no `openssl` command to make a test certificate (apt-get install openssl)"
+        );
+        return None;
+    }
+    Some(Nginx::start_with(Options {
+        upstream: None,
+        tls: true,
+    }))
 }
 
 /// Whether the `openssl` command is there to make a test certificate.

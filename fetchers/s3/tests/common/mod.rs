@@ -26,6 +26,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumAlgorithm;
 use aws_smithy_http_client::tls;
+use upshift_fetcher_conformance::Loopback;
 use upshift_s3::S3Fetcher;
 
 #[allow(unused_imports)]
@@ -260,6 +261,8 @@ impl Bed {
             .interval(Duration::from_millis(200))
             .timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(2))
+            // s3s-fs on 127.0.0.1 speaks plain http: the opt-in `Upgrader::run` would hand over.
+            .loopback()
     }
 
     pub fn put(&self, key: &str, bytes: &[u8]) {
