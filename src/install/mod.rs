@@ -16,6 +16,7 @@ mod flip;
 mod local;
 mod replace;
 mod stage;
+mod tarwalk;
 mod testrun;
 mod unpack;
 
@@ -55,11 +56,15 @@ pub enum InstallError {
     )]
     MissingChecksum,
 
-    /// The release (or the executable unpacked from it) is larger than the configured limit.
+    /// The release, the executable unpacked from it, or the decompressed archive is larger than
+    /// the configured limit ([`Upgrader::max_release_bytes`](crate::Upgrader::max_release_bytes)).
     #[error(
-        "the release is larger than the limit of {limit} bytes; raise the limit if it is genuine"
+        "{what} is larger than the limit of {limit} bytes; raise max_release_bytes if it is genuine"
     )]
     TooLarge {
+        /// What was too large: the release as published, the unpacked executable, or the
+        /// decompressed archive.
+        what: &'static str,
         /// The limit in bytes.
         limit: u64,
     },

@@ -149,7 +149,10 @@ pub(crate) async fn stage(
     } = release;
     let limit = opts.max_bytes;
     if size_hint.is_some_and(|n| n > limit) {
-        return Err(InstallError::TooLarge { limit });
+        return Err(InstallError::TooLarge {
+            what: "the release",
+            limit,
+        });
     }
     if expected.is_none() && origin == Origin::Remote && opts.require_checksum_for_remote {
         return Err(InstallError::MissingChecksum);
@@ -259,7 +262,10 @@ async fn pump(
         };
         received += n as u64;
         if received > limit {
-            return Err(InstallError::TooLarge { limit });
+            return Err(InstallError::TooLarge {
+                what: "the release",
+                limit,
+            });
         }
         let bytes = &buf[..n];
         hash.update(bytes);
