@@ -2,6 +2,7 @@
 //! never holds more than [`HELD`] bytes, whatever the archive claims or inflates to.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::Write;
 
 use tokio::sync::mpsc;
@@ -224,4 +225,60 @@ fn assert_found(archive: &[u8], name: &str) {
         Err(e) => panic!("{name}: {e}"),
     }
     assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), EXE);
+}
+
+/// A body that sends one byte every `every`, forever: under any stall timer, never done.
+struct Trickle {
+    every: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let every = self.every;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        std::task::ready!(timer.as_mut().poll(cx));
+        self.timer = None;
+        buf.put_slice(b"x");
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn a_trickling_download_is_cut_at_the_deadline_and_is_not_the_releases_fault() {
+    let dir = TempDir::new("deadline");
+    let target = dir.exe("app", b"the running binary");
+    let mut rel = super::release(Vec::new(), Format::Raw);
+    rel.size_hint = None;
+    rel.body = Box::new(Trickle {
+        every: std::time::Duration::from_millis(20),
+        timer: None,
+    });
+    let opts = crate::install::StageOptions {
+        deadline: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let err = super::rt()
+        .block_on(crate::install::stage(rel, &target, &opts))
+        .expect_err("cut");
+    let took = started.elapsed();
+    assert!(
+        matches!(err, InstallError::DeadlineExceeded { received, .. } if received > 5),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("did not finish within 500ms"),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    assert!(!err.is_release_fault());
+    assert_eq!(crate::release::model::refusal_kind(&err), None);
+    assert_eq!(dir.names(), ["app"], "the partial download is removed");
 }
