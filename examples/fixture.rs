@@ -9,7 +9,12 @@
 //!         [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]
 //!         [--watch PATH] [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]
 //!         [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]
+//!         [--url URL] [--max-release-bytes N] [--download-deadline-ms N]
 //! ```
+//!
+//! `--url URL` adds the HTTP fetcher (checksum from `URL.sha256`; plain `http://` allowed: the
+//! tests' origins are on loopback). `--max-release-bytes` and `--download-deadline-ms` set
+//! [`upshift::Upgrader::max_release_bytes`] and [`upshift::Upgrader::download_deadline`].
 //!
 //! `--install-mode release-dirs` installs releases as [`upshift::InstallMode::ReleaseDirectories`].
 //! `--veto-all` adds a `pre_upgrade` hook that refuses every release ("vetoed by the test").
@@ -45,7 +50,7 @@ const USAGE: &str =
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
 [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
 [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH] [--version V] \
-[--product NAME]";
+[--product NAME] [--url URL] [--max-release-bytes N] [--download-deadline-ms N]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -66,6 +71,9 @@ struct Args {
     version: Option<String>,
     /// The product signed releases must name (default: the binary's file name).
     product: Option<String>,
+    url: Option<String>,
+    max_release_bytes: Option<u64>,
+    download_deadline_ms: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -98,6 +106,9 @@ fn parse_args() -> Result<Args, String> {
             "--veto-all" => args.veto_all = true,
             "--version" => args.version = Some(value()?),
             "--product" => args.product = Some(value()?),
+            "--url" => args.url = Some(value()?),
+            "--max-release-bytes" => args.max_release_bytes = Some(number(value()?)?),
+            "--download-deadline-ms" => args.download_deadline_ms = Some(number(value()?)?),
             // Acted on before parsing, by `log_exec`.
             "--exec-log" => drop(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -257,6 +268,21 @@ fn main() -> ExitCode {
     }
     if let Some(path) = &args.watch {
         upgrader = upgrader.fetcher(upshift::fetch::FileFetcher::new(path));
+    }
+    if let Some(url) = &args.url {
+        match upshift_http::HttpFetcher::new(url.as_str()) {
+            Ok(http) => upgrader = upgrader.fetcher(http).allow_insecure_transport(true),
+            Err(e) => {
+                eprintln!("fixture: --url: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(bytes) = args.max_release_bytes {
+        upgrader = upgrader.max_release_bytes(bytes);
+    }
+    if let Some(ms) = args.download_deadline_ms {
+        upgrader = upgrader.download_deadline(Duration::from_millis(ms));
     }
     if let Some(ms) = args.probation_ms {
         upgrader = upgrader.probation(Duration::from_millis(ms));

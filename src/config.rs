@@ -74,6 +74,7 @@ pub struct Upgrader {
     veto: Option<VetoHook>,
     test_run_timeout: Duration,
     max_release_bytes: u64,
+    download_deadline: Duration,
     allow_unverified_remote: bool,
     allow_insecure_transport: bool,
     public_keys: Vec<String>,
@@ -152,6 +153,7 @@ impl Upgrader {
             veto: None,
             test_run_timeout: Duration::from_secs(10),
             max_release_bytes: 1 << 30,
+            download_deadline: crate::install::DEFAULT_DOWNLOAD_DEADLINE,
             allow_unverified_remote: false,
             allow_insecure_transport: false,
             public_keys: Vec::new(),
@@ -270,6 +272,24 @@ impl Upgrader {
     /// The largest release accepted, downloaded or unpacked (default 1 GiB).
     pub fn max_release_bytes(mut self, bytes: u64) -> Self {
         self.max_release_bytes = bytes;
+        self
+    }
+
+    /// The longest one download may take, from the first byte asked for to the last (default
+    /// 30 min: a 1 GiB release at 600 KB/s). Fetchers cut a stalled transfer on their own; this
+    /// cuts one that trickles, since only one upgrade runs at a time. A download cut here is
+    /// reported ([`InstallError::DeadlineExceeded`](crate::InstallError::DeadlineExceeded)),
+    /// the running version keeps serving, and the release is tried again after a backoff. A
+    /// fetcher's own total timeout (the HTTP fetcher's `timeout`, 5 min by default) applies too:
+    /// the shorter one wins.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let upgrader = upshift::Upgrader::new().download_deadline(Duration::from_secs(600));
+    /// ```
+    pub fn download_deadline(mut self, deadline: Duration) -> Self {
+        self.download_deadline = deadline;
         self
     }
 
@@ -516,6 +536,7 @@ impl Upgrader {
                 require_checksum_for_remote: !self.allow_unverified_remote
                     && public_keys.is_empty(),
                 public_keys,
+                deadline: self.download_deadline,
             };
             cfg.updates = Some(UpdateSettings {
                 fetchers: std::mem::take(&mut self.fetchers),

@@ -30,7 +30,10 @@ pub(super) async fn stage_local(
     limit: u64,
 ) -> Result<Staged, InstallError> {
     if local.stamp.size > limit {
-        return Err(InstallError::TooLarge { limit });
+        return Err(InstallError::TooLarge {
+            what: "the release",
+            limit,
+        });
     }
     let (file, mut temp) = create_temp(target)?;
     let path = temp.0.clone().unwrap_or_default();
@@ -79,7 +82,10 @@ fn copy_and_hash(
     let bytes = io::copy(&mut (&mut source).take(limit.saturating_add(1)), &mut dest)
         .map_err(|e| ctx("writing the new binary to", e))?;
     if bytes > limit {
-        return Err(InstallError::TooLarge { limit });
+        return Err(InstallError::TooLarge {
+            what: "the release",
+            limit,
+        });
     }
     let unchanged = source
         .metadata()

@@ -16,6 +16,7 @@ mod flip;
 mod local;
 mod replace;
 mod stage;
+mod tarwalk;
 mod testrun;
 mod unpack;
 
@@ -29,7 +30,7 @@ pub(crate) use flip::{flip_link, install_flip, read_link};
 #[cfg(test)]
 pub(crate) use replace::file_sha256;
 pub(crate) use replace::{install, resolve_target, restore_from, sweep_leftovers};
-pub(crate) use stage::{stage, StageOptions, Staged};
+pub(crate) use stage::{stage, StageOptions, Staged, DEFAULT_DOWNLOAD_DEADLINE};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
 
 /// Why a release was not installed. Each message says what was wrong with the release or the
@@ -55,11 +56,15 @@ pub enum InstallError {
     )]
     MissingChecksum,
 
-    /// The release (or the executable unpacked from it) is larger than the configured limit.
+    /// The release, the executable unpacked from it, or the decompressed archive is larger than
+    /// the configured limit ([`Upgrader::max_release_bytes`](crate::Upgrader::max_release_bytes)).
     #[error(
-        "the release is larger than the limit of {limit} bytes; raise the limit if it is genuine"
+        "{what} is larger than the limit of {limit} bytes; raise max_release_bytes if it is genuine"
     )]
     TooLarge {
+        /// What was too large: the release as published, the unpacked executable, or the
+        /// decompressed archive.
+        what: &'static str,
         /// The limit in bytes.
         limit: u64,
     },
@@ -70,6 +75,21 @@ pub enum InstallError {
         /// The announced size.
         expected: u64,
         /// What arrived.
+        received: u64,
+    },
+
+    /// The download did not finish within the configured deadline
+    /// ([`Upgrader::download_deadline`](crate::Upgrader::download_deadline)): a slow origin or
+    /// network, not a fault of the release, so it is tried again later.
+    #[error(
+        "the download did not finish within {deadline:?} ({received} bytes received): the source \
+         or the network is too slow; it will be tried again (raise download_deadline if \
+         releases genuinely take this long)"
+    )]
+    DeadlineExceeded {
+        /// The deadline that passed.
+        deadline: Duration,
+        /// The bytes received by then.
         received: u64,
     },
 
@@ -136,9 +156,21 @@ pub enum InstallError {
 impl InstallError {
     /// Whether the release itself is at fault, so that trying the same bytes again would fail
     /// the same way. A write error (disk full, file-size limit) is the machine's: once there is
-    /// room, the same release should be tried again.
+    /// room, the same release should be tried again. A download cut at its deadline is the
+    /// network's or the source's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use upshift::InstallError;
+    ///
+    /// let slow = InstallError::DeadlineExceeded { deadline: Duration::from_secs(1800), received: 7 };
+    /// assert!(!slow.is_release_fault());
+    /// ```
     pub fn is_release_fault(&self) -> bool {
-        !matches!(self, InstallError::Io { .. })
+        !matches!(
+            self,
+            InstallError::Io { .. } | InstallError::DeadlineExceeded { .. }
+        )
     }
 
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use minisign_verify::{PublicKey, Signature, StreamVerifier};
 use sha2::{Digest, Sha256};
@@ -32,7 +33,14 @@ pub(crate) struct StageOptions {
     pub(crate) require_checksum_for_remote: bool,
     /// When any is set, every release must carry a minisign signature by one of these keys.
     pub(crate) public_keys: Vec<PublicKey>,
+    /// The longest a download may take, however steadily bytes trickle in: the upgrade lock is
+    /// held meanwhile.
+    pub(crate) deadline: Duration,
 }
+
+/// The default of [`StageOptions::deadline`]: a 1 GiB release (the default size limit) at
+/// 600 KB/s.
+pub(crate) const DEFAULT_DOWNLOAD_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl Default for StageOptions {
     fn default() -> Self {
@@ -40,6 +48,7 @@ impl Default for StageOptions {
             max_bytes: 1 << 30,
             require_checksum_for_remote: true,
             public_keys: Vec::new(),
+            deadline: DEFAULT_DOWNLOAD_DEADLINE,
         }
     }
 }
@@ -149,7 +158,10 @@ pub(crate) async fn stage(
     } = release;
     let limit = opts.max_bytes;
     if size_hint.is_some_and(|n| n > limit) {
-        return Err(InstallError::TooLarge { limit });
+        return Err(InstallError::TooLarge {
+            what: "the release",
+            limit,
+        });
     }
     if expected.is_none() && origin == Origin::Remote && opts.require_checksum_for_remote {
         return Err(InstallError::MissingChecksum);
@@ -183,7 +195,22 @@ pub(crate) async fn stage(
         tokio::task::spawn_blocking(move || unpack::unpack(format, ChannelReader::new(rx), writer));
 
     let mut asset_hash = Sha256::new();
-    let pumped = pump(&mut body, tx, &mut asset_hash, verifier.as_mut(), limit).await;
+    let mut received = 0;
+    let pumping = pump(
+        &mut body,
+        tx,
+        &mut asset_hash,
+        verifier.as_mut(),
+        limit,
+        &mut received,
+    );
+    let pumped = match tokio::time::timeout(opts.deadline, pumping).await {
+        Ok(pumped) => pumped,
+        Err(_) => Err(InstallError::DeadlineExceeded {
+            deadline: opts.deadline,
+            received,
+        }),
+    };
     // The sender is gone by now, so the unpacker sees EOF and returns promptly; waiting for it
     // means no thread still writes to the file once this function has returned.
     let unpacked = unpacker.await.map_err(|e| {
@@ -262,9 +289,9 @@ async fn pump(
     hash: &mut Sha256,
     mut verifier: Option<&mut StreamVerifier<'_>>,
     limit: u64,
+    received: &mut u64,
 ) -> Result<Pumped, InstallError> {
     let mut buf = vec![0u8; CHUNK];
-    let mut received = 0u64;
     loop {
         let n = match body.read(&mut buf).await {
             Ok(0) => break,
@@ -272,9 +299,12 @@ async fn pump(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(InstallError::io("downloading the release", e)),
         };
-        received += n as u64;
-        if received > limit {
-            return Err(InstallError::TooLarge { limit });
+        *received += n as u64;
+        if *received > limit {
+            return Err(InstallError::TooLarge {
+                what: "the release",
+                limit,
+            });
         }
         let bytes = &buf[..n];
         hash.update(bytes);
@@ -283,13 +313,13 @@ async fn pump(
         }
         if tx.send(bytes.to_vec()).await.is_err() {
             return Ok(Pumped {
-                received,
+                received: *received,
                 unpacker_quit: true,
             });
         }
     }
     Ok(Pumped {
-        received,
+        received: *received,
         unpacker_quit: false,
     })
 }

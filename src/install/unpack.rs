@@ -11,13 +11,16 @@ use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::InstallError;
+use super::{tarwalk, InstallError};
 use crate::fetch::Format;
 
 const CHUNK: usize = 64 * 1024;
 
 /// How many entry names an error message lists before saying "and N more".
 const LIST_MAX: usize = 20;
+
+/// How many characters of an entry name an error message shows.
+const NAME_SHOWN: usize = 200;
 
 /// The release's bytes as a blocking reader. EOF when the sender is dropped: at the end of the
 /// body, or when the async side gives up (its error then takes precedence over ours).
@@ -87,7 +90,10 @@ impl BinaryWriter {
     fn write_chunk(&mut self, buf: &[u8]) -> Result<(), InstallError> {
         self.bytes += buf.len() as u64;
         if self.bytes > self.limit {
-            return Err(InstallError::TooLarge { limit: self.limit });
+            return Err(InstallError::TooLarge {
+                what: "the unpacked executable",
+                limit: self.limit,
+            });
         }
         self.file.write_all(buf).map_err(|e| {
             InstallError::io(
@@ -109,7 +115,7 @@ impl BinaryWriter {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(InstallError::Unpack(format!("{what}: {e}"))),
+                Err(e) => return Err(read_error(what, e)),
             };
             self.write_chunk(&buf[..n])?;
         }
@@ -134,54 +140,131 @@ impl BinaryWriter {
 
 /// Unpacks `input` according to `format` into `out`. Always reads `input` to its end on success,
 /// so that the async side can keep feeding it.
+///
+/// Every decompressed byte counts against `out`'s limit, whether it ends up in the executable or
+/// not: tar headers, entries skipped, padding, whatever follows the end of the archive, further
+/// gzip members. The compressed bytes are counted by the async side.
 pub(super) fn unpack(
     format: Format,
     mut input: ChannelReader,
     mut out: BinaryWriter,
 ) -> Result<Unpacked, InstallError> {
+    let mut budget = Budget::new(out.limit);
     match &format {
         Format::Raw => out.copy_from(&mut input, "reading the release")?,
         Format::Gzip => {
-            let mut gz = MultiGzDecoder::new(&mut input);
+            let mut gz = budget.count(MultiGzDecoder::new(&mut input));
             out.copy_from(&mut gz, "decompressing the gzip release")?;
         }
-        Format::TarGz { binary } => unpack_tar(&mut input, binary.as_deref(), &mut out)?,
-        Format::Zip { binary } => unpack_zip(&mut input, binary.as_deref(), &mut out)?,
+        Format::TarGz { binary } => {
+            let mut gz = budget.count(MultiGzDecoder::new(&mut input));
+            unpack_tar(&mut gz, binary.as_deref(), &mut out)?;
+            // What follows the end marker, and the gzip trailer with its CRC check.
+            drain(&mut gz, "reading past the end of the tar archive")?;
+        }
+        Format::Zip { binary } => unpack_zip(&mut input, binary.as_deref(), &mut out, &mut budget)?,
     }
-    drain(&mut input)?;
+    drain(&mut input, "reading past the executable")?;
     out.finish()
 }
 
-fn drain(input: &mut impl Read) -> Result<(), InstallError> {
+fn drain(input: &mut impl Read, what: &str) -> Result<(), InstallError> {
     io::copy(input, &mut io::sink())
         .map(drop)
-        .map_err(|e| InstallError::Unpack(format!("reading past the executable: {e}")))
+        .map_err(|e| read_error(what, e))
+}
+
+/// A read error while unpacking: the budget's, or else the archive's fault.
+fn read_error(what: &str, e: io::Error) -> InstallError {
+    if let Some(over) = e.get_ref().and_then(|i| i.downcast_ref::<OverBudget>()) {
+        return InstallError::TooLarge {
+            what: "the decompressed release (archive headers, skipped entries, padding and \
+                   trailing data count too)",
+            limit: over.0,
+        };
+    }
+    InstallError::Unpack(format!("{what}: {e}"))
+}
+
+/// How many decompressed bytes may still be read.
+struct Budget {
+    used: u64,
+    limit: u64,
+}
+
+#[derive(Debug)]
+struct OverBudget(u64);
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "more than {} bytes decompressed", self.0)
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Budget { used: 0, limit }
+    }
+
+    fn count<R: Read>(&mut self, inner: R) -> Counted<'_, R> {
+        Counted {
+            inner,
+            budget: self,
+        }
+    }
+}
+
+/// A reader whose bytes are charged to a [`Budget`]; past it, every read fails with
+/// [`OverBudget`] (recognised by [`read_error`]).
+struct Counted<'b, R> {
+    inner: R,
+    budget: &'b mut Budget,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let b = &mut *self.budget;
+        if b.used > b.limit {
+            return Err(io::Error::other(OverBudget(b.limit)));
+        }
+        // Never ask for more than one byte past the budget: a decoder is not run further.
+        let room = usize::try_from(b.limit - b.used + 1).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..n])?;
+        b.used += n as u64;
+        if b.used > b.limit {
+            return Err(io::Error::other(OverBudget(b.limit)));
+        }
+        Ok(n)
+    }
 }
 
 fn unpack_tar(
-    input: &mut ChannelReader,
+    input: &mut impl Read,
     wanted: Option<&str>,
     out: &mut BinaryWriter,
 ) -> Result<(), InstallError> {
-    let bad = |e: io::Error| InstallError::Unpack(format!("reading the .tar.gz archive: {e}"));
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(input));
     let mut found = Finder::new(wanted);
-    for entry in archive.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            continue;
+    tarwalk::walk(input, &read_error, |entry, data| {
+        if entry.is_dir() {
+            return Ok(());
         }
-        let regular = kind.is_file();
-        let executable = regular && entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
-        if found.consider(&name, regular, executable)? {
-            out.copy_from(&mut entry, &format!("unpacking {name} from the archive"))?;
+        let regular = entry.is_regular();
+        let executable = regular && entry.mode & 0o111 != 0;
+        if found.consider(&entry.name, regular, executable)? {
+            out.copy_from(data, &format!("unpacking {} from the archive", entry.name))?;
+            if data.limit() > 0 {
+                return Err(InstallError::Unpack(format!(
+                    "unpacking {} from the archive: it ends {} bytes short of its size",
+                    entry.name,
+                    data.limit()
+                )));
+            }
         }
-    }
-    // The gzip trailer (and its CRC check) comes after the tar end marker.
-    let mut gz = archive.into_inner();
-    drain(&mut gz)?;
+        Ok(())
+    })?;
     found.finish("a regular file with an execute bit", "Format::TarGz")
 }
 
@@ -189,7 +272,11 @@ fn unpack_zip(
     input: &mut ChannelReader,
     wanted: Option<&str>,
     out: &mut BinaryWriter,
+    budget: &mut Budget,
 ) -> Result<(), InstallError> {
+    // Names and extra fields are at most 64 KiB each (16-bit lengths); entries not picked are
+    // skipped as compressed bytes (counted by the async side), and what is decompressed is
+    // charged to the budget.
     let mut found = Finder::new(wanted);
     loop {
         let mut file = match zip::read::read_zipfile_from_stream(input) {
@@ -207,18 +294,19 @@ fn unpack_zip(
         }
         let name = file.name().to_owned();
         let what = format!("unpacking {name} from the archive");
+        let mut data = budget.count(&mut file);
         // A streamed zip has no permission bits (they live in the central directory at the end),
         // so without a name the executable is recognised by its first bytes.
         let mut head = Vec::with_capacity(4);
         if wanted.is_none() {
-            (&mut file)
+            (&mut data)
                 .take(4)
                 .read_to_end(&mut head)
-                .map_err(|e| InstallError::Unpack(format!("{what}: {e}")))?;
+                .map_err(|e| read_error(&what, e))?;
         }
         if found.consider(&name, true, looks_executable(&head))? {
             out.write_chunk(&head)?;
-            out.copy_from(&mut file, &what)?;
+            out.copy_from(&mut data, &what)?;
         }
     }
     found.finish(
@@ -244,16 +332,37 @@ fn looks_executable(head: &[u8]) -> bool {
 /// the only one until the end); a second one turns the result into an error.
 struct Finder<'a> {
     wanted: Option<&'a str>,
-    chosen: Vec<String>,
-    others: Vec<String>,
+    chosen: Names,
+    others: Names,
+}
+
+/// The names an error message may list: the first [`LIST_MAX`], each cut to [`NAME_SHOWN`]
+/// characters, and a count. An archive of a million entries with long names costs no memory.
+#[derive(Default)]
+struct Names {
+    shown: Vec<String>,
+    count: usize,
+}
+
+impl Names {
+    fn push(&mut self, name: &str) {
+        self.count += 1;
+        if self.shown.len() < LIST_MAX {
+            let mut shown: String = name.chars().take(NAME_SHOWN).collect();
+            if shown.len() < name.len() {
+                shown.push('…');
+            }
+            self.shown.push(shown);
+        }
+    }
 }
 
 impl<'a> Finder<'a> {
     fn new(wanted: Option<&'a str>) -> Self {
         Finder {
             wanted,
-            chosen: Vec::new(),
-            others: Vec::new(),
+            chosen: Names::default(),
+            others: Names::default(),
         }
     }
 
@@ -277,15 +386,15 @@ impl<'a> Finder<'a> {
             None => executable,
         };
         if pick {
-            self.chosen.push(name.to_owned());
+            self.chosen.push(name);
         } else {
-            self.others.push(name.to_owned());
+            self.others.push(name);
         }
-        Ok(pick && self.chosen.len() == 1)
+        Ok(pick && self.chosen.count == 1)
     }
 
     fn finish(self, criterion: &str, format: &str) -> Result<(), InstallError> {
-        match (self.chosen.len(), self.wanted) {
+        match (self.chosen.count, self.wanted) {
             (1, _) => Ok(()),
             (0, Some(wanted)) => Err(InstallError::BinaryNotInArchive(format!(
                 "no entry {wanted:?} in the archive, which holds: {}",
@@ -320,18 +429,13 @@ fn same_path(a: &str, b: &str) -> bool {
     parts(a) == parts(b)
 }
 
-fn list(names: &[String]) -> String {
-    if names.is_empty() {
+fn list(names: &Names) -> String {
+    if names.count == 0 {
         return "nothing".into();
     }
-    let mut out = names
-        .iter()
-        .take(LIST_MAX)
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > LIST_MAX {
-        out.push_str(&format!(" and {} more", names.len() - LIST_MAX));
+    let mut out = names.shown.join(", ");
+    if names.count > names.shown.len() {
+        out.push_str(&format!(" and {} more", names.count - names.shown.len()));
     }
     out
 }

@@ -477,7 +477,8 @@ impl ReleaseState {
 pub(crate) fn refusal_kind(error: &crate::install::InstallError) -> Option<RefusalKind> {
     use crate::install::InstallError as E;
     match error {
-        E::Io { .. } => None,
+        // The disk, or a slow network: the same bytes are tried again after a backoff.
+        E::Io { .. } | E::DeadlineExceeded { .. } => None,
         E::ChecksumMismatch { .. } | E::Truncated { .. } => Some(RefusalKind::Transient),
         _ => Some(RefusalKind::Release),
     }

@@ -8,6 +8,7 @@
 //! latency, an overhead A/B (upshift vs the same server without a master), footprint and startup.
 //! Each becomes a module here and an entry in [`ALL`].
 
+mod bombs;
 mod faults;
 mod file_upgrades;
 mod footprint;
@@ -38,6 +39,7 @@ pub static ALL: &[&Scenario] = &[
     &overhead::SPEC,
     &startup::SPEC,
     &upgrade_latency::SPEC,
+    &bombs::SPEC,
 ];
 
 /// Every option a scenario takes: the common ones, then its own. A scenario that lists a common

@@ -148,6 +148,9 @@ impl Api {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
             .and_then(|v| v.get("message")?.as_str().map(str::to_string));
         if let Some(delay) = rate_limit_delay(status, &headers, message.as_deref(), now_epoch()) {
+            if delay > MAX_RATE_LIMIT_WAIT {
+                return self.error(target, beyond_wait(status, delay, SystemTime::now()));
+            }
             tracing::warn!(
                 fetcher = %self.name,
                 url = %self.shown(target),
@@ -172,6 +175,23 @@ fn same_origin(a: &str, b: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// The longest rate-limit wait reported as [`FetchError::RateLimited`], as long as upshift's
+/// master waits one out: GitHub's hourly quota resets within the hour, so a longer wait comes from
+/// something else (a proxy, a skewed clock) and is an error instead, saying when the limit ends.
+pub(crate) const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60 * 60);
+
+/// The error for a rate limit that lasts longer than [`MAX_RATE_LIMIT_WAIT`].
+pub(crate) fn beyond_wait(status: StatusCode, delay: Duration, now: SystemTime) -> String {
+    let until = httpdate::fmt_http_date(now + delay);
+    format!(
+        "{status}: rate limited until {until} ({}s from now), longer than the {}s upshift waits \
+         out a rate limit; the check is retried with the error backoff meanwhile (a GITHUB_TOKEN \
+         raises the limit from 60 to 5,000 requests an hour)",
+        delay.as_secs(),
+        MAX_RATE_LIMIT_WAIT.as_secs()
+    )
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -421,6 +441,20 @@ mod tests {
         assert_eq!(
             rate_limit_delay(StatusCode::INTERNAL_SERVER_ERROR, &exhausted, None, now),
             None
+        );
+    }
+
+    #[test]
+    fn a_wait_beyond_the_cap_is_an_error_naming_the_reset() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let msg = beyond_wait(StatusCode::FORBIDDEN, Duration::from_secs(86_400), now);
+        assert!(
+            msg.contains("rate limited until Tue, 13 Jan 1970 13:46:40 GMT"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("(86400s from now), longer than the 3600s"),
+            "{msg}"
         );
     }
 

@@ -109,7 +109,12 @@ impl fmt::Debug for Token {
 ///   an `<asset>.minisig` asset is passed on as the signature.
 /// * **Cost.** Each check is one conditional request; `304 Not Modified` (nothing changed) does
 ///   not count against GitHub's rate limit. An exhausted rate limit is
-///   [`FetchError::RateLimited`] until GitHub's reset time (or its `Retry-After`).
+///   [`FetchError::RateLimited`] until GitHub's reset time (or its `Retry-After`), when that is
+///   at most an hour away; a longer one is a [`FetchError::Source`] that says when it resets.
+/// * **Bounds.** API documents are read up to 32 MiB each (10 pages of releases at most),
+///   checksum lists, `.sha256` and `.minisig` assets up to 1 MiB, each within `timeout`; the
+///   release body is streamed, cut after `timeout` without data and by the master's
+///   [`download_deadline`](upshift::Upgrader::download_deadline).
 ///
 /// ```no_run
 /// use upshift::fetch::Fetcher;

@@ -614,7 +614,7 @@ impl S3Fetcher {
         };
         let too_big = |len: u64| {
             FetchError::Source(format!(
-                "{what}: {len} bytes, more than a checksum or signature file may have \
+                "{what}: {len} bytes or more, more than a checksum or signature file may have \
                  ({SIDE_OBJECT_LIMIT})"
             ))
         };
@@ -625,19 +625,29 @@ impl S3Fetcher {
         {
             return Err(too_big(len));
         }
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| FetchError::Io {
+        // Read as it streams, stopping at the limit: a body without Content-Length (chunked)
+        // is never held whole before it is measured. Within `timeout` in all.
+        let mut body = out.body;
+        let read = async {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.try_next().await.map_err(|e| FetchError::Io {
                 what: what.clone(),
                 source: std::io::Error::from(e),
-            })?
-            .into_bytes();
-        if bytes.len() as u64 > SIDE_OBJECT_LIMIT {
-            return Err(too_big(bytes.len() as u64));
-        }
-        String::from_utf8(bytes.to_vec())
+            })? {
+                let len = (bytes.len() + chunk.len()) as u64;
+                if len > SIDE_OBJECT_LIMIT {
+                    return Err(too_big(len));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        };
+        let bytes = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| {
+                FetchError::Source(format!("{what}: not read within {:?}", self.timeout))
+            })??;
+        String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| FetchError::Source(format!("{what}: not UTF-8 text")))
     }

@@ -411,6 +411,34 @@ async fn throttling_is_rate_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_without_length_is_cut_at_the_cap_while_streaming() {
+    let bed = Bed::start();
+    let bytes = payload("endless sidecar", 1000);
+    bed.publish(&bytes, Some(&sha256_hex(&bytes)), Vouch::Sidecar);
+    bed.proxy.set_mode(Mode::EndlessSidecar);
+    let e = failed(&mut bed.fetcher(), &unrelated()).await;
+    let msg = e.to_string();
+    assert!(
+        msg.contains("more than a checksum or signature file may have (65536)"),
+        "{msg}"
+    );
+    bed.proxy.set_mode(Mode::Pass);
+    // The fetcher hung up at the cap: the proxy got nowhere near sending all of it (socket
+    // buffers take a few MB at most).
+    let sidecar = bed
+        .proxy
+        .log()
+        .into_iter()
+        .find(|x| x.path.ends_with(".sha256"))
+        .expect("the sidecar was asked for");
+    assert!(
+        sidecar.body_bytes < common::proxy::ENDLESS / 4,
+        "{} bytes sent",
+        sidecar.body_bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_names_the_endpoint() {
     let bed = Bed::start();
     bed.proxy.set_mode(Mode::Refused);

@@ -111,7 +111,7 @@ fn a_local_release_over_the_size_limit_is_refused_before_copying() {
         .block_on(stage(release, &target, &opts))
         .expect_err("over the limit");
     assert!(
-        matches!(err, InstallError::TooLarge { limit: 4095 }),
+        matches!(err, InstallError::TooLarge { limit: 4095, .. }),
         "{err}"
     );
     clean(&dir);

@@ -1,5 +1,8 @@
 //! Tests of the install pipeline against real files and processes.
 
+mod alloc;
+mod bounds;
+pub(super) mod crafted;
 mod local;
 mod replace;
 mod stage;

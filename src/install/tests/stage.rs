@@ -94,7 +94,13 @@ fn size_limit_applies_to_the_stream_the_hint_and_the_unpacked_bytes() {
     rel.size_hint = None;
     let err = failed(&dir, stage_in(&dir, rel, &opts));
     assert!(
-        matches!(err, InstallError::TooLarge { limit: 1000 }),
+        matches!(
+            err,
+            InstallError::TooLarge {
+                what: "the release",
+                limit: 1000
+            }
+        ),
         "{err}"
     );
 

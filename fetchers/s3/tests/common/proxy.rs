@@ -32,7 +32,13 @@ pub enum Mode {
     Slow,
     /// Not listening: connections are refused.
     Refused,
+    /// GETs of a `.sha256` object are answered with a chunked body (no Content-Length) of up to
+    /// [`ENDLESS`] bytes, until the client hangs up; everything else is forwarded.
+    EndlessSidecar,
 }
+
+/// How much an [`Mode::EndlessSidecar`] answer sends at most.
+pub const ENDLESS: u64 = 64 << 20;
 
 /// One request and its response, as seen on the wire.
 #[derive(Debug, Clone)]
@@ -469,8 +475,25 @@ async fn serve(
             .await?;
         let request_bytes = (head.len() + body.len()) as u64;
         let mode = *lock(&shared.mode);
+        if mode == Mode::EndlessSidecar && req.method == "GET" && req.path.ends_with(".sha256") {
+            let mut exchange = InFlight::new(&shared, &req, request_bytes);
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            exchange.exchange.status = 200;
+            exchange.exchange.response_head_bytes = head.len() as u64;
+            client.get_mut().write_all(head).await?;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "a".repeat(64 << 10));
+            let mut out = Counting {
+                inner: client.get_mut(),
+                n: exchange.body.clone(),
+            };
+            for _ in 0..ENDLESS / (64 << 10) {
+                out.write_all(chunk.as_bytes()).await?;
+            }
+            out.write_all(b"0\r\n\r\n").await?;
+            return Ok(());
+        }
         let injected = match mode {
-            Mode::Pass => None,
+            Mode::Pass | Mode::EndlessSidecar => None,
             Mode::NotFound => Some((
                 404,
                 canned(
