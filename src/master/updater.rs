@@ -285,6 +285,8 @@ impl Updater {
 
     async fn upgrade(self: &Arc<Self>, books: &mut Books, mut release: Release) {
         let identity = release.identity.clone();
+        // A fetcher's word `Local` counts only with the File fetcher's proof (see `Origin`).
+        release.origin = release.vouched_origin();
         let now = std::time::Instant::now();
         let offer = Offer {
             identity: &release.identity,
