@@ -32,6 +32,14 @@ pub(crate) use replace::{install, resolve_target, restore_from, sweep_leftovers}
 pub(crate) use stage::{stage, StageOptions, Staged};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
 
+/// The mode of a staged binary until the install gives it the target's: executable (the test run
+/// needs no more than the owner's execute bit) and private, so that no other user can run or read
+/// a build that has not been vetted yet.
+pub(crate) const STAGED_MODE: u32 = 0o700;
+
+/// The mode of an installed binary that replaces nothing (no target to copy the mode from).
+pub(crate) const NEW_TARGET_MODE: u32 = 0o755;
+
 /// Why a release was not installed. Each message says what was wrong with the release or the
 /// machine, so the operator knows whether to republish, re-sign, free disk space or rebuild.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{InstallError, Staged};
+use super::{InstallError, Staged, NEW_TARGET_MODE};
 
 /// The binary to replace: the file a symlink points to, so that the link itself stays (a deploy
 /// layout's `current -> releases/v3/app` keeps working and now names the new content).
@@ -46,8 +46,12 @@ pub(crate) fn install(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(InstallError::io(format!("reading {shown}"), e)),
     };
-    if let Some(meta) = &current {
-        copy_owner_and_mode(&staged.path, meta)?;
+    match &current {
+        Some(meta) => copy_owner_and_mode(&staged.path, meta)?,
+        None => fs::set_permissions(&staged.path, fs::Permissions::from_mode(NEW_TARGET_MODE))
+            .map_err(|e| {
+                InstallError::io(format!("setting the mode of {}", staged.path.display()), e)
+            })?,
     }
     File::open(&staged.path)
         .and_then(|f| f.sync_all())

@@ -6,11 +6,13 @@ use super::{sha256_hex, TempDir};
 use crate::install::replace::prev_path;
 use crate::install::{file_sha256, install, resolve_target, restore_from, sweep_leftovers, Staged};
 
+/// A staged file as staging leaves it: private to its owner.
 fn staged(dir: &TempDir, content: &[u8]) -> Staged {
     let path = dir.exe(
         &format!(".staged-{}", crate::install::random_hex()),
         content,
     );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
     Staged::adopt(path)
 }
 
@@ -159,4 +161,13 @@ fn sweep_removes_what_a_dead_master_left_and_nothing_else() {
         fresh_prev_tmp.exists(),
         "a recent .prev.tmp may belong to an install under way"
     );
+}
+
+#[test]
+fn a_first_install_is_world_executable_though_staged_private() {
+    let dir = TempDir::new("first");
+    let target = dir.path().join("app");
+    install(staged(&dir, b"first binary"), &target, false).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"first binary");
+    assert_eq!(mode(&target), 0o755, "no target to copy a mode from");
 }
