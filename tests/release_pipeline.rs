@@ -518,3 +518,35 @@ fn release_refused_for_a_full_disk_is_retried_once_there_is_room() {
         ));
     }
 }
+
+#[test]
+fn a_second_master_on_the_same_binary_installs_nothing_until_the_first_exits() {
+    let mut rig = Rig::new("rp-two-masters");
+    // The first master runs from the same file and watches a path of its own.
+    let (listen, addr) = free_tcp_addr();
+    let other_next = rig.path("other-next").display().to_string();
+    let args = ["--listen", &listen, "--watch", &other_next];
+    let mut first = Master::spawn(&rig.app, &args, &[]);
+    first.wait_serving(&addr, START);
+    let took = wait_until(START, || {
+        !log_lines_with(&first, "now installs releases for its binary").is_empty()
+    });
+    assert!(took, "the first master never took the lock: {}", first.log_tail(4000));
+
+    rig.start(&[]);
+    rig.wait_log("will not install releases while the other one runs", START);
+    let mut bytes = fs::read(fixture_path()).unwrap();
+    bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:second\n");
+    let reason = refused(
+        &mut rig,
+        &bytes,
+        None,
+        &["another upshift master holds", "app.upshift-lock"],
+    );
+    assert!(reason.contains("keeps serving"), "{reason}");
+
+    // Once the holder is gone, the same release is tried again and installed.
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(first.wait_exit(START).is_some(), "the first master did not exit");
+    rig.wait_build("second", VERDICT);
+}

@@ -14,6 +14,7 @@
 mod child;
 mod flip;
 mod local;
+mod lock;
 mod replace;
 mod stage;
 mod testrun;
@@ -26,6 +27,9 @@ use std::io;
 use std::time::Duration;
 
 pub(crate) use flip::{flip_link, install_flip, read_link};
+#[cfg(test)]
+pub(crate) use lock::InstallLock;
+pub(crate) use lock::LockSlot;
 #[cfg(test)]
 pub(crate) use replace::file_sha256;
 pub(crate) use replace::{install, resolve_target, restore_from, sweep_leftovers};
@@ -131,6 +135,20 @@ pub enum InstallError {
     #[error("the release was vetoed: {0}")]
     Vetoed(String),
 
+    /// Another process (a second master started from the same binary) holds the lock beside the
+    /// binary: this master does not install while it does. The first master to look for a
+    /// release takes `<binary>.upshift-lock` and holds it for its life.
+    #[error(
+        "another upshift master holds {} (two masters run from this binary): this one installs \
+         nothing while that one runs, and keeps serving its build; give each master its own copy \
+         of the binary, or stop the other master",
+        path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+
     /// A file operation failed; `what` says which (running out of disk space shows up here).
     #[error("{what}: {source}")]
     Io {
@@ -144,9 +162,10 @@ pub enum InstallError {
 impl InstallError {
     /// Whether the release itself is at fault, so that trying the same bytes again would fail
     /// the same way. A write error (disk full, file-size limit) is the machine's: once there is
-    /// room, the same release should be tried again.
+    /// room, the same release should be tried again. So is a lock held by another master: once
+    /// it exits, the release is tried again.
     pub fn is_release_fault(&self) -> bool {
-        !matches!(self, InstallError::Io { .. })
+        !matches!(self, InstallError::Io { .. } | InstallError::Locked { .. })
     }
 
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {

@@ -469,7 +469,7 @@ impl ReleaseState {
 pub(crate) fn refusal_kind(error: &crate::install::InstallError) -> Option<RefusalKind> {
     use crate::install::InstallError as E;
     match error {
-        E::Io { .. } => None,
+        E::Io { .. } | E::Locked { .. } => None,
         E::ChecksumMismatch { .. } | E::Truncated { .. } => Some(RefusalKind::Transient),
         _ => Some(RefusalKind::Release),
     }
