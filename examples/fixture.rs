@@ -9,6 +9,7 @@
 //!         [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]
 //!         [--watch PATH] [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]
 //!         [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]
+//!         [--test-run-fds PATH]
 //! ```
 //!
 //! `--install-mode release-dirs` installs releases as [`upshift::InstallMode::ReleaseDirectories`].
@@ -16,6 +17,8 @@
 //! `--exec-log PATH`: every process started from this binary (master, worker, a candidate's
 //! test-run) appends `<build> <pid>` to PATH before anything else, so a test can tell which
 //! builds were ever executed.
+//! `--test-run-fds PATH`: a candidate's test-run writes its open descriptors to PATH (as `/fds`
+//! lists them) before answering the handshake, so a test can see what a test-run inherits.
 //!
 //! With `--starts-file`, each worker appends `<pid> <generation> <behavior>` to that file as its
 //! first act, so a test can count workers that lived too briefly to be seen in `/proc`.
@@ -44,7 +47,7 @@ const USAGE: &str =
     "usage: fixture --listen ADDR [--listen ADDR ...] [--behavior-file PATH] [--watch PATH] \
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
 [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
-[--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]";
+[--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH] [--test-run-fds PATH]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -91,8 +94,8 @@ fn parse_args() -> Result<Args, String> {
                 })
             }
             "--veto-all" => args.veto_all = true,
-            // Acted on before parsing, by `log_exec`.
-            "--exec-log" => drop(value()?),
+            // Acted on before parsing, by `log_exec` and `log_test_run_fds`.
+            "--exec-log" | "--test-run-fds" => drop(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -203,6 +206,21 @@ fn log_exec(build: &str) {
     }
 }
 
+/// In a test-run with `--test-run-fds PATH`: writes this process's open descriptors to PATH, first
+/// thing, before `Upgrader::run` answers the handshake and exits.
+fn log_test_run_fds() {
+    if std::env::var_os("UPSHIFT_TEST_RUN_TOKEN").is_none() {
+        return;
+    }
+    let mut args = std::env::args().skip(1);
+    let Some(path) = args.find(|a| a == "--test-run-fds").and_then(|_| args.next()) else {
+        return;
+    };
+    if let Err(e) = std::fs::write(&path, open_fds()) {
+        eprintln!("fixture: cannot write {path}: {e}");
+    }
+}
+
 fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::OpenOptions::new()
@@ -213,6 +231,7 @@ fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    log_test_run_fds();
     let (build, stamped_behavior) = read_stamp();
     log_exec(&build);
     // Before `run`, so it also fails upshift's test-run: a release that cannot even start.

@@ -550,3 +550,33 @@ fn a_second_master_on_the_same_binary_installs_nothing_until_the_first_exits() {
     assert!(first.wait_exit(START).is_some(), "the first master did not exit");
     rig.wait_build("second", VERDICT);
 }
+
+#[test]
+fn a_test_run_gets_only_stdio_and_its_handshake_descriptor() {
+    const STRAY_FD: i32 = 42;
+    let mut rig = Rig::new("rp-testrun-fds");
+    let stray = fs::File::create(rig.path("stray")).unwrap();
+    let listing = rig.path("test-run-fds");
+    let listing_arg = listing.display().to_string();
+    let args = rig.args(&["--test-run-fds", &listing_arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A master that inherited a descriptor without close-on-exec, as from a careless shell.
+    let stray_fd = ExtraFd {
+        source: std::os::fd::AsFd::as_fd(&stray),
+        target: STRAY_FD,
+    };
+    rig.master = Some(Master::spawn_with_extra_fds(&rig.app, &args, &[], &[stray_fd]));
+    let addr = rig.addr.clone();
+    rig.m_mut().wait_serving(&addr, START);
+    let held = fs::read_link(format!("/proc/{}/fd/{STRAY_FD}", rig.m().pid()));
+    rig.expect(held.is_ok(), "the master does not hold the stray descriptor");
+
+    rig.publish_build("fds");
+    rig.wait_build("fds", VERDICT);
+    let text = fs::read_to_string(&listing).unwrap_or_else(|e| rig.fail(format!("no listing: {e}")));
+    let fds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "the test-run saw:\n{text}");
+}
