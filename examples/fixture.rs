@@ -213,7 +213,10 @@ fn log_test_run_fds() {
         return;
     }
     let mut args = std::env::args().skip(1);
-    let Some(path) = args.find(|a| a == "--test-run-fds").and_then(|_| args.next()) else {
+    let Some(path) = args
+        .find(|a| a == "--test-run-fds")
+        .and_then(|_| args.next())
+    else {
         return;
     };
     if let Err(e) = std::fs::write(&path, open_fds()) {

@@ -531,7 +531,11 @@ fn a_second_master_on_the_same_binary_installs_nothing_until_the_first_exits() {
     let took = wait_until(START, || {
         !log_lines_with(&first, "now installs releases for its binary").is_empty()
     });
-    assert!(took, "the first master never took the lock: {}", first.log_tail(4000));
+    assert!(
+        took,
+        "the first master never took the lock: {}",
+        first.log_tail(4000)
+    );
 
     rig.start(&[]);
     rig.wait_log("will not install releases while the other one runs", START);
@@ -547,7 +551,10 @@ fn a_second_master_on_the_same_binary_installs_nothing_until_the_first_exits() {
 
     // Once the holder is gone, the same release is tried again and installed.
     first.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(first.wait_exit(START).is_some(), "the first master did not exit");
+    assert!(
+        first.wait_exit(START).is_some(),
+        "the first master did not exit"
+    );
     rig.wait_build("second", VERDICT);
 }
 
@@ -565,15 +572,24 @@ fn a_test_run_gets_only_stdio_and_its_handshake_descriptor() {
         source: std::os::fd::AsFd::as_fd(&stray),
         target: STRAY_FD,
     };
-    rig.master = Some(Master::spawn_with_extra_fds(&rig.app, &args, &[], &[stray_fd]));
+    rig.master = Some(Master::spawn_with_extra_fds(
+        &rig.app,
+        &args,
+        &[],
+        &[stray_fd],
+    ));
     let addr = rig.addr.clone();
     rig.m_mut().wait_serving(&addr, START);
     let held = fs::read_link(format!("/proc/{}/fd/{STRAY_FD}", rig.m().pid()));
-    rig.expect(held.is_ok(), "the master does not hold the stray descriptor");
+    rig.expect(
+        held.is_ok(),
+        "the master does not hold the stray descriptor",
+    );
 
     rig.publish_build("fds");
     rig.wait_build("fds", VERDICT);
-    let text = fs::read_to_string(&listing).unwrap_or_else(|e| rig.fail(format!("no listing: {e}")));
+    let text =
+        fs::read_to_string(&listing).unwrap_or_else(|e| rig.fail(format!("no listing: {e}")));
     let fds: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_whitespace().next())

@@ -76,7 +76,11 @@ async fn missing_then_written() {
     assert_eq!(r.size_hint, Some(content.len() as u64));
     assert_eq!(r.format, Format::Raw);
     assert_eq!(r.origin, Origin::Local);
-    assert_eq!(r.vouched_origin(), Origin::Local, "the File fetcher proves it");
+    assert_eq!(
+        r.vouched_origin(),
+        Origin::Local,
+        "the File fetcher proves it"
+    );
     assert!(r.signature.is_none());
     assert_eq!(body(r).await, content);
 }

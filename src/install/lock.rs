@@ -47,7 +47,9 @@ impl InstallLock {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| InstallError::io(format!("opening the lock file {}", path.display()), e))?;
+            .map_err(|e| {
+                InstallError::io(format!("opening the lock file {}", path.display()), e)
+            })?;
         loop {
             // SAFETY: flock on a descriptor this function owns; no memory is passed.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -59,12 +61,7 @@ impl InstallLock {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EWOULDBLOCK) => return Err(InstallError::Locked { path }),
-                _ => {
-                    return Err(InstallError::io(
-                        format!("locking {}", path.display()),
-                        e,
-                    ))
-                }
+                _ => return Err(InstallError::io(format!("locking {}", path.display()), e)),
             }
         }
     }

@@ -142,10 +142,7 @@ fn keep_previous(target: &Path, current: &fs::Metadata) -> Result<(), InstallErr
         // names of one file does nothing, which would leave the temporary name behind.
         return Ok(());
     }
-    let tmp = with_suffix(
-        target,
-        &format!(".prev-{}.tmp", &super::random_hex()[..12]),
-    );
+    let tmp = with_suffix(target, &format!(".prev-{}.tmp", &super::random_hex()[..12]));
     let guard = Leftover(&tmp);
     link_or_copy(target, &tmp)?;
     fs::rename(&tmp, &prev).map_err(|e| {
@@ -189,7 +186,8 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), InstallError> {
         out.set_permissions(fs::Permissions::from_mode(mode))?;
         out.sync_all()
     })();
-    copied.map_err(|e| InstallError::io(format!("copying {} to {}", from.display(), to.display()), e))
+    copied
+        .map_err(|e| InstallError::io(format!("copying {} to {}", from.display(), to.display()), e))
 }
 
 fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {

@@ -224,7 +224,11 @@ fn one_lock_beside_the_binary_keeps_a_second_installer_out() {
     drop(first);
     let again = InstallLock::try_acquire(&target).unwrap();
     drop(again);
-    assert_eq!(dir.names(), ["app", "app.upshift-lock"], "the lock file stays");
+    assert_eq!(
+        dir.names(),
+        ["app", "app.upshift-lock"],
+        "the lock file stays"
+    );
 
     // Never through a symlink: a planted link neither creates nor locks its target.
     let other = TempDir::new("lock-link");
