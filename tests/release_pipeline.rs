@@ -92,16 +92,22 @@ fn binary_that_exits_at_once_fails_its_test_run() {
     rig.start(&[]);
     let mut bytes = fs::read(fixture_path()).unwrap();
     bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:quits:exit-at-start\n");
-    refused(
+    let reason = refused(
         &mut rig,
         &bytes,
         None,
         &[
             "failed its test run (exit status: 4)",
-            "fixture: stamped exit-at-start",
+            "in the master's log",
         ],
     );
+    // What the binary wrote is logged, never part of the reason (which reaches STATUS=).
+    assert!(!reason.contains("stamped exit-at-start"), "{reason}");
+    rig.wait_log("fixture: stamped exit-at-start", STEP_LOG);
 }
+
+/// How long a line logged with a verdict may take to show.
+const STEP_LOG: Duration = Duration::from_secs(5);
 
 #[test]
 fn binary_not_built_with_upshift_is_rejected() {

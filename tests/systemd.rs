@@ -223,6 +223,37 @@ fn a_release_is_a_reload_with_its_phases_in_the_status() {
 }
 
 #[test]
+fn a_failed_test_run_is_a_short_status_line_without_its_stderr() {
+    let mut rig = Rig::new("sd-testrun");
+    let dir = TestDir::new("sd-testrun-sock");
+    let socket = dir.join("notify");
+    let sd = NotifyListener::bind(&socket);
+    let socket_env = socket.display().to_string();
+    rig.start_with(&[], &[("NOTIFY_SOCKET", socket_env.as_str())], None);
+    let (i, _) = sd
+        .wait(0, STEP, |n| n.has("READY"))
+        .unwrap_or_else(|| rig.fail("no READY=1"));
+
+    // The build writes a line to stderr and exits 4 before answering the handshake.
+    let mut bytes = std::fs::read(fixture_path()).unwrap();
+    bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:quits:exit-at-start\n");
+    let identity = rig.publish(&bytes, None);
+    rig.wait_rejected(&identity);
+    let (_, rejected) = sd
+        .wait(i + 1, STEP, |n| n.status().contains("rejected"))
+        .unwrap_or_else(|| rig.fail(format!("no rejected status: {:#?}", sd.all())));
+    let status = rejected.status();
+    assert!(
+        status.contains("failed its test run (exit status: 4)"),
+        "{status}"
+    );
+    // The status is world-readable (`systemctl status`): no word of what the binary wrote.
+    assert!(!status.contains("exit-at-start"), "{status}");
+    assert!(status.chars().count() <= 300, "{status}");
+    rig.wait_log("fixture: stamped exit-at-start", STEP);
+}
+
+#[test]
 fn systemd_socket_activate_passes_the_socket_and_the_master_binds_none() {
     let tool = std::path::Path::new("/usr/bin/systemd-socket-activate");
     if !tool.is_file() {

@@ -109,7 +109,10 @@ pub enum InstallError {
     NotExecutable(String),
 
     /// The new binary's test run exited with a failure or was killed by a signal.
-    #[error("the new binary failed its test run ({status}); last of its stderr: {stderr_tail:?}")]
+    ///
+    /// The message leaves out what the binary wrote: it travels to places other users may read
+    /// (systemd's `STATUS=`, event hooks). The master logs the stderr tail at `WARN`.
+    #[error("the new binary failed its test run ({status}); its stderr is in the master's log")]
     TestRunFailed {
         /// How it ended.
         status: std::process::ExitStatus,

@@ -557,6 +557,10 @@ impl Updater {
             return;
         }
         tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
+        if let InstallError::TestRunFailed { stderr_tail, .. } = error {
+            // Only here: the reason travels further (STATUS=, hooks) and must not quote it.
+            tracing::warn!(%identity, %stderr_tail, "the end of the failed test run's stderr");
+        }
         self.emit(UpgradeEvent::Rejected { identity, reason });
     }
 
