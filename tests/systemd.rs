@@ -192,7 +192,7 @@ fn rig_notified(tag: &str) -> (Rig, TestDir, NotifyListener, usize) {
 
 #[test]
 fn a_release_is_a_reload_with_its_phases_in_the_status() {
-    let (mut rig, _dir, sd, i) = rig_notified("sd-release");
+    let (rig, _dir, sd, i) = rig_notified("sd-release");
 
     let (identity, _) = rig.publish_build("v2");
     rig.wait_log(&format!("release {identity} is serving"), VERDICT);
@@ -231,7 +231,7 @@ fn a_release_is_a_reload_with_its_phases_in_the_status() {
 
 #[test]
 fn a_failed_test_run_is_a_short_status_line_without_its_stderr() {
-    let (mut rig, _dir, sd, i) = rig_notified("sd-testrun");
+    let (rig, _dir, sd, i) = rig_notified("sd-testrun");
 
     // The build writes a line to stderr and exits 4 before answering the handshake.
     let mut bytes = std::fs::read(fixture_path()).unwrap();
