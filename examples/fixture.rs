@@ -10,6 +10,7 @@
 //!         [--watch PATH] [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]
 //!         [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]
 //!         [--url URL] [--max-release-bytes N] [--download-deadline-ms N]
+//!         [--test-run-fds PATH]
 //! ```
 //!
 //! `--url URL` adds the HTTP fetcher (checksum from `URL.sha256`; plain `http://` allowed: the
@@ -21,6 +22,8 @@
 //! `--exec-log PATH`: every process started from this binary (master, worker, a candidate's
 //! test-run) appends `<build> <pid>` to PATH before anything else, so a test can tell which
 //! builds were ever executed.
+//! `--test-run-fds PATH`: a candidate's test-run writes its open descriptors to PATH (as `/fds`
+//! lists them) before answering the handshake, so a test can see what a test-run inherits.
 //!
 //! With `--starts-file`, each worker appends `<pid> <generation> <behavior>` to that file as its
 //! first act, so a test can count workers that lived too briefly to be seen in `/proc`.
@@ -50,7 +53,8 @@ const USAGE: &str =
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
 [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
 [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH] [--version V] \
-[--product NAME] [--url URL] [--max-release-bytes N] [--download-deadline-ms N]";
+[--product NAME] [--url URL] [--max-release-bytes N] [--download-deadline-ms N] \
+[--test-run-fds PATH]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -109,8 +113,8 @@ fn parse_args() -> Result<Args, String> {
             "--url" => args.url = Some(value()?),
             "--max-release-bytes" => args.max_release_bytes = Some(number(value()?)?),
             "--download-deadline-ms" => args.download_deadline_ms = Some(number(value()?)?),
-            // Acted on before parsing, by `log_exec`.
-            "--exec-log" => drop(value()?),
+            // Acted on before parsing, by `log_exec` and `log_test_run_fds`.
+            "--exec-log" | "--test-run-fds" => drop(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -221,6 +225,24 @@ fn log_exec(build: &str) {
     }
 }
 
+/// In a test-run with `--test-run-fds PATH`: writes this process's open descriptors to PATH, first
+/// thing, before `Upgrader::run` answers the handshake and exits.
+fn log_test_run_fds() {
+    if std::env::var_os("UPSHIFT_TEST_RUN_TOKEN").is_none() {
+        return;
+    }
+    let mut args = std::env::args().skip(1);
+    let Some(path) = args
+        .find(|a| a == "--test-run-fds")
+        .and_then(|_| args.next())
+    else {
+        return;
+    };
+    if let Err(e) = std::fs::write(&path, open_fds()) {
+        eprintln!("fixture: cannot write {path}: {e}");
+    }
+}
+
 fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::OpenOptions::new()
@@ -231,6 +253,7 @@ fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    log_test_run_fds();
     let (build, stamped_behavior) = read_stamp();
     log_exec(&build);
     // Before `run`, so it also fails upshift's test-run: a release that cannot even start.

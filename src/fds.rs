@@ -60,7 +60,11 @@ impl FdPlan {
 
 /// Marks every descriptor from `first` up close-on-exec. Async-signal-safe: `close_range` where
 /// the kernel has it (Linux 5.11+), else an `fcntl` per descriptor number up to the limit.
-unsafe fn cloexec_from(first: RawFd) {
+///
+/// # Safety
+/// Meant for a forked child before exec: descriptors that Rust objects in this process still own
+/// would vanish at exec under them.
+pub(crate) unsafe fn cloexec_from(first: RawFd) {
     #[cfg(target_os = "linux")]
     {
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;

@@ -221,10 +221,10 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
     }
 }
 
-#[test]
-fn an_unknown_flag_exits_2_with_the_usage_on_stderr() {
+/// Runs hello with `args` to its exit (killed by PID after 10 s): (status, stdout, stderr).
+fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(example_path("hello"))
-        .arg("--bogus")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -239,7 +239,7 @@ fn an_unknown_flag_exits_2_with_the_usage_on_stderr() {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("hello --bogus did not exit within 10 s");
+            panic!("hello {args:?} did not exit within 10 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -256,7 +256,28 @@ fn an_unknown_flag_exits_2_with_the_usage_on_stderr() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    (status, stdout, stderr)
+}
 
+#[test]
+fn watching_a_path_any_user_can_write_is_refused_at_startup() {
+    let (listen, _) = free_tcp_addr();
+    let watched = std::env::temp_dir().join(format!("hello-next-{}", std::process::id()));
+    let watched = watched.display().to_string();
+    let (status, _, stderr) = run_to_exit(&["--listen", &listen, "--watch", &watched]);
+    assert!(!status.success(), "hello started; stderr: {stderr:?}");
+    for needle in [
+        "refusing to watch directory",
+        "chmod go-w",
+        "allow_untrusted_location",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr:?}");
+    }
+}
+
+#[test]
+fn an_unknown_flag_exits_2_with_the_usage_on_stderr() {
+    let (status, stdout, stderr) = run_to_exit(&["--bogus"]);
     assert_eq!(
         status.code(),
         Some(2),

@@ -20,7 +20,7 @@ enum KillAt {
     RandomAfterPublish,
     /// The staged temp file `.app.upshift-*` appears: during staging.
     StagedCreated,
-    /// `app.prev.tmp` is linked: inside the install, before any rename.
+    /// `app.prev-<random>.tmp` is linked: inside the install, before any rename.
     PrevTmpLinked,
     /// `app.prev` is renamed into place: inside the install, just before the target's rename.
     PrevRenamed,
@@ -59,7 +59,9 @@ fn kill_on_step(dir: &Path, pid: u32, at: KillAt) -> (notify::RecommendedWatcher
                 matches!(ev.kind, EventKind::Create(_)) && name(0).starts_with(".app.upshift-")
             }
             KillAt::PrevTmpLinked => {
-                matches!(ev.kind, EventKind::Create(_)) && last == "app.prev.tmp"
+                matches!(ev.kind, EventKind::Create(_))
+                    && last.starts_with("app.prev-")
+                    && last.ends_with(".tmp")
             }
             KillAt::PrevRenamed => renamed_to && last == "app.prev",
             KillAt::AppRenamed => renamed_to && last == "app",

@@ -92,16 +92,22 @@ fn binary_that_exits_at_once_fails_its_test_run() {
     rig.start(&[]);
     let mut bytes = fs::read(fixture_path()).unwrap();
     bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:quits:exit-at-start\n");
-    refused(
+    let reason = refused(
         &mut rig,
         &bytes,
         None,
         &[
             "failed its test run (exit status: 4)",
-            "fixture: stamped exit-at-start",
+            "in the master's log",
         ],
     );
+    // What the binary wrote is logged, never part of the reason (which reaches STATUS=).
+    assert!(!reason.contains("stamped exit-at-start"), "{reason}");
+    rig.wait_log("fixture: stamped exit-at-start", STEP_LOG);
 }
+
+/// How long a line logged with a verdict may take to show.
+const STEP_LOG: Duration = Duration::from_secs(5);
 
 #[test]
 fn binary_not_built_with_upshift_is_rejected() {
@@ -514,4 +520,82 @@ fn release_refused_for_a_full_disk_is_retried_once_there_is_room() {
             "{identity}, refused for want of room, was never retried once there was room"
         ));
     }
+}
+
+#[test]
+fn a_second_master_on_the_same_binary_installs_nothing_until_the_first_exits() {
+    let mut rig = Rig::new("rp-two-masters");
+    // The first master runs from the same file and watches a path of its own.
+    let (listen, addr) = free_tcp_addr();
+    let other_next = rig.path("other-next").display().to_string();
+    let args = ["--listen", &listen, "--watch", &other_next];
+    let mut first = Master::spawn(&rig.app, &args, &[]);
+    first.wait_serving(&addr, START);
+    let took = wait_until(START, || {
+        !log_lines_with(&first, "now installs releases for its binary").is_empty()
+    });
+    assert!(
+        took,
+        "the first master never took the lock: {}",
+        first.log_tail(4000)
+    );
+
+    rig.start(&[]);
+    rig.wait_log("will not install releases while the other one runs", START);
+    let mut bytes = fs::read(fixture_path()).unwrap();
+    bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:second\n");
+    let reason = refused(
+        &mut rig,
+        &bytes,
+        None,
+        &["another upshift master holds", "app.upshift-lock"],
+    );
+    assert!(reason.contains("keeps serving"), "{reason}");
+
+    // Once the holder is gone, the same release is tried again and installed.
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        first.wait_exit(START).is_some(),
+        "the first master did not exit"
+    );
+    rig.wait_build("second", VERDICT);
+}
+
+#[test]
+fn a_test_run_gets_only_stdio_and_its_handshake_descriptor() {
+    const STRAY_FD: i32 = 42;
+    let mut rig = Rig::new("rp-testrun-fds");
+    let stray = fs::File::create(rig.path("stray")).unwrap();
+    let listing = rig.path("test-run-fds");
+    let listing_arg = listing.display().to_string();
+    let args = rig.args(&["--test-run-fds", &listing_arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A master that inherited a descriptor without close-on-exec, as from a careless shell.
+    let stray_fd = ExtraFd {
+        source: std::os::fd::AsFd::as_fd(&stray),
+        target: STRAY_FD,
+    };
+    rig.master = Some(Master::spawn_with_extra_fds(
+        &rig.app,
+        &args,
+        &[],
+        &[stray_fd],
+    ));
+    let addr = rig.addr.clone();
+    rig.m_mut().wait_serving(&addr, START);
+    let held = fs::read_link(format!("/proc/{}/fd/{STRAY_FD}", rig.m().pid()));
+    rig.expect(
+        held.is_ok(),
+        "the master does not hold the stray descriptor",
+    );
+
+    rig.publish_build("fds");
+    rig.wait_build("fds", VERDICT);
+    let text =
+        fs::read_to_string(&listing).unwrap_or_else(|e| rig.fail(format!("no listing: {e}")));
+    let fds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "the test-run saw:\n{text}");
 }

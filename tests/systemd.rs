@@ -175,10 +175,11 @@ fn abstract_notify_socket() {
     assert!(master.wait_exit(STEP).is_some_and(|s| s.success()));
 }
 
-#[test]
-fn a_release_is_a_reload_with_its_phases_in_the_status() {
-    let mut rig = Rig::new("sd-release");
-    let dir = TestDir::new("sd-release-sock");
+/// A release rig whose master notifies a socket of the test's; returns the rig, the socket's
+/// directory (keep it), the listener and the index of the first `READY=1`.
+fn rig_notified(tag: &str) -> (Rig, TestDir, NotifyListener, usize) {
+    let mut rig = Rig::new(tag);
+    let dir = TestDir::new(&format!("{tag}-sock"));
     let socket = dir.join("notify");
     let sd = NotifyListener::bind(&socket);
     let socket_env = socket.display().to_string();
@@ -186,6 +187,12 @@ fn a_release_is_a_reload_with_its_phases_in_the_status() {
     let (i, _) = sd
         .wait(0, STEP, |n| n.has("READY"))
         .unwrap_or_else(|| rig.fail("no READY=1"));
+    (rig, dir, sd, i)
+}
+
+#[test]
+fn a_release_is_a_reload_with_its_phases_in_the_status() {
+    let (rig, _dir, sd, i) = rig_notified("sd-release");
 
     let (identity, _) = rig.publish_build("v2");
     rig.wait_log(&format!("release {identity} is serving"), VERDICT);
@@ -220,6 +227,29 @@ fn a_release_is_a_reload_with_its_phases_in_the_status() {
         "{all:#?}"
     );
     assert!(serving.status().contains(&identity), "{serving:?}");
+}
+
+#[test]
+fn a_failed_test_run_is_a_short_status_line_without_its_stderr() {
+    let (rig, _dir, sd, i) = rig_notified("sd-testrun");
+
+    // The build writes a line to stderr and exits 4 before answering the handshake.
+    let mut bytes = std::fs::read(fixture_path()).unwrap();
+    bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:quits:exit-at-start\n");
+    let identity = rig.publish(&bytes, None);
+    rig.wait_rejected(&identity);
+    let (_, rejected) = sd
+        .wait(i + 1, STEP, |n| n.status().contains("rejected"))
+        .unwrap_or_else(|| rig.fail(format!("no rejected status: {:#?}", sd.all())));
+    let status = rejected.status();
+    assert!(
+        status.contains("failed its test run (exit status: 4)"),
+        "{status}"
+    );
+    // The status is world-readable (`systemctl status`): no word of what the binary wrote.
+    assert!(!status.contains("exit-at-start"), "{status}");
+    assert!(status.chars().count() <= 300, "{status}");
+    rig.wait_log("fixture: stamped exit-at-start", STEP);
 }
 
 #[test]

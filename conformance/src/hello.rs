@@ -159,6 +159,10 @@ impl Scratch {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        // Private whatever the umask: the File fetcher refuses a directory others may write.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
         Scratch(path)
     }
 

@@ -398,7 +398,8 @@ pub async fn unvouched_release_is_not_downloaded(src: &dyn Source) {
     match r {
         Ok(None) => {}
         Ok(Some(release)) => {
-            if release.origin == Origin::Local {
+            // Only the crate's File fetcher can be local (it alone carries a `LocalFile`).
+            if release.origin == Origin::Local && release.local_file.is_some() {
                 eprintln!("unvouched_release_is_not_downloaded: not applicable to a local source");
                 return;
             }

@@ -13,7 +13,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
-use super::{Current, FetchError, Fetcher, Format, LocalFile, Origin, Release};
+use super::{Current, FetchError, Fetcher, Format, LocalFile, Origin, Release, TrustPolicy};
 
 const DEFAULT_SETTLE: Duration = Duration::from_millis(50); // why: see `settle`
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -62,6 +62,11 @@ pub struct FileFetcher {
     reoffer: bool,
     /// The file last offered and its sha256, so that offering it again costs no hashing.
     offered: Option<(Stamp, String)>,
+    /// Whether to skip the location check (see [`FileFetcher::allow_untrusted_location`]).
+    untrusted_ok: bool,
+    /// A minisign key is configured ([`Fetcher::apply_policy`]): the signature, not the
+    /// location, vouches for a build.
+    signed: bool,
 }
 
 impl FileFetcher {
@@ -82,6 +87,8 @@ impl FileFetcher {
             rollout_path: with_suffix(&path, ".rollout"),
             reoffer: false,
             offered: None,
+            untrusted_ok: false,
+            signed: false,
             path,
             settle: DEFAULT_SETTLE,
             poll_interval: DEFAULT_POLL,
@@ -222,6 +229,8 @@ impl Fetcher for FileFetcher {
     }
 
     async fn check(&mut self, current: &Current) -> Result<Option<Release>, FetchError> {
+        // Every time: an owner or a mode may change while the master runs.
+        self.check_trusted().await?;
         let snap = self.snapshot().await?;
         let reoffer = std::mem::take(&mut self.reoffer);
         if self.last.as_ref() == Some(&snap) && !reoffer {
@@ -315,6 +324,11 @@ impl Fetcher for FileFetcher {
             version: None,
             source: Some(stamp.describe()),
         }))
+    }
+
+    fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
+        self.signed = policy.signature_required;
+        self.location().map_or(Ok(()), |l| l.check())
     }
 
     fn deferred(&mut self, _identity: &str) {
@@ -637,6 +651,9 @@ fn parse_sidecar(text: &str, path: &Path) -> Result<String, FetchError> {
         )))
     }
 }
+
+#[path = "file_trust.rs"]
+mod trust;
 
 #[cfg(test)]
 #[path = "file_tests.rs"]

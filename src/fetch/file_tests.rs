@@ -16,6 +16,8 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!("upshift-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
+        // Private whatever the umask: the fetcher refuses a directory others may write.
+        chmod(&p, 0o700);
         TempDir(p)
     }
     fn join(&self, name: &str) -> PathBuf {
@@ -76,6 +78,11 @@ async fn missing_then_written() {
     assert_eq!(r.size_hint, Some(content.len() as u64));
     assert_eq!(r.format, Format::Raw);
     assert_eq!(r.origin, Origin::Local);
+    assert_eq!(
+        r.vouched_origin(),
+        Origin::Local,
+        "the File fetcher proves it"
+    );
     assert!(r.signature.is_none());
     assert_eq!(body(r).await, content);
 }
@@ -390,4 +397,121 @@ async fn a_deferred_release_is_offered_again_with_its_rollout() {
         .await
         .expect("offered once the rollout is readable");
     assert_eq!(fixed.rollout_percent, Some(100.0));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// What a check says: the release's identity, or the error.
+async fn outcome(f: &mut FileFetcher) -> Result<Option<String>, String> {
+    match timeout(BOUND, f.check(&current("0000"))).await {
+        Ok(r) => r.map(|r| r.map(|r| r.identity)).map_err(|e| e.to_string()),
+        Err(_) => panic!("check timed out"),
+    }
+}
+
+#[tokio::test]
+async fn a_directory_or_file_others_may_write_is_refused_until_fixed() {
+    let dir = TempDir::new("trust");
+    let path = dir.join("app");
+    std::fs::write(&path, b"build 1").unwrap();
+    chmod(&dir.0, 0o1777); // sticky and world-writable, as /tmp
+    let mut f = FileFetcher::new(&path);
+    let err = f
+        .apply_policy(&TrustPolicy::default())
+        .unwrap_err()
+        .to_string();
+    for fix in [
+        "writable by group or others",
+        "chmod go-w",
+        "minisign",
+        "allow_untrusted_location(true)",
+    ] {
+        assert!(err.contains(fix), "{fix:?} missing: {err}");
+    }
+    // Refused at every check too: the operator may chmod it back while the master runs.
+    let err = outcome(&mut f).await.unwrap_err();
+    assert!(err.contains("sticky"), "{err}");
+    chmod(&dir.0, 0o700);
+    let found = outcome(&mut f).await.unwrap();
+    assert!(found.is_some(), "a private directory is fine");
+
+    // The file itself, and a side file that says what the file must hash to.
+    for (name, mode) in [("app", 0o666), ("app.sha256", 0o646)] {
+        let side = dir.join(name);
+        if name != "app" {
+            std::fs::write(&side, format!("{}  app\n", sha(b"build 2"))).unwrap();
+        }
+        std::fs::write(&path, b"build 2").unwrap();
+        chmod(&side, mode);
+        let mut f = FileFetcher::new(&path);
+        let err = f
+            .apply_policy(&TrustPolicy::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&side.display().to_string()), "{err}");
+        chmod(&side, 0o600);
+        assert!(f.apply_policy(&TrustPolicy::default()).is_ok(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_or_the_opt_in_accepts_an_untrusted_location() {
+    let dir = TempDir::new("trust-opt");
+    let path = dir.join("app");
+    std::fs::write(&path, b"build 1").unwrap();
+    chmod(&dir.0, 0o777);
+    let signed = TrustPolicy {
+        signature_required: true,
+        ..TrustPolicy::default()
+    };
+    let mut f = FileFetcher::new(&path);
+    assert!(f.apply_policy(&signed).is_ok());
+    assert!(outcome(&mut f).await.unwrap().is_some());
+    let mut f = FileFetcher::new(&path).allow_untrusted_location(true);
+    assert!(f.apply_policy(&TrustPolicy::default()).is_ok());
+    assert!(outcome(&mut f).await.unwrap().is_some());
+    chmod(&dir.0, 0o700);
+}
+
+#[tokio::test]
+async fn tmp_and_files_of_other_users_are_refused() {
+    let name = format!(
+        "upshift-trust-{}-{}",
+        std::process::id(),
+        crate::install::random_hex()
+    );
+    let mut f = FileFetcher::new(std::env::temp_dir().join(&name));
+    if std::fs::metadata(std::env::temp_dir()).unwrap().mode() & 0o002 != 0 {
+        let err = f.apply_policy(&TrustPolicy::default()).unwrap_err();
+        assert!(err.to_string().contains("sticky"), "{err}");
+    }
+    // Root can hand a file to another user; others cannot make one.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the other-owner case is not exercised");
+        return;
+    }
+    let dir = TempDir::new("trust-owner");
+    let path = dir.join("app");
+    std::fs::write(&path, b"build").unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    let mut f = FileFetcher::new(&path);
+    let err = f
+        .apply_policy(&TrustPolicy::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("owned by uid 65534") && err.contains("chown"),
+        "{err}"
+    );
+    std::os::unix::fs::chown(&dir.0, Some(65534), None).unwrap();
+    std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+    let err = f
+        .apply_policy(&TrustPolicy::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("directory"), "{err}");
 }

@@ -188,9 +188,21 @@ impl Format {
 }
 
 /// Where a release came from; decides whether a missing checksum is acceptable.
+///
+/// Only this crate's [`FileFetcher`] can make a release count as local: the pipeline takes
+/// `Local` at its word only when the release also carries a [`LocalFile`], which no other crate
+/// can build. A fetcher in another crate that declares `Local` is treated as `Remote` (a missing
+/// checksum is refused), so declaring it cannot skip the checksum requirement.
+///
+/// ```
+/// use upshift::fetch::Origin;
+/// // What a third-party fetcher should declare for anything it did not read from this machine.
+/// assert_ne!(Origin::Remote, Origin::Local);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// This machine (the File fetcher): a missing checksum is allowed.
+    /// This machine, as read by [`FileFetcher`] (with a [`LocalFile`]): a missing checksum is
+    /// allowed. Without a `LocalFile`, the pipeline treats the release as `Remote`.
     Local,
     /// Over a network: refused without a checksum unless the user opted out.
     Remote,
@@ -230,6 +242,18 @@ pub struct Release {
     /// [`rollout`](crate::rollout)). `None`: [`Upgrader::rollout_percent`](crate::Upgrader::rollout_percent)
     /// decides.
     pub rollout_percent: Option<f64>,
+}
+
+impl Release {
+    /// The origin the pipeline acts on: `Local` only for a release that carries a [`LocalFile`]
+    /// (which only [`FileFetcher`] can make); anything else counts as `Remote`, whatever it
+    /// declared.
+    pub(crate) fn vouched_origin(&self) -> Origin {
+        match (self.origin, &self.local_file) {
+            (Origin::Local, Some(_)) => Origin::Local,
+            _ => Origin::Remote,
+        }
+    }
 }
 
 /// A release file on this machine, already hashed by [`FileFetcher`].

@@ -219,8 +219,10 @@ impl ExecPlan {
         })
     }
 
-    /// In the forked child: own process group, `fd` moved to `at`, then `execve` itself.
-    /// std would use `execvp`, which runs a file the kernel refuses (`ENOEXEC`) as a shell script;
+    /// In the forked child: own process group, `fd` moved to `at`, every other descriptor above
+    /// stdio made close-on-exec, then `execve` itself. The candidate is not vetted yet: whatever
+    /// the master inherited without close-on-exec (a shell's or a supervisor's stray descriptors)
+    /// must not reach it. std would use `execvp`, which runs a file the kernel refuses (`ENOEXEC`) as a shell script;
     /// garbage or a foreign binary must fail instead.
     pub(super) fn exec_in_child(&self, fd: RawFd, at: RawFd) -> io::Result<()> {
         // SAFETY: plain syscalls on descriptor numbers and on pointers into `self`, which lives
@@ -241,6 +243,7 @@ impl ExecPlan {
             if libc::dup2(fd, at) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            crate::fds::cloexec_from(at + 1);
             libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
         }
         Err(io::Error::last_os_error())

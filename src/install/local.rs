@@ -21,7 +21,7 @@ use super::InstallError;
 use crate::fetch::{LocalFile, Stamp};
 
 /// Copies `local` into a new temporary file beside `target`, checks it against `expected`, and
-/// makes it executable and durable.
+/// makes it executable by its owner and durable.
 pub(super) async fn stage_local(
     identity: &str,
     expected: Option<String>,
@@ -98,7 +98,7 @@ fn copy_and_hash(
             (hash_file(dest_path).map_err(|e| ctx("hashing", e))?, true)
         }
     };
-    dest.set_permissions(std::fs::Permissions::from_mode(0o755))
+    dest.set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))
         .map_err(|e| ctx("making executable", e))?;
     dest.sync_all().map_err(|e| ctx("flushing to disk", e))?;
     Ok(Copied {

@@ -14,6 +14,7 @@
 mod child;
 mod flip;
 mod local;
+mod lock;
 mod replace;
 mod stage;
 mod tarwalk;
@@ -28,10 +29,21 @@ use std::time::Duration;
 
 pub(crate) use flip::{flip_link, install_flip, read_link};
 #[cfg(test)]
+pub(crate) use lock::InstallLock;
+pub(crate) use lock::LockSlot;
+#[cfg(test)]
 pub(crate) use replace::file_sha256;
 pub(crate) use replace::{install, resolve_target, restore_from, sweep_leftovers};
 pub(crate) use stage::{stage, StageOptions, Staged, DEFAULT_DOWNLOAD_DEADLINE};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
+
+/// The mode of a staged binary until the install gives it the target's: executable (the test run
+/// needs no more than the owner's execute bit) and private, so that no other user can run or read
+/// a build that has not been vetted yet.
+pub(crate) const STAGED_MODE: u32 = 0o700;
+
+/// The mode of an installed binary that replaces nothing (no target to copy the mode from).
+pub(crate) const NEW_TARGET_MODE: u32 = 0o755;
 
 /// Why a release was not installed. Each message says what was wrong with the release or the
 /// machine, so the operator knows whether to republish, re-sign, free disk space or rebuild.
@@ -117,7 +129,10 @@ pub enum InstallError {
     NotExecutable(String),
 
     /// The new binary's test run exited with a failure or was killed by a signal.
-    #[error("the new binary failed its test run ({status}); last of its stderr: {stderr_tail:?}")]
+    ///
+    /// The message leaves out what the binary wrote: it travels to places other users may read
+    /// (systemd's `STATUS=`, event hooks). The master logs the stderr tail at `WARN`.
+    #[error("the new binary failed its test run ({status}); its stderr is in the master's log")]
     TestRunFailed {
         /// How it ended.
         status: std::process::ExitStatus,
@@ -143,6 +158,20 @@ pub enum InstallError {
     #[error("the release was vetoed: {0}")]
     Vetoed(String),
 
+    /// Another process (a second master started from the same binary) holds the lock beside the
+    /// binary: this master does not install while it does. The first master to look for a
+    /// release takes `<binary>.upshift-lock` and holds it for its life.
+    #[error(
+        "another upshift master holds {} (two masters run from this binary): this one installs \
+         nothing while that one runs, and keeps serving its build; give each master its own copy \
+         of the binary, or stop the other master",
+        path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+
     /// A file operation failed; `what` says which (running out of disk space shows up here).
     #[error("{what}: {source}")]
     Io {
@@ -157,7 +186,8 @@ impl InstallError {
     /// Whether the release itself is at fault, so that trying the same bytes again would fail
     /// the same way. A write error (disk full, file-size limit) is the machine's: once there is
     /// room, the same release should be tried again. A download cut at its deadline is the
-    /// network's or the source's.
+    /// network's or the source's. So is a lock held by another master: once it exits, the
+    /// release is tried again.
     ///
     /// ```
     /// use std::time::Duration;
@@ -169,7 +199,9 @@ impl InstallError {
     pub fn is_release_fault(&self) -> bool {
         !matches!(
             self,
-            InstallError::Io { .. } | InstallError::DeadlineExceeded { .. }
+            InstallError::Io { .. }
+                | InstallError::DeadlineExceeded { .. }
+                | InstallError::Locked { .. }
         )
     }
 

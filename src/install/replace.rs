@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{InstallError, Staged};
+use super::{InstallError, Staged, NEW_TARGET_MODE};
 
 /// The binary to replace: the file a symlink points to, so that the link itself stays (a deploy
 /// layout's `current -> releases/v3/app` keeps working and now names the new content).
@@ -46,8 +46,12 @@ pub(crate) fn install(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(InstallError::io(format!("reading {shown}"), e)),
     };
-    if let Some(meta) = &current {
-        copy_owner_and_mode(&staged.path, meta)?;
+    match &current {
+        Some(meta) => copy_owner_and_mode(&staged.path, meta)?,
+        None => fs::set_permissions(&staged.path, fs::Permissions::from_mode(NEW_TARGET_MODE))
+            .map_err(|e| {
+                InstallError::io(format!("setting the mode of {}", staged.path.display()), e)
+            })?,
     }
     File::open(&staged.path)
         .and_then(|f| f.sync_all())
@@ -127,21 +131,18 @@ fn copy_owner_and_mode(staged: &Path, current: &fs::Metadata) -> Result<(), Inst
         .map_err(|e| InstallError::io(format!("setting the mode of {}", staged.display()), e))
 }
 
-/// Gives the current target's inode the name `<target>.prev` (via a temporary name, so an older
-/// `.prev` is replaced atomically).
+/// Gives the current target's inode the name `<target>.prev` (via a fresh temporary name, so an
+/// older `.prev` is replaced atomically). Never through a symlink: a `.prev` that is a link is
+/// replaced, not followed, and the temporary name is random and created exclusively, so nothing
+/// planted beside the binary can steer where the previous build goes.
 fn keep_previous(target: &Path, current: &fs::Metadata) -> Result<(), InstallError> {
     let prev = prev_path(target);
-    if fs::metadata(&prev).is_ok_and(|p| same_file(&p, current)) {
+    if fs::symlink_metadata(&prev).is_ok_and(|p| p.is_file() && same_file(&p, current)) {
         // After a rollback, `.prev` and the target are one inode, and rename(2) between two
         // names of one file does nothing, which would leave the temporary name behind.
         return Ok(());
     }
-    let tmp = with_suffix(target, ".prev.tmp");
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(InstallError::io(format!("removing {}", tmp.display()), e)),
-    }
+    let tmp = with_suffix(target, &format!(".prev-{}.tmp", &super::random_hex()[..12]));
     let guard = Leftover(&tmp);
     link_or_copy(target, &tmp)?;
     fs::rename(&tmp, &prev).map_err(|e| {
@@ -172,8 +173,20 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), InstallError> {
         ));
     }
     tracing::debug!(error = %e, "cannot hard-link the previous binary; copying it");
-    fs::copy(from, to)
-        .and_then(|_| File::open(to)?.sync_all())
+    let copied = (|| {
+        let mut src = File::open(from)?;
+        let mode = src.metadata()?.mode() & 0o7777;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(to)?;
+        io::copy(&mut src, &mut out)?;
+        out.set_permissions(fs::Permissions::from_mode(mode))?;
+        out.sync_all()
+    })();
+    copied
         .map_err(|e| InstallError::io(format!("copying {} to {}", from.display(), to.display()), e))
 }
 
@@ -223,12 +236,12 @@ impl Drop for Leftover<'_> {
     }
 }
 
-/// How old a `.prev.tmp` or rollback temp must be before a sweep takes it for a crash's leftover
+/// How old a `.prev` or rollback temp must be before a sweep takes it for a crash's leftover
 /// rather than the work of a master that is installing right now.
 const LEFTOVER_AGE: Duration = Duration::from_secs(60);
 
 /// Removes what a master killed mid-upgrade left beside `target`: staged releases of processes
-/// that no longer exist, and stale `.prev.tmp`, rollback, link-flip and state-file temps. Returns how many were removed.
+/// that no longer exist, and stale `.prev`, rollback, link-flip and state-file temps. Returns how many were removed.
 /// Failures are logged; a sweep never stops an upgrade.
 pub(crate) fn sweep_leftovers(target: &Path) -> usize {
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
@@ -242,7 +255,9 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
     let name = name.to_string_lossy();
     let staged_prefix = format!(".{name}.upshift-");
     let rollback_prefix = format!("{name}.rollback-");
+    // `.prev.tmp` was the fixed name of earlier versions.
     let prev_tmp = format!("{name}.prev.tmp");
+    let prev_prefix = format!("{name}.prev-");
     // A release link being flipped and the release state being written (beside the invoked path).
     let link_prefix = format!("{name}.link-");
     let state_prefix = format!("{name}.upshift-state.");
@@ -262,6 +277,7 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
                     .and_then(|pid| pid.parse::<i32>().ok())
                     .is_some_and(|pid| pid as u32 != std::process::id() && !process_exists(pid))
         } else if (file_name.starts_with(&rollback_prefix)
+            || file_name.starts_with(&prev_prefix)
             || file_name.starts_with(&link_prefix)
             || file_name.starts_with(&state_prefix))
             && file_name.ends_with(".tmp")

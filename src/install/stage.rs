@@ -57,7 +57,7 @@ impl Default for StageOptions {
 /// installed ([`keep`](Self::keep)).
 #[derive(Debug)]
 pub(crate) struct Staged {
-    /// The temporary file holding the final executable (mode 0o755).
+    /// The temporary file holding the final executable (mode [`STAGED_MODE`](super::STAGED_MODE)).
     pub(crate) path: PathBuf,
     /// Hex sha256 of the release file as published (the archive, for archives).
     pub(crate) asset_sha256: String,
@@ -143,13 +143,15 @@ pub(crate) async fn stage(
     target: &Path,
     opts: &StageOptions,
 ) -> Result<Staged, InstallError> {
+    // A release counts as local only with the File fetcher's proof; see `Origin`.
+    let origin = release.vouched_origin();
     let Release {
         identity,
         sha256: expected,
         signature,
         size_hint,
         format,
-        origin,
+        origin: _,
         mut body,
         local_file,
         rollout_percent: _,

@@ -121,12 +121,12 @@ impl BinaryWriter {
         }
     }
 
-    /// Makes the file executable and durable. 0o755 for now: `install` copies the real target's
-    /// mode and owner over it.
+    /// Makes the file executable by its owner only, and durable: `install` copies the real
+    /// target's mode and owner over it (see [`STAGED_MODE`](super::STAGED_MODE)).
     fn finish(self) -> Result<Unpacked, InstallError> {
         let ctx = |what: &str, e| InstallError::io(format!("{what} {}", self.path.display()), e);
         self.file
-            .set_permissions(std::fs::Permissions::from_mode(0o755))
+            .set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))
             .map_err(|e| ctx("making executable", e))?;
         self.file
             .sync_all()

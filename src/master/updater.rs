@@ -71,6 +71,8 @@ pub(super) struct Books {
     /// A release refused for a fault of this machine (disk full, file too large), not of the
     /// release: its fetcher is asked to offer it again, after a backoff.
     retry: Option<String>,
+    /// The lock beside the binary: one master installs (see `install::LockSlot`).
+    lock: install::LockSlot,
 }
 
 impl Books {
@@ -280,25 +282,36 @@ impl Updater {
     async fn open_books(&self) -> Result<Books, FetchError> {
         let invoked = self.invoked.clone();
         let version = self.cfg.version.clone();
-        let ledger = tokio::task::spawn_blocking(move || {
-            if let Ok(target) = install::resolve_target(&invoked) {
-                install::sweep_leftovers(&target);
+        let mode = self.cfg.install_mode;
+        let (ledger, lock) = tokio::task::spawn_blocking(move || {
+            let target = install::resolve_target(&invoked);
+            // The lock goes beside what an install replaces: the file, or the release link.
+            let locked = match (&target, mode) {
+                (Ok(target), InstallMode::InPlace) => target.clone(),
+                _ => invoked.clone(),
+            };
+            let lock = install::LockSlot::take(locked);
+            if let Ok(target) = &target {
+                install::sweep_leftovers(target);
             }
             if invoked.is_symlink() {
                 install::sweep_leftovers(&invoked);
             }
-            Ledger::load(&invoked, version.as_deref())
+            (Ledger::load(&invoked, version.as_deref()), lock)
         })
         .await
         .map_err(|e| FetchError::Source(format!("loading the release state: {e}")))?;
         Ok(Books {
             ledger: Arc::new(std::sync::Mutex::new(ledger)),
             retry: None,
+            lock,
         })
     }
 
     async fn upgrade(self: &Arc<Self>, books: &mut Books, mut release: Release) {
         let identity = release.identity.clone();
+        // A fetcher's word `Local` counts only with the File fetcher's proof (see `Origin`).
+        release.origin = release.vouched_origin();
         let now = std::time::Instant::now();
         // With a key, the signed metadata is read before the body: a release for another
         // product or target, or a replayed old version, is refused unread.
@@ -352,6 +365,10 @@ impl Updater {
                 }
                 return;
             }
+        }
+        if let Err(e) = books.lock.ensure() {
+            // Another master runs from this binary: installing would race it on the file.
+            return self.reject(books, &offer, None, &e);
         }
         tracing::info!(%identity, "new release found");
         let release_version = release.version.as_deref().and_then(parse_version);
@@ -584,6 +601,10 @@ impl Updater {
             return;
         }
         tracing::warn!(%identity, %error, "release rejected; the running version keeps serving");
+        if let InstallError::TestRunFailed { stderr_tail, .. } = error {
+            // Only here: the reason travels further (STATUS=, hooks) and must not quote it.
+            tracing::warn!(%identity, %stderr_tail, "the end of the failed test run's stderr");
+        }
         self.emit(UpgradeEvent::Rejected { identity, reason });
     }
 

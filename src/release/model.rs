@@ -477,8 +477,9 @@ impl ReleaseState {
 pub(crate) fn refusal_kind(error: &crate::install::InstallError) -> Option<RefusalKind> {
     use crate::install::InstallError as E;
     match error {
-        // The disk, or a slow network: the same bytes are tried again after a backoff.
-        E::Io { .. } | E::DeadlineExceeded { .. } => None,
+        // The disk, a slow network, or another master's lock: the same bytes are tried again
+        // after a backoff.
+        E::Io { .. } | E::DeadlineExceeded { .. } | E::Locked { .. } => None,
         E::ChecksumMismatch { .. } | E::Truncated { .. } => Some(RefusalKind::Transient),
         _ => Some(RefusalKind::Release),
     }

@@ -34,6 +34,11 @@ const SLACK: Duration = Duration::from_secs(10);
 /// How long a pipeline step (download, staging, install) may go without a sign of progress before
 /// the service manager may time the reload out.
 const PROGRESS_HEARTBEAT: Duration = Duration::from_secs(60);
+/// The most characters of a reason (a refused release's) in `STATUS=`: `systemctl status` shows
+/// one line, and the status is world-readable, so it says why in short; the log has the details.
+const REASON_MAX: usize = 160;
+/// The most characters of a whole `STATUS=` value.
+const STATUS_MAX: usize = 256;
 /// Downloads report progress every 100 ms; the service manager hears of it at most this often.
 const DOWNLOAD_STATUS_EVERY: Duration = Duration::from_secs(1);
 
@@ -138,10 +143,14 @@ struct Message(Vec<String>);
 
 impl Message {
     fn field(mut self, key: &str, value: impl std::fmt::Display) -> Self {
-        // A value is one line: a newline would start a field of its own.
-        let value = value.to_string().replace(['\n', '\r'], " ");
+        // A value is one line: a newline would start a field of its own (`MAINPID=`, say).
+        let value = value.to_string().replace(char::is_control, " ");
         self.0.push(format!("{key}={value}"));
         self
+    }
+    /// `STATUS=`: one short line, whatever it is made of (a reason may quote a release).
+    fn status(self, value: impl std::fmt::Display) -> Self {
+        self.field("STATUS", one_line(&value.to_string(), STATUS_MAX))
     }
     fn extend_timeout(self, by: Duration) -> Self {
         self.field("EXTEND_TIMEOUT_USEC", by.as_micros())
@@ -190,10 +199,7 @@ impl Notifier {
     /// A worker is being started.
     pub(crate) fn worker_starting(&self, generation: u64, reason: &str) {
         self.with(|_, _| {
-            Some(Message::default().field(
-                "STATUS",
-                format!("starting generation {generation} ({reason})"),
-            ))
+            Some(Message::default().status(format!("starting generation {generation} ({reason})")))
         });
     }
 
@@ -217,7 +223,7 @@ impl Notifier {
             }
             Some(
                 msg.extend_timeout(t.ready + SLACK)
-                    .field("STATUS", format!("restarting ({reason})")),
+                    .status(format!("restarting ({reason})")),
             )
         });
     }
@@ -235,7 +241,7 @@ impl Notifier {
                 let mut msg = Message::default()
                     .field("READY", 1)
                     .field("MAINPID", std::process::id())
-                    .field("STATUS", status);
+                    .status(status);
                 if st.reloading() {
                     // A restart asked for during start-up is under way already.
                     msg = msg.reloading();
@@ -247,7 +253,7 @@ impl Notifier {
                     st.restarting = false;
                 }
             });
-            Some(msg.field("STATUS", status))
+            Some(msg.status(status))
         });
     }
 
@@ -263,7 +269,7 @@ impl Notifier {
             };
             let what = if st.ready_once { "restart" } else { "start" };
             let msg = end(st, |st| st.restarting = false);
-            Some(msg.field("STATUS", format!("{what} failed: {why}; {keeps}")))
+            Some(msg.status(format!("{what} failed: {why}; {keeps}")))
         });
     }
 
@@ -273,7 +279,7 @@ impl Notifier {
             if st.serving.is_some_and(|(g, _)| g == generation) {
                 st.serving = None;
             }
-            Some(Message::default().field("STATUS", format!("generation {generation} {what}")))
+            Some(Message::default().status(format!("generation {generation} {what}")))
         });
     }
 
@@ -288,10 +294,7 @@ impl Notifier {
                 Message::default()
                     .field("STOPPING", 1)
                     .extend_timeout(t.drain + SLACK)
-                    .field(
-                        "STATUS",
-                        format!("stopping: draining {draining} worker{plural}"),
-                    ),
+                    .status(format!("stopping: draining {draining} worker{plural}")),
             )
         });
     }
@@ -345,23 +348,23 @@ impl Notifier {
                     None => format!("{bytes} bytes"),
                 };
                 let msg = begin(st, |st| st.releasing = true);
-                Some(msg.extend_timeout(PROGRESS_HEARTBEAT).field(
-                    "STATUS",
-                    format!("downloading release {identity}: {progress}"),
-                ))
+                Some(
+                    msg.extend_timeout(PROGRESS_HEARTBEAT)
+                        .status(format!("downloading release {identity}: {progress}")),
+                )
             }
             UpgradeEvent::TestRunning { identity } => {
                 let msg = begin(st, |st| st.releasing = true);
                 Some(
                     msg.extend_timeout(st.test_run + SLACK)
-                        .field("STATUS", format!("test-running release {identity}")),
+                        .status(format!("test-running release {identity}")),
                 )
             }
             UpgradeEvent::Installing { identity } => {
                 let msg = begin(st, |st| st.releasing = true);
                 Some(
                     msg.extend_timeout(PROGRESS_HEARTBEAT)
-                        .field("STATUS", format!("installing release {identity}")),
+                        .status(format!("installing release {identity}")),
                 )
             }
             UpgradeEvent::HandingOff { identity } => {
@@ -373,45 +376,40 @@ impl Notifier {
                 });
                 Some(
                     msg.extend_timeout(t.ready + SLACK)
-                        .field("STATUS", format!("handing off to release {identity}")),
+                        .status(format!("handing off to release {identity}")),
                 )
             }
             UpgradeEvent::Serving {
                 identity,
                 generation,
-            } => Some(Message::default().field(
-                "STATUS",
-                format!("serving: generation {generation}, release {identity} (on probation)"),
-            )),
+            } => Some(Message::default().status(format!(
+                "serving: generation {generation}, release {identity} (on probation)"
+            ))),
             UpgradeEvent::Upgraded {
                 identity,
                 generation,
-            } => Some(Message::default().field(
-                "STATUS",
-                format!("serving: generation {generation}, release {identity}"),
-            )),
+            } => Some(Message::default().status(format!(
+                "serving: generation {generation}, release {identity}"
+            ))),
             UpgradeEvent::Rejected { identity, reason } => {
                 let msg = end(st, |st| st.releasing = false);
                 let serving = st.serving_suffix();
-                Some(msg.field(
-                    "STATUS",
-                    format!("release {identity} rejected: {reason}{serving}"),
-                ))
+                Some(msg.status(format!(
+                    "release {identity} rejected: {}{serving}",
+                    short(reason)
+                )))
             }
             UpgradeEvent::RolledBack { identity, reason } => {
                 let msg = end(st, |st| st.releasing = false);
-                Some(msg.field(
-                    "STATUS",
-                    format!("release {identity} rolled back: {reason}"),
-                ))
+                Some(msg.status(format!("release {identity} rolled back: {}", short(reason))))
             }
             UpgradeEvent::Skipped { identity, reason } => {
                 let msg = end(st, |st| st.releasing = false);
                 let serving = st.serving_suffix();
-                Some(msg.field(
-                    "STATUS",
-                    format!("release {identity} skipped: {reason}{serving}"),
-                ))
+                Some(msg.status(format!(
+                    "release {identity} skipped: {}{serving}",
+                    short(reason)
+                )))
             }
             #[allow(unreachable_patterns)]
             _ => None,
@@ -427,6 +425,24 @@ impl Notifier {
         if let Some(msg) = f(&mut st, &inner.timeouts) {
             inner.send(&mut st, &msg);
         }
+    }
+}
+
+/// A reason as `STATUS=` shows it: see [`REASON_MAX`].
+fn short(reason: &str) -> String {
+    one_line(reason, REASON_MAX)
+}
+
+/// `text`'s first line, control characters blanked, cut to `max` characters (marked with `…`).
+fn one_line(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .replace(char::is_control, " ");
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
     }
 }
 

@@ -342,3 +342,42 @@ fn without_a_listener_nothing_fails() {
     off.worker_ready(1, 7, true);
     assert!(off.wrap_hook(None, Duration::from_secs(1)).is_none());
 }
+
+#[test]
+fn a_status_is_one_short_line_whatever_the_reason_holds() {
+    let m = Manager::new();
+    let n = m.notifier();
+    let hook = n.wrap_hook(None, Duration::from_secs(10)).unwrap();
+    n.worker_ready(1, 101, true);
+    m.next();
+    // A reason quoting what a release wrote: lines that would be fields of their own, and a lot.
+    let reason = format!(
+        "the test run crashed\nMAINPID=1\rREADY=1\u{0}{}",
+        "x".repeat(5000)
+    );
+    hook(&UpgradeEvent::Rejected {
+        identity: "v2".into(),
+        reason,
+    });
+    let got = m.next();
+    assert!(!got.contains_key("MAINPID"), "{got:?}");
+    let status = &got["STATUS"];
+    assert_eq!(
+        status,
+        "release v2 rejected: the test run crashed; generation 1 (pid 101) serving"
+    );
+
+    let long = "y".repeat(5000);
+    hook(&UpgradeEvent::RolledBack {
+        identity: "v3".into(),
+        reason: long,
+    });
+    let status = m.next()["STATUS"].clone();
+    assert!(
+        status.chars().count() <= STATUS_MAX + 1,
+        "{} chars",
+        status.len()
+    );
+    assert!(status.ends_with('…'), "{status}");
+    assert!(!status.chars().any(char::is_control));
+}

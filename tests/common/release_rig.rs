@@ -315,14 +315,17 @@ pub fn log_lines_with(m: &Master, needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// Staging temp files (`.app.upshift-*`), rollback temp names and `.prev.tmp` in `dir`.
+/// Staging temp files (`.app.upshift-*`), rollback temp names and `.prev` temp names in `dir`.
 pub fn stray_temp_files(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| {
-            n.starts_with(".app.upshift-") || n.starts_with("app.rollback-") || n == "app.prev.tmp"
+            n.starts_with(".app.upshift-")
+                || n.starts_with("app.rollback-")
+                || (n.starts_with("app.prev-") && n.ends_with(".tmp"))
+                || n == "app.prev.tmp"
         })
         .collect()
 }

@@ -26,6 +26,10 @@ impl TestDir {
         let base = std::env::temp_dir();
         let path = base.join(format!("ups-{tag}-{}-{n}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create test dir");
+        // Private whatever the umask: the File fetcher refuses a directory others may write.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+            .expect("make the test dir private");
         TestDir { path }
     }
 

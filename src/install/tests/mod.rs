@@ -66,11 +66,12 @@ pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A local release of `body` with no checksum or signature.
+/// A release of `body` with its checksum and no signature. Declared local, yet without a
+/// [`LocalFile`](crate::fetch::LocalFile) it counts as remote, which the checksum satisfies.
 pub(super) fn release(body: Vec<u8>, format: Format) -> Release {
     Release {
         identity: "test".into(),
-        sha256: None,
+        sha256: Some(sha256_hex(&body)),
         signature: None,
         size_hint: Some(body.len() as u64),
         format,

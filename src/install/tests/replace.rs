@@ -6,11 +6,13 @@ use super::{sha256_hex, TempDir};
 use crate::install::replace::prev_path;
 use crate::install::{file_sha256, install, resolve_target, restore_from, sweep_leftovers, Staged};
 
+/// A staged file as staging leaves it: private to its owner.
 fn staged(dir: &TempDir, content: &[u8]) -> Staged {
     let path = dir.exe(
         &format!(".staged-{}", crate::install::random_hex()),
         content,
     );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
     Staged::adopt(path)
 }
 
@@ -94,13 +96,13 @@ fn through_a_symlink_the_link_stays_and_names_the_new_content() {
 fn failed_install_leaves_the_target_and_removes_the_staged_file() {
     let dir = TempDir::new("failinstall");
     let target = dir.exe("app", b"old");
-    // A directory where .prev.tmp must go makes keeping the previous binary fail.
-    std::fs::create_dir(dir.path().join("app.prev.tmp")).unwrap();
-    std::fs::write(dir.path().join("app.prev.tmp/x"), b"").unwrap();
+    // A directory where .prev must go makes keeping the previous binary fail.
+    std::fs::create_dir(dir.path().join("app.prev")).unwrap();
+    std::fs::write(dir.path().join("app.prev/x"), b"").unwrap();
     let err = install(staged(&dir, b"new"), &target, false).unwrap_err();
-    assert!(err.to_string().contains("app.prev.tmp"), "{err}");
+    assert!(err.to_string().contains("app.prev"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"old");
-    assert_eq!(dir.names(), ["app", "app.prev.tmp"]);
+    assert_eq!(dir.names(), ["app", "app.prev"]);
 }
 
 #[test]
@@ -159,4 +161,80 @@ fn sweep_removes_what_a_dead_master_left_and_nothing_else() {
         fresh_prev_tmp.exists(),
         "a recent .prev.tmp may belong to an install under way"
     );
+}
+
+#[test]
+fn a_first_install_is_world_executable_though_staged_private() {
+    let dir = TempDir::new("first");
+    let target = dir.path().join("app");
+    install(staged(&dir, b"first binary"), &target, false).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"first binary");
+    assert_eq!(mode(&target), 0o755, "no target to copy a mode from");
+}
+
+#[test]
+fn a_prev_symlink_is_replaced_never_followed() {
+    let dir = TempDir::new("prev-link");
+    let target = dir.exe("app", b"old binary");
+    let victim = dir.exe("victim", b"someone else's file");
+    // `.prev` naming the target itself looks like "already kept" when followed.
+    std::os::unix::fs::symlink("app", prev_path(&target)).unwrap();
+    install(staged(&dir, b"new binary"), &target, false).unwrap();
+    let prev = prev_path(&target);
+    assert!(!std::fs::symlink_metadata(&prev).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&prev).unwrap(), b"old binary");
+
+    std::fs::remove_file(&prev).unwrap();
+    std::os::unix::fs::symlink(&victim, &prev).unwrap();
+    install(staged(&dir, b"newer binary"), &target, false).unwrap();
+    assert!(!std::fs::symlink_metadata(&prev).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&prev).unwrap(), b"new binary");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+    assert_eq!(dir.names(), ["app", "app.prev", "victim"]);
+}
+
+#[test]
+fn a_planted_fixed_temp_name_neither_breaks_nor_steers_keeping_prev() {
+    let dir = TempDir::new("prev-tmp");
+    let target = dir.exe("app", b"old binary");
+    // The name earlier versions always used; a directory cannot be removed as a file.
+    let planted = dir.path().join("app.prev.tmp");
+    std::fs::create_dir(&planted).unwrap();
+    install(staged(&dir, b"new binary"), &target, false).unwrap();
+    assert_eq!(std::fs::read(prev_path(&target)).unwrap(), b"old binary");
+    assert!(planted.is_dir(), "left alone");
+    assert_eq!(dir.names(), ["app", "app.prev", "app.prev.tmp"]);
+}
+
+#[test]
+fn one_lock_beside_the_binary_keeps_a_second_installer_out() {
+    use crate::install::{InstallError, InstallLock};
+    let dir = TempDir::new("lock");
+    let target = dir.exe("app", b"binary");
+    let first = InstallLock::try_acquire(&target).unwrap();
+    // A second open file description, as a second master has: refused at once.
+    let err = InstallLock::try_acquire(&target).unwrap_err();
+    assert!(matches!(err, InstallError::Locked { .. }), "{err}");
+    assert!(!err.is_release_fault(), "the release is tried again later");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("app.upshift-lock") && msg.contains("another upshift master"),
+        "{msg}"
+    );
+    drop(first);
+    let again = InstallLock::try_acquire(&target).unwrap();
+    drop(again);
+    assert_eq!(
+        dir.names(),
+        ["app", "app.upshift-lock"],
+        "the lock file stays"
+    );
+
+    // Never through a symlink: a planted link neither creates nor locks its target.
+    let other = TempDir::new("lock-link");
+    let target = other.exe("app", b"binary");
+    let elsewhere = other.path().join("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, other.path().join("app.upshift-lock")).unwrap();
+    assert!(InstallLock::try_acquire(&target).is_err());
+    assert!(!elsewhere.exists());
 }

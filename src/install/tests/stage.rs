@@ -48,7 +48,7 @@ fn raw_release_is_staged_beside_the_target_with_both_hashes() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(mode & 0o777, 0o700, "private until installed");
     drop(staged);
     assert_eq!(dir.names(), ["app"], "dropping a Staged removes its file");
 }
@@ -121,11 +121,20 @@ fn remote_release_without_checksum_is_refused_unless_allowed() {
     let dir = TempDir::new("remote");
     let mut rel = release(b"new".to_vec(), Format::Raw);
     rel.origin = Origin::Remote;
+    rel.sha256 = None;
+    let err = failed(&dir, stage_in(&dir, rel, &StageOptions::default()));
+    assert!(matches!(err, InstallError::MissingChecksum), "{err}");
+
+    // A third-party fetcher declaring `Local` has no `LocalFile` to show: it counts as remote.
+    let mut rel = release(b"new".to_vec(), Format::Raw);
+    rel.origin = Origin::Local;
+    rel.sha256 = None;
     let err = failed(&dir, stage_in(&dir, rel, &StageOptions::default()));
     assert!(matches!(err, InstallError::MissingChecksum), "{err}");
 
     let mut rel = release(b"new".to_vec(), Format::Raw);
     rel.origin = Origin::Remote;
+    rel.sha256 = None;
     let opts = StageOptions {
         require_checksum_for_remote: false,
         ..StageOptions::default()
