@@ -450,10 +450,7 @@ fn release_re_signed_with_the_right_key_is_accepted() {
         None,
     );
     let sign = |kp: &minisign::KeyPair, path: &Path| {
-        let data = fs::File::open(path).unwrap();
-        minisign::sign(Some(&kp.pk), &kp.sk, data, None, None)
-            .unwrap()
-            .into_string()
+        sign_for(kp, path, "app", "1.0.0", upshift::release::BUILD_TARGET)
     };
     let sha = rig.prepare_build("resigned", 0);
     let bad = sign(&wrong, &rig.path("next.tmp"));
