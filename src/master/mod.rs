@@ -7,10 +7,12 @@
 //! The policy's effects on workers (spawn, signal, drain line, reap) go through [`env::Env`] and
 //! its clock is tokio's, so `policy_tests` runs it on a fake with time paused.
 
+mod backoff;
 mod env;
 mod event;
 #[cfg(test)]
 mod fake;
+mod installing;
 #[cfg(test)]
 mod policy_tests;
 mod probation;

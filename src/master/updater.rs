@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, mpsc::UnboundedSender, Mutex, Notify};
 
+use super::backoff::{error_backoff, rate_limit_wait};
+use super::installing::install_blocking;
 use super::progress::Progress;
 use super::{Event, RestartOutcome, ServingWorker};
 use crate::config::InstallMode;
@@ -26,9 +28,6 @@ use crate::release::{parse_version, vouch, Expected, Ledger};
 pub(crate) type EventHook = Arc<dyn Fn(&UpgradeEvent) + Send + Sync>;
 /// May veto a release that passed every check, like overseer's PreUpgrade.
 pub(crate) type VetoHook = Arc<dyn Fn(&crate::ReleaseInfo) -> Result<(), String> + Send + Sync>;
-
-/// The longest pause between attempts after repeated fetch errors.
-const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The pipeline's settings, shared by every fetcher's loop.
 pub(crate) struct PipelineConfig {
@@ -617,61 +616,6 @@ impl Updater {
     }
 }
 
-/// The blocking part of an install: capture the restore point, put the file in place, re-read
-/// the target. Returns a divergence event (after repairing) when the target does not hold the
-/// new build afterwards.
-fn install_blocking(
-    ledger: &mut Ledger,
-    staged: install::Staged,
-    invoked: &std::path::Path,
-    mode: InstallMode,
-    serving_pid: Option<u32>,
-    identity: &str,
-    expected: &str,
-) -> Result<(RestorePoint, Build, Option<UpgradeEvent>), InstallError> {
-    let disk = ledger
-        .observe()
-        .map_err(|e| InstallError::io(format!("reading {}", invoked.display()), e))?;
-    let link = match mode {
-        InstallMode::InPlace => None,
-        InstallMode::ReleaseDirectories => Some(install::read_link(invoked)?),
-    };
-    let restore = RestorePoint::capture(&mut ledger.hasher, serving_pid, &disk.target, link)
-        .map_err(|e| InstallError::io("opening the serving build to keep it for a rollback", e))?;
-    let previous = ledger.state.restore_build(&restore.sha256);
-    let keep_prev = !ledger.state.keep_as_prev();
-    let written = match mode {
-        InstallMode::InPlace => {
-            install::install(staged, &disk.target, keep_prev)?;
-            disk.target.clone()
-        }
-        InstallMode::ReleaseDirectories => {
-            install::install_flip(staged, invoked, &disk.target, identity)?
-        }
-    };
-    let now = ledger.hasher.read_target(invoked).map_err(|e| {
-        InstallError::io(
-            format!("reading {} after the install", invoked.display()),
-            e,
-        )
-    })?;
-    if now.sha256 == expected {
-        return Ok((restore, previous, None));
-    }
-    tracing::error!(path = %written.display(), expected, found = %now.sha256, "the binary is not what was just installed");
-    let repaired = matches!(
-        super::probation::put_back(ledger, invoked, &restore),
-        Ok(None)
-    );
-    let event = UpgradeEvent::Diverged {
-        path: now.target.display().to_string(),
-        expected: expected.to_string(),
-        found: now.sha256,
-        repaired,
-    };
-    Ok((restore, previous, Some(event)))
-}
-
 pub(super) fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
     match &event {
         // Every poll: only worth a line when debugging.
@@ -686,48 +630,5 @@ pub(super) fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
     }
     if let Some(hook) = hook {
         hook(&event);
-    }
-}
-
-/// The longest a source's rate limit is waited out before it is asked again: GitHub's hourly
-/// quota resets within an hour, and a `Retry-After` of a week (a misconfigured proxy, a hostile
-/// origin) must not silence upgrades for that long.
-pub(crate) const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60 * 60);
-
-fn rate_limit_wait(fetcher: &str, asked: Duration) -> Duration {
-    if asked > MAX_RATE_LIMIT_WAIT {
-        tracing::warn!(
-            fetcher,
-            ?asked,
-            waiting = ?MAX_RATE_LIMIT_WAIT,
-            "the source asks to wait longer than upshift waits out a rate limit; asking again sooner"
-        );
-    }
-    asked.min(MAX_RATE_LIMIT_WAIT)
-}
-
-fn error_backoff(errors: u32, interval: Duration) -> Duration {
-    let exp = Duration::from_secs(1).saturating_mul(1u32 << errors.min(10));
-    exp.min(MAX_ERROR_BACKOFF.max(interval))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_backoff_grows_and_is_capped() {
-        let i = Duration::from_secs(60);
-        assert_eq!(error_backoff(1, i), Duration::from_secs(2));
-        assert_eq!(error_backoff(3, i), Duration::from_secs(8));
-        assert_eq!(error_backoff(30, i), MAX_ERROR_BACKOFF);
-    }
-
-    #[test]
-    fn rate_limit_waits_are_capped() {
-        let short = Duration::from_secs(90);
-        assert_eq!(rate_limit_wait("f", short), short);
-        let week = Duration::from_secs(7 * 24 * 3600);
-        assert_eq!(rate_limit_wait("f", week), MAX_RATE_LIMIT_WAIT);
     }
 }
