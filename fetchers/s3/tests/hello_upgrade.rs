@@ -265,7 +265,7 @@ fn hello_rejects_a_bad_release_from_s3() {
     );
     assert_eq!(
         hello.bin_dir_entries(),
-        ["hello", "hello.upshift-state"],
+        ["hello", "hello.upshift-lock", "hello.upshift-state"],
         "left next to the binary after the rejection"
     );
     let log = hello.log();

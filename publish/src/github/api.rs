@@ -30,6 +30,9 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Clone)]
 pub(crate) struct Api {
     client: Octocrab,
+    /// The same client without the token: for redirects off the API's origin (GitHub sends
+    /// asset downloads to its storage host, which must never see the token).
+    anonymous: Octocrab,
     /// Shown in front of paths in messages.
     base: String,
     timeout: Duration,
@@ -71,16 +74,22 @@ impl Api {
         }
         // The process-wide rustls provider: ring (an error only means one is installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = octocrab::OctocrabBuilder::new()
+        let builder = octocrab::OctocrabBuilder::new()
             .base_uri(uri.clone())
             .and_then(|b| b.upload_uri(uri))
             .map_err(|e| Error::Github(format!("API base {base}: {e}")))?
+            .set_connect_timeout(Some(timeout));
+        let anonymous = octocrab::OctocrabBuilder::new()
             .set_connect_timeout(Some(timeout))
+            .build()
+            .map_err(|e| Error::Github(format!("building the API client: {}", chain(&e))))?;
+        let client = builder
             .personal_token(token.to_string())
             .build()
             .map_err(|e| Error::Github(format!("building the API client: {}", chain(&e))))?;
         Ok(Api {
             client,
+            anonymous,
             base: base.trim_end_matches('/').to_string(),
             timeout,
             repo: repo.to_string(),
@@ -107,7 +116,7 @@ impl Api {
         headers.insert(ACCEPT, HeaderValue::from_static(accept.unwrap_or(JSON)));
         let send = async {
             let response = match method {
-                Method::GET => self.client._get_with_headers(target, Some(headers)).await,
+                Method::GET => return self.get_following(target, headers).await,
                 Method::POST => self.client._post(target, json).await,
                 Method::PATCH => self.client._patch(target, json).await,
                 Method::DELETE => self.client._delete(target, None::<&()>).await,
@@ -131,6 +140,56 @@ impl Api {
                     self.timeout.as_secs()
                 )))
             })
+    }
+
+    /// A GET that follows redirects itself (octocrab's `follow-redirect` is off): at most 5
+    /// hops, never from https to http, the token only on the API's own origin.
+    async fn get_following(
+        &self,
+        target: &str,
+        headers: HeaderMap,
+    ) -> Result<(StatusCode, Vec<u8>), Error> {
+        let mut url = target.to_string();
+        for _ in 0..=5 {
+            let on_api = url.starts_with('/') || same_origin(&url, &self.base);
+            let client = if on_api {
+                &self.client
+            } else {
+                &self.anonymous
+            };
+            let response = client
+                ._get_with_headers(&url, Some(headers.clone()))
+                .await
+                .map_err(|e| Error::Github(format!("GET {}: {}", self.shown(&url), chain(&e))))?;
+            let status = response.status();
+            let location = (response.headers().get(http::header::LOCATION))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match location.filter(|_| status.is_redirection()) {
+                Some(next) => {
+                    let from_https = url.starts_with("https://")
+                        || (url.starts_with('/') && self.base.starts_with("https://"));
+                    if from_https && next.starts_with("http://") {
+                        return Err(Error::Github(format!(
+                            "GET {}: redirected from https to plain http ({}); not followed",
+                            self.shown(&url),
+                            self.shown(&next)
+                        )));
+                    }
+                    url = next;
+                }
+                None => {
+                    let body = read_limited(response.into_body(), READ_LIMIT)
+                        .await
+                        .map_err(|e| Error::Github(format!("GET {}: {e}", self.shown(&url))))?;
+                    return Ok((status, body));
+                }
+            }
+        }
+        Err(Error::Github(format!(
+            "GET {}: more than 5 redirects",
+            self.shown(target)
+        )))
     }
 
     /// Sends a request whose body streams `len` bytes from `body` (an upload).
@@ -361,5 +420,15 @@ mod tests {
         assert_eq!(query_escape("app-1.0_x86~64"), "app-1.0_x86~64");
         assert_eq!(query_escape("a b+c/d"), "a%20b%2Bc%2Fd");
         assert_eq!(segment_escape("v1.0.0+build"), "v1.0.0%2Bbuild");
+    }
+}
+
+/// Whether the absolute URL `a` has the scheme and authority of `base`.
+fn same_origin(a: &str, base: &str) -> bool {
+    match (a.parse::<http::Uri>(), base.parse::<http::Uri>()) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme() && a.authority().is_some() && a.authority() == b.authority()
+        }
+        _ => false,
     }
 }

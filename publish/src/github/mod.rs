@@ -391,8 +391,7 @@ impl Store for GithubStore {
         };
         let api = self.api()?;
         let target = format!("{}/releases/assets/{}", self.repo_path(), asset.id);
-        // GitHub answers with a redirect to its storage host, which octocrab follows without
-        // the token.
+        // GitHub answers with a redirect to its storage host, followed without the token.
         let (status, body) = api
             .call(Method::GET, &target, None, Some("application/octet-stream"))
             .await?;
