@@ -66,6 +66,18 @@ fn upgrade_to(hello: &mut Hello, build: &[u8], publish_args: &[&str], env: &[(&s
     }
 }
 
+/// hello polling the fixture's `acme/hello` releases, with `extra` flags.
+fn start_github_hello(fixture: &Fixture, extra: &[&str]) -> Hello {
+    let mut args = vec![
+        "--github".to_string(),
+        "acme/hello".to_string(),
+        "--github-api".to_string(),
+        fixture.api.clone(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Hello::start(&hello_binary(), &args, &[], "info")
+}
+
 /// Publishes `bin` to the fixture's `acme/hello` as release `tag` (plus `extra` flags) and
 /// checks the upgrade, as [`upgrade_to`].
 fn upgrade_from_github(
@@ -96,19 +108,8 @@ fn hello_upgrades_from_a_github_release_the_tool_published() {
     let data = Scratch::new("hello-gh-data");
     let fixture = Fixture::start(data.path(), &["acme/hello"], &[]);
     let original = std::fs::read(hello_binary()).expect("read hello");
-    let mut hello = Hello::start(
-        &hello_binary(),
-        &[
-            "--github".to_string(),
-            "acme/hello".to_string(),
-            "--github-api".to_string(),
-            fixture.api.clone(),
-            // The fixture on 127.0.0.1 speaks plain http: the opt-in (no key here).
-            "--allow-insecure-transport".to_string(),
-        ],
-        &[],
-        "info",
-    );
+    // The fixture on 127.0.0.1 speaks plain http: the opt-in (no key here).
+    let mut hello = start_github_hello(&fixture, &["--allow-insecure-transport"]);
     let build = new_build(&original, "v0.1.1");
     let scratch = Scratch::new("hello-gh-build");
     let bin = write_binary(scratch.path(), "hello", &build);
@@ -169,19 +170,8 @@ fn hello_with_a_key_upgrades_to_a_release_the_tool_signed() {
     let pub_file = scratch.path().join("minisign.pub");
     std::fs::write(&pub_file, format!("untrusted comment: pk\n{public_key}\n")).unwrap();
     let original = std::fs::read(hello_binary()).expect("read hello");
-    let mut hello = Hello::start(
-        &hello_binary(),
-        &[
-            "--github".to_string(),
-            "acme/hello".to_string(),
-            "--github-api".to_string(),
-            fixture.api.clone(),
-            "--minisign-key".to_string(),
-            pub_file.display().to_string(),
-        ],
-        &[],
-        "info",
-    );
+    let key_arg = pub_file.display().to_string();
+    let mut hello = start_github_hello(&fixture, &["--minisign-key", &key_arg]);
     let build = new_build(&original, "v0.1.2");
     let bin = write_binary(scratch.path(), "hello", &build);
     let sign = ["--sign", key.to_str().unwrap()];

@@ -6,7 +6,7 @@ mod common;
 use std::io;
 use std::time::{Duration, Instant};
 
-use common::{sha256_hex, Hit, Nginx, TOKEN};
+use common::{nothing_installed, sha256_hex, Hit, Nginx, TOKEN};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
 use upshift_fetcher_conformance::Loopback;
@@ -20,16 +20,6 @@ fn payload(tag: &str) -> Vec<u8> {
         .cycle()
         .take(LEN)
         .collect()
-}
-
-fn nothing_installed() -> Current {
-    Current {
-        sha256: sha256_hex(b"the installed binary, never published"),
-        identity: None,
-        version: None,
-        rejected: Vec::new(),
-        requires_checksum: false,
-    }
 }
 
 /// What the pipeline leaves in `Current` after installing `release` (a raw binary `bytes`).

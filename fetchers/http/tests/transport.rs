@@ -8,24 +8,14 @@
 
 mod common;
 
-use common::{sha256_hex, Nginx};
-use upshift::fetch::{Current, Fetcher, TrustPolicy};
+use common::{nothing_installed, sha256_hex, Nginx};
+use upshift::fetch::{Fetcher, TrustPolicy};
 use upshift_fetcher_conformance::{Loopback, LOOPBACK_POLICY};
 use upshift_http::HttpFetcher;
 
 /// The tests of this binary one at a time: one sets `SSL_CERT_FILE`, which the other's clients
 /// read.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn nothing_installed() -> Current {
-    Current {
-        sha256: sha256_hex(b"the installed binary, never published"),
-        identity: None,
-        version: None,
-        rejected: Vec::new(),
-        requires_checksum: false,
-    }
-}
 
 fn publish(nginx: &Nginx, rel: &str, bytes: &[u8]) {
     let name = rel.rsplit('/').next().unwrap_or(rel);

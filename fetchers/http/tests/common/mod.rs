@@ -20,3 +20,14 @@ use sha2::{Digest, Sha256};
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+/// What a fetcher is told on a host where nothing it could find is installed yet.
+pub fn nothing_installed() -> upshift::fetch::Current {
+    upshift::fetch::Current {
+        sha256: sha256_hex(b"the installed binary, never published"),
+        identity: None,
+        version: None,
+        rejected: Vec::new(),
+        requires_checksum: false,
+    }
+}
