@@ -34,7 +34,8 @@
 //!
 //! Routes: `/` (`fixture pid <pid> gen <generation> exe <current_exe>`), `/sleep?ms=N`, `/env`
 //! (names of visible `UPSHIFT_*` variables), `/fds` (`<fd> cloexec=<0|1> <target>` per open descriptor),
-//! `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received),
+//! `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received from
+//! `State::signals`; with `--no-signal-stream` it does not listen, and both stay 0),
 //! `/orphan?n=N&ms=M` (leaves N `sleep` processes of M ms behind: each is started in the background
 //! by an `sh` that exits at once, so it is re-parented to PID 1 or the nearest subreaper).
 
@@ -54,7 +55,7 @@ const USAGE: &str =
 [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
 [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH] [--version V] \
 [--product NAME] [--url URL] [--max-release-bytes N] [--download-deadline-ms N] \
-[--test-run-fds PATH]";
+[--test-run-fds PATH] [--no-signal-stream]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -71,6 +72,8 @@ struct Args {
     minisign_pubkey: Option<PathBuf>,
     install_mode: Option<upshift::InstallMode>,
     veto_all: bool,
+    /// Do not listen on `State::signals`: forwarded signals are then upshift's to ignore.
+    no_signal_stream: bool,
     /// The running version: the version floor signed releases are held against.
     version: Option<String>,
     /// The product signed releases must name (default: the binary's file name).
@@ -108,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
                 })
             }
             "--veto-all" => args.veto_all = true,
+            "--no-signal-stream" => args.no_signal_stream = true,
             "--version" => args.version = Some(value()?),
             "--product" => args.product = Some(value()?),
             "--url" => args.url = Some(value()?),
@@ -340,7 +344,8 @@ fn main() -> ExitCode {
     }
 
     let (behavior_file, starts_file) = (args.behavior_file.clone(), args.starts_file.clone());
-    match upgrader.run(move |state| worker(state, behavior_file, starts_file)) {
+    let no_signal_stream = args.no_signal_stream;
+    match upgrader.run(move |state| worker(state, behavior_file, starts_file, no_signal_stream)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("fixture: {e}");
@@ -411,6 +416,7 @@ fn worker(
     mut state: upshift::State,
     behavior_file: Option<PathBuf>,
     starts_file: Option<PathBuf>,
+    no_signal_stream: bool,
 ) -> u8 {
     let (build, stamped_behavior) = read_stamp();
     let behavior = match stamped_behavior {
@@ -495,7 +501,9 @@ fn worker(
             Behavior::Ok | Behavior::Exit => {}
         }
 
-        count_signals(info.clone());
+        if !no_signal_stream {
+            count_signals(info.clone(), state.signals());
+        }
 
         let app = routes(info.clone());
         match upshift::http::serve(&mut state, app).await {
@@ -511,30 +519,20 @@ fn worker(
     })
 }
 
-/// Counts SIGHUP and SIGUSR1 (which the master forwards) for `/hups` and `/usr1s`. Installed before
-/// serving, so before `ready()`: a forwarded signal never meets the default disposition.
-fn count_signals(info: Arc<Info>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    for (kind, hup) in [
-        (SignalKind::hangup(), true),
-        (SignalKind::user_defined1(), false),
-    ] {
-        let mut stream = match signal(kind) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("fixture: cannot install a signal handler: {e}");
-                continue;
-            }
-        };
-        let info = info.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                let counter = if hup { &info.hups } else { &info.usr1s };
-                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::info!(pid = info.pid, hup, n, "fixture: got a forwarded signal");
-            }
-        });
-    }
+/// Counts SIGHUP and SIGUSR1 (which the master forwards) for `/hups` and `/usr1s`, from the
+/// worker's signal stream.
+fn count_signals(info: Arc<Info>, mut signals: upshift::Signals) {
+    tokio::spawn(async move {
+        while let Some(sig) = signals.recv().await {
+            let counter = match sig {
+                upshift::Signal::SIGHUP => &info.hups,
+                upshift::Signal::SIGUSR1 => &info.usr1s,
+                _ => continue,
+            };
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            tracing::info!(pid = info.pid, %sig, n, "fixture: got a forwarded signal");
+        }
+    });
 }
 
 fn routes(info: Arc<Info>) -> Router {

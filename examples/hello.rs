@@ -50,7 +50,8 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
                          minisign key (loopback test servers only: on a network, anyone on the
                          path could replace the release and its checksum)
 
-Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit.
+Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit;
+SIGHUP, SIGUSR1 and SIGWINCH are passed to the serving worker, which logs them.
 UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
 
 struct Args {
@@ -260,6 +261,14 @@ async fn main() -> std::process::ExitCode {
                         greeting(generation)
                     }),
                 );
+            // SIGHUP, SIGUSR1, SIGWINCH sent to the master arrive here (where a real server would
+            // reopen its log files); a program that does not listen has them ignored, not fatal.
+            let mut signals = state.signals();
+            tokio::spawn(async move {
+                while let Some(sig) = signals.recv().await {
+                    tracing::info!(%sig, generation, "hello got {sig}");
+                }
+            });
             tracing::info!(build = BUILD_ID, generation, "hello serving");
             upshift::http::serve(&mut state, app).await
         })

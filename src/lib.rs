@@ -50,6 +50,7 @@ mod error;
 mod events;
 mod fds;
 pub mod fetch;
+mod forwarded;
 #[cfg(feature = "http")]
 pub mod http;
 mod install;
@@ -65,8 +66,9 @@ pub use config::{CrashPolicy, InstallMode, Upgrader};
 pub use env::DISABLE as DISABLE_ENV;
 pub use error::Error;
 pub use events::{ReleaseInfo, UpgradeEvent};
+pub use forwarded::{Signals, FORWARDED_SIGNALS};
 pub use install::InstallError;
 pub use listener::{ListenAddr, Listener, ListenerSocket, TokioListener};
-/// Signals, for [`Upgrader::restart_signal`].
+/// Signals, for [`Upgrader::restart_signal`] and [`State::signals`].
 pub use nix::sys::signal::Signal;
 pub use state::{Lifecycle, Mode, State};

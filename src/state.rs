@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::control::ToMaster;
+use crate::forwarded::{SignalHub, Signals};
 use crate::listener::{Listener, ListenerSocket, TokioListener};
 
 /// What `prog` gets from [`Upgrader::run`](crate::Upgrader::run).
@@ -111,6 +112,12 @@ impl State {
         self.lifecycle.shutdown()
     }
 
+    /// The signals forwarded to this worker (SIGHUP, SIGUSR1, SIGWINCH, and SIGUSR2 unless it is
+    /// the restart signal). See [`Lifecycle::signals`].
+    pub fn signals(&self) -> Signals {
+        self.lifecycle.signals()
+    }
+
     /// A cloneable handle on readiness and shutdown, for tasks that outlive the borrow of `State`.
     pub fn lifecycle(&self) -> Lifecycle {
         self.lifecycle.clone()
@@ -140,18 +147,21 @@ struct LifecycleInner {
     /// (nobody to tell).
     to_master: Option<tokio::sync::mpsc::UnboundedSender<ToMaster>>,
     shutdown: CancellationToken,
+    signals: SignalHub,
 }
 
 impl Lifecycle {
     pub(crate) fn new(
         to_master: Option<tokio::sync::mpsc::UnboundedSender<ToMaster>>,
         shutdown: CancellationToken,
+        signals: SignalHub,
     ) -> Self {
         Lifecycle {
             inner: Arc::new(LifecycleInner {
                 ready_sent: AtomicBool::new(false),
                 to_master,
                 shutdown,
+                signals,
             }),
         }
     }
@@ -199,6 +209,29 @@ impl Lifecycle {
     /// The cancellation token behind [`shutdown`](Self::shutdown), for `select!` loops and threads.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
+    }
+
+    /// The signals the master forwards to this worker: SIGHUP, SIGUSR1, SIGWINCH, and SIGUSR2
+    /// unless it is the restart signal ([`FORWARDED_SIGNALS`](crate::FORWARDED_SIGNALS)). Sent to
+    /// this process directly, as when upshift is disabled, they arrive here too.
+    ///
+    /// The worker catches them before `prog` runs, so none of them kills it (the default action
+    /// of SIGHUP, SIGUSR1 and SIGUSR2 would). Each receiver gets every signal that arrives while
+    /// it exists; a signal that arrives while there is none is logged at INFO and ignored.
+    ///
+    /// ```no_run
+    /// # fn demo(lifecycle: upshift::Lifecycle) {
+    /// let mut signals = lifecycle.signals();
+    /// std::thread::spawn(move || loop {
+    ///     if let Some(upshift::Signal::SIGHUP) = signals.try_recv() {
+    ///         // reopen log files
+    ///     }
+    ///     std::thread::sleep(std::time::Duration::from_millis(100));
+    /// });
+    /// # }
+    /// ```
+    pub fn signals(&self) -> Signals {
+        self.inner.signals.subscribe()
     }
 
     /// Whether draining has begun.

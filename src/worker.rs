@@ -7,6 +7,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use crate::control::{Lines, ToMaster, ToWorker};
 use crate::env::WorkerEnv;
 use crate::error::Error;
 use crate::fds::{self, FIRST_INHERITED_FD};
+use crate::forwarded::{CaughtSignals, SignalHub};
 use crate::listener::{self, ListenAddr};
 use crate::state::{Lifecycle, Mode, State};
 
@@ -54,24 +56,20 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
 
     let shutdown = CancellationToken::new();
     let (to_master_tx, to_master) = tokio::sync::mpsc::unbounded_channel();
-    let agent_token = shutdown.clone();
-    let drain_timeout = env.drain_timeout;
-    let (restart_signal, master_pid) = (env.restart_signal, env.master_pid);
-    std::thread::Builder::new()
-        .name("upshift-agent".into())
-        .spawn(move || {
-            agent(
-                Some(AgentControl {
-                    control,
-                    to_master,
-                    drain_timeout,
-                    restart_signal,
-                    master_pid,
-                }),
-                agent_token,
-            )
-        })
-        .map_err(|e| Error::io("cannot start the worker's agent thread", e))?;
+    let restart = Signal::try_from(env.restart_signal)
+        .ok()
+        .map(|sig| (sig, env.master_pid));
+    let hub = SignalHub::new();
+    start_agent(
+        Some(AgentControl {
+            control,
+            to_master,
+            drain_timeout: env.drain_timeout,
+        }),
+        restart,
+        hub.clone(),
+        shutdown.clone(),
+    )?;
     tracing::debug!(
         generation = env.generation,
         listeners = listeners.len(),
@@ -79,7 +77,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
     );
     Ok(State::new(
         listeners,
-        Lifecycle::new(Some(to_master_tx), shutdown),
+        Lifecycle::new(Some(to_master_tx), shutdown, hub),
         Mode::Worker {
             generation: env.generation,
             master_pid: env.master_pid,
@@ -100,15 +98,12 @@ pub(crate) fn local(addrs: &[(String, ListenAddr)], reason: String) -> Result<St
         listeners.push(l);
     }
     let shutdown = CancellationToken::new();
-    let agent_token = shutdown.clone();
-    std::thread::Builder::new()
-        .name("upshift-agent".into())
-        .spawn(move || agent(None, agent_token))
-        .map_err(|e| Error::io("cannot start the signal agent thread", e))?;
+    let hub = SignalHub::new();
+    start_agent(None, None, hub.clone(), shutdown.clone())?;
     tracing::info!(%reason, "upshift disabled: serving in-process, upgrades are off");
     Ok(State::new(
         listeners,
-        Lifecycle::new(None, shutdown),
+        Lifecycle::new(None, shutdown, hub),
         Mode::Disabled(reason),
     ))
 }
@@ -117,51 +112,59 @@ struct AgentControl {
     control: OwnedFd,
     to_master: tokio::sync::mpsc::UnboundedReceiver<ToMaster>,
     drain_timeout: Duration,
-    restart_signal: i32,
-    master_pid: u32,
 }
 
-/// The agent runs on its own thread with its own small runtime, so it works whatever `prog` does
+/// Starts the agent on its own thread with its own small runtime, so it works whatever `prog` does
 /// with threads and runtimes (plain `fn main`, `#[tokio::main]`, or no tokio at all).
-fn agent(control: Option<AgentControl>, shutdown: CancellationToken) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+///
+/// The signal handlers are installed here, on the calling thread, before `prog` runs: a forwarded
+/// SIGHUP or a SIGTERM that arrives while the agent thread is still starting must not meet the
+/// default action, which kills.
+fn start_agent(
+    control: Option<AgentControl>,
+    restart: Option<(Signal, u32)>,
+    hub: SignalHub,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "upshift agent cannot start a runtime; signals will not drain this worker");
-            return;
-        }
+        .map_err(|e| Error::io("cannot start the worker agent's runtime", e))?;
+    let (stop_signals, caught) = {
+        let _context = rt.enter();
+        let stop = signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+            .map_err(|e| Error::io("cannot catch SIGTERM/SIGINT in the worker", e))?;
+        (stop, CaughtSignals::install(restart))
     };
-    rt.block_on(async move {
-        let signals = watch_signals(shutdown.clone());
-        match control {
-            Some(c) => {
-                tokio::select! {
-                    () = talk_to_master(c, shutdown.clone()) => {}
-                    () = signals => {}
+    std::thread::Builder::new()
+        .name("upshift-agent".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::spawn(caught.relay(hub));
+                let stops = watch_stop_signals(stop_signals, shutdown.clone());
+                match control {
+                    Some(c) => {
+                        tokio::select! {
+                            () = talk_to_master(c, shutdown.clone()) => {}
+                            () = stops => {}
+                        }
+                    }
+                    None => stops.await,
                 }
-            }
-            None => signals.await,
-        }
-        // Keep the runtime (and with it the signal handlers) alive: a second SIGTERM must not
-        // fall back to the default action while `prog` drains.
-        std::future::pending::<()>().await;
-    });
+                // Keep the runtime (and with it the signal handlers) alive: a second SIGTERM must
+                // not fall back to the default action while `prog` drains.
+                std::future::pending::<()>().await;
+            })
+        })
+        .map_err(|e| Error::io("cannot start the worker's agent thread", e))?;
+    Ok(())
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT in the worker");
-            return std::future::pending().await;
-        }
-    };
+async fn watch_stop_signals(
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    shutdown: CancellationToken,
+) {
     loop {
         let which = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -179,16 +182,7 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
         control,
         mut to_master,
         drain_timeout,
-        restart_signal,
-        master_pid,
     } = c;
-    // Only a signal nobody else in the runtime handles, and never one that means "stop".
-    let mut stray_restart = match restart_signal {
-        sig if sig > 0 && sig != libc::SIGTERM && sig != libc::SIGINT => {
-            signal(SignalKind::from_raw(sig)).ok()
-        }
-        _ => None,
-    };
     let std_stream = std::os::unix::net::UnixStream::from(control);
     let stream = match tokio::net::UnixStream::from_std(std_stream) {
         Ok(s) => s,
@@ -210,13 +204,6 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
                 }
                 None => agent_open = false,
             },
-            Some(()) = async { match stray_restart.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-                tracing::warn!(
-                    signal = restart_signal,
-                    master_pid,
-                    "this worker got the master's restart signal and ignores it; send it to the master (kill -s <signal> {master_pid})"
-                );
-            }
             line = lines.next_line() => match line {
                 Ok(Some(l)) if ToWorker::decode(&l) == Some(ToWorker::Drain) => {
                     tracing::info!("master asked this worker to drain");

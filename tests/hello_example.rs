@@ -351,3 +351,41 @@ fn sigusr2_sent_to_a_worker_does_not_kill_it() {
     );
     assert!(is_alive(before.pid), "the worker died of SIGUSR2");
 }
+
+/// `kill -HUP <master>` (logrotate), SIGUSR1 and SIGWINCH reach hello's signal stream; none of them
+/// costs the request in flight or the worker.
+#[test]
+fn sighup_sigusr1_and_sigwinch_to_the_master_reach_hello_without_a_failed_request() {
+    let addrs = free_tcp_addrs(1);
+    let a = &addrs[0].1;
+    let master = start(&addrs);
+    let before = greeting(&master, a, "/");
+    for sig in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGWINCH] {
+        let inflight = get_in_thread(a, "/sleep?ms=600", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(150));
+        master.signal(sig);
+        match inflight.join().unwrap() {
+            Ok(r) if r.status == 200 && parse_greeting(&r.body) == Some(before.clone()) => {}
+            Ok(r) => master.fail(format!(
+                "the request in flight during {sig}: status {} body {:?}, expected {before:?}",
+                r.status, r.body
+            )),
+            Err(e) => master.fail(format!("the request in flight during {sig} failed: {e}")),
+        }
+        let seen = format!("hello got {sig}");
+        if !wait_until(Duration::from_secs(5), || {
+            master.log_contents().contains(&seen)
+        }) {
+            master.fail(format!("hello's signal stream did not see {sig}"));
+        }
+    }
+    let after = greeting(&master, a, "/");
+    assert_eq!(
+        after, before,
+        "a forwarded signal replaced or restarted the worker"
+    );
+    assert!(
+        is_alive(before.pid),
+        "the worker died of a forwarded signal"
+    );
+}

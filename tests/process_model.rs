@@ -564,6 +564,53 @@ fn restart_reexecutes_through_a_flipped_release_symlink() {
     assert!(master.is_running());
 }
 
+/// Most programs never handle SIGHUP, SIGUSR1 or SIGUSR2, whose default action kills: a logrotate
+/// `kill -HUP <master>` must not take the serving worker down with its connections. The fixture
+/// here does not listen on `State::signals`; upshift catches the signals for it and says so.
+#[test]
+fn forwarded_signals_do_not_kill_a_worker_that_does_not_listen_for_them() {
+    let (mut master, addr, worker) = start(&["--no-signal-stream"]);
+    for sig in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGWINCH] {
+        let inflight = get_in_thread(&addr, "/sleep?ms=600", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(150));
+        let logged_before = master
+            .log_contents()
+            .matches("does not listen for it")
+            .count();
+        master.signal(sig);
+        match inflight.join().unwrap() {
+            Ok(r) if r.status == 200 && r.pid() == Some(worker) => {}
+            Ok(r) => master.fail(format!(
+                "the request in flight during {sig}: status {} body {:?}, expected 200 from {worker}",
+                r.status, r.body
+            )),
+            Err(e) => master.fail(format!("the request in flight during {sig} failed: {e}")),
+        }
+        if !wait_until(Duration::from_secs(5), || {
+            master
+                .log_contents()
+                .matches("does not listen for it")
+                .count()
+                > logged_before
+        }) {
+            master.fail(format!("the worker did not log that it ignored {sig}"));
+        }
+        assert_keeps_serving(
+            &mut master,
+            &addr,
+            worker,
+            Duration::from_millis(200),
+            &format!("after {sig}"),
+        );
+    }
+    let hups = get(&addr, "/hups").map(|r| r.body.trim().to_string());
+    assert_eq!(
+        hups.ok().as_deref(),
+        Some("0"),
+        "the fixture was told not to listen"
+    );
+}
+
 #[test]
 fn sighup_and_sigusr1_are_forwarded_to_the_worker() {
     let (mut master, addr, worker) = start(&[]);

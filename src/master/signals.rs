@@ -7,14 +7,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::Event;
 use crate::error::Error;
 
-/// Forwarded to the serving worker (the restart signal excepted). Signals a runtime uses for its
-/// own purposes (SIGCHLD, SIGPIPE, SIGALRM, SIGPROF, SIGURG) are not.
-const FORWARDED: [Signal; 4] = [
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
+/// Forwarded to the serving worker (the restart signal excepted), which catches them all
+/// (`crate::forwarded`). Signals a runtime uses for its own purposes (SIGCHLD, SIGPIPE, SIGALRM,
+/// SIGPROF, SIGURG) are not.
+use crate::forwarded::FORWARDED_SIGNALS as FORWARDED;
 
 /// What the master does with a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
