@@ -80,6 +80,15 @@ pub enum UpgradeEvent {
         /// Why.
         reason: String,
     },
+    /// The release could not be installed this time for a reason that is not the release's
+    /// fault (the transfer was cut, the disk was full); nothing changed, and it is tried again
+    /// after a backoff.
+    Retrying {
+        /// The release.
+        identity: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A release that was already rejected or is already running was not installed.
     Skipped {
         /// The release.
@@ -166,6 +175,12 @@ impl fmt::Display for UpgradeEvent {
             }
             UpgradeEvent::RolledBack { identity, reason } => {
                 write!(f, "release {identity} rolled back: {reason}")
+            }
+            UpgradeEvent::Retrying { identity, reason } => {
+                write!(
+                    f,
+                    "release {identity} not installed this time: {reason}; it will be tried again"
+                )
             }
             UpgradeEvent::Skipped { identity, reason } => {
                 write!(f, "release {identity} skipped: {reason}")

@@ -114,6 +114,11 @@ struct Trickler {
 
 impl Trickler {
     fn start(announced: u64, every: Duration) -> Trickler {
+        Trickler::start_dying_after(announced, every, u64::MAX)
+    }
+
+    /// Closes each connection after `dies_after` body bytes, as a server that dies mid-download.
+    fn start_dying_after(announced: u64, every: Duration, dies_after: u64) -> Trickler {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -126,7 +131,7 @@ impl Trickler {
                     Ok((conn, _)) => {
                         let (stop3, bodies3) = (stop2.clone(), bodies2.clone());
                         std::thread::spawn(move || {
-                            serve(conn, announced, every, &stop3, &bodies3);
+                            serve(conn, (announced, dies_after), every, &stop3, &bodies3);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -145,7 +150,7 @@ impl Drop for Trickler {
 
 fn serve(
     mut conn: TcpStream,
-    announced: u64,
+    (announced, dies_after): (u64, u64),
     every: Duration,
     stop: &AtomicBool,
     bodies: &AtomicU32,
@@ -189,7 +194,7 @@ fn serve(
     let mut sent = 0u64;
     let _ = conn.write_all(b"\x7fELF");
     sent += 4;
-    while sent < announced && !stop.load(Ordering::Relaxed) {
+    while sent < announced.min(dies_after) && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(every);
         if conn.write_all(b"x").is_err() {
             return;
@@ -214,7 +219,7 @@ fn a_trickling_origin_is_cut_at_the_download_deadline_while_the_old_worker_serve
         "the release body was never asked for",
     );
     rig.expect(
-        line.contains("rejected") && line.contains("it will be tried again"),
+        line.contains("not installed this time") && line.contains("it will be tried again"),
         format!("the verdict: {line}"),
     );
     // Cut at the deadline, not at a stall timer or the HTTP fetcher's own 5 min timeout.
@@ -230,5 +235,46 @@ fn a_trickling_origin_is_cut_at_the_download_deadline_while_the_old_worker_serve
     rig.assert_master_alive(why);
     rig.assert_only_base_served(&seen, why);
     rig.assert_app_is_original(why);
-    rig.wait_log("could not install the release; trying it again", VERDICT);
+    rig.wait_log("trying the release again after a backoff", VERDICT);
+}
+
+/// A server that dies mid-download is the network's fault, not the release's: the log says the
+/// download failed and will be retried (never "rejected"), nothing is remembered as refused, and
+/// the release is downloaded again after a backoff while the old worker serves.
+#[test]
+fn an_origin_dying_mid_download_is_a_failed_download_retried_not_a_rejected_release() {
+    let _heavy = heavy_lock();
+    let origin = Trickler::start_dying_after(1 << 20, Duration::from_millis(1), 2_000);
+    let url = format!("http://127.0.0.1:{}/app", origin.port);
+    let mut rig = Rig::new("rb-dies");
+    rig.start(&["--url", &url]);
+    let traffic = rig.watch();
+    let line = rig.wait_log("not installed this time", VERDICT);
+    rig.expect(
+        line.contains("the download failed") || line.contains("the transfer was cut short"),
+        format!("the verdict names the cut transfer: {line}"),
+    );
+    rig.expect(
+        line.contains("it will be tried again"),
+        format!("the verdict says it is retried: {line}"),
+    );
+    rig.wait_log("trying the release again after a backoff", VERDICT);
+    let retried = wait_until(Duration::from_secs(20), || {
+        origin.bodies.load(Ordering::Relaxed) >= 2
+    });
+    rig.expect(
+        retried,
+        "the release was not downloaded again after the backoff",
+    );
+    let log = rig.m().log_contents();
+    rig.expect(
+        !log.contains(" rejected"),
+        "a cut transfer was reported as a rejected release",
+    );
+    std::thread::sleep(HOLD);
+    let seen = traffic.stop();
+    let why = "after the origin died mid-download";
+    rig.assert_master_alive(why);
+    rig.assert_only_base_served(&seen, why);
+    rig.assert_app_is_original(why);
 }

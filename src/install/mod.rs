@@ -125,7 +125,9 @@ pub enum InstallError {
     Unsigned,
 
     /// The kernel refused to execute the new binary (`ENOEXEC`).
-    #[error("{0} is not an executable for this machine (wrong architecture or not a binary)")]
+    #[error(
+        "the release is not an executable for this machine (wrong architecture or not a binary): {0}"
+    )]
     NotExecutable(String),
 
     /// The new binary's test run exited with a failure or was killed by a signal.
@@ -172,6 +174,12 @@ pub enum InstallError {
         path: std::path::PathBuf,
     },
 
+    /// Reading the release from its source failed part-way (the server closed the connection,
+    /// the network dropped, the source stopped sending): the network's or the source's fault,
+    /// not the release's, so it is tried again after a backoff.
+    #[error("the download failed: {0}; it will be tried again")]
+    DownloadFailed(io::Error),
+
     /// A file operation failed; `what` says which (running out of disk space shows up here).
     #[error("{what}: {source}")]
     Io {
@@ -200,6 +208,7 @@ impl InstallError {
         !matches!(
             self,
             InstallError::Io { .. }
+                | InstallError::DownloadFailed(_)
                 | InstallError::DeadlineExceeded { .. }
                 | InstallError::Locked { .. }
         )

@@ -299,7 +299,7 @@ async fn pump(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(InstallError::io("downloading the release", e)),
+            Err(e) => return Err(InstallError::DownloadFailed(e)),
         };
         *received += n as u64;
         if *received > limit {

@@ -167,14 +167,9 @@ async fn spawn(cmd: &mut Command, path: &Path) -> Result<std::process::Child, In
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
-                return Err(InstallError::NotExecutable(path.display().to_string()))
+                return Err(InstallError::NotExecutable(e.to_string()))
             }
-            Err(e) => {
-                return Err(InstallError::io(
-                    format!("starting {} for a test run", path.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(InstallError::io("starting the release for a test run", e)),
         }
     }
 }

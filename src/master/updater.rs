@@ -58,7 +58,8 @@ impl PipelineConfig {
 enum Checked {
     /// Nothing new, or a release handled (installed, refused or set aside).
     Done,
-    /// A release this machine could not install (disk full): try it again after a backoff.
+    /// A release that could not be installed for a reason not its own (a cut transfer, a full
+    /// disk): try it again after a backoff.
     RetryAfterFault(String),
 }
 
@@ -198,7 +199,7 @@ impl Updater {
                     errors = 0;
                     faults = faults.saturating_add(1);
                     let retry_in = self.cfg.fleet.jittered(error_backoff(faults, interval));
-                    tracing::info!(fetcher = fetcher.name(), %identity, ?retry_in, "this machine could not install the release; trying it again");
+                    tracing::info!(fetcher = fetcher.name(), %identity, ?retry_in, "trying the release again after a backoff");
                     retry_in
                 }
                 Err(FetchError::RateLimited(wait)) => rate_limit_wait(fetcher.name(), wait),
@@ -593,7 +594,12 @@ impl Updater {
                 let now = std::time::Instant::now();
                 (books.ledger().state).refuse(offer, binary_sha256, &reason, kind, now)
             }
-            None => books.retry = Some(identity.clone()),
+            None => {
+                // Not the release's fault (a cut transfer, a full disk): not a refusal either.
+                books.retry = Some(identity.clone());
+                self.emit(UpgradeEvent::Retrying { identity, reason });
+                return;
+            }
         }
         if !news {
             tracing::debug!(%identity, %reason, "release refused again for the same reason");
@@ -625,6 +631,7 @@ pub(super) fn emit(hook: &Option<EventHook>, event: UpgradeEvent) {
         UpgradeEvent::Diverged { .. } => tracing::error!(%event, "upgrade"),
         UpgradeEvent::CheckFailed { .. }
         | UpgradeEvent::Rejected { .. }
+        | UpgradeEvent::Retrying { .. }
         | UpgradeEvent::RolledBack { .. } => tracing::warn!(%event, "upgrade"),
         _ => tracing::info!(%event, "upgrade"),
     }

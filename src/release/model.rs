@@ -479,7 +479,7 @@ pub(crate) fn refusal_kind(error: &crate::install::InstallError) -> Option<Refus
     match error {
         // The disk, a slow network, or another master's lock: the same bytes are tried again
         // after a backoff.
-        E::Io { .. } | E::DeadlineExceeded { .. } | E::Locked { .. } => None,
+        E::Io { .. } | E::DownloadFailed(_) | E::DeadlineExceeded { .. } | E::Locked { .. } => None,
         E::ChecksumMismatch { .. } | E::Truncated { .. } => Some(RefusalKind::Transient),
         _ => Some(RefusalKind::Release),
     }

@@ -403,6 +403,14 @@ impl Notifier {
                 let msg = end(st, |st| st.releasing = false);
                 Some(msg.status(format!("release {identity} rolled back: {}", short(reason))))
             }
+            UpgradeEvent::Retrying { identity, reason } => {
+                let msg = end(st, |st| st.releasing = false);
+                let serving = st.serving_suffix();
+                Some(msg.status(format!(
+                    "release {identity} not installed this time, will retry: {}{serving}",
+                    short(reason)
+                )))
+            }
             UpgradeEvent::Skipped { identity, reason } => {
                 let msg = end(st, |st| st.releasing = false);
                 let serving = st.serving_suffix();
