@@ -70,7 +70,7 @@ pub(crate) async fn test_run(
     unsafe {
         cmd.pre_exec(move || plan.exec_in_child(write_fd, CHILD_FD));
     }
-    let mut child = spawn(&mut cmd, path).await?;
+    let mut child = spawn(&mut cmd).await?;
     drop(write_end);
     let mut guard = ChildGuard::new(child.id());
     let stderr = child.stderr.take().map(OwnedFd::from);
@@ -157,7 +157,7 @@ fn write_token(fd: RawFd, token: &[u8]) -> io::Result<()> {
 /// Starts the child, retrying briefly on `ETXTBSY`: another thread that forked while the staged
 /// file was still open for writing holds a copy of that descriptor until it execs. The child is
 /// registered as owned, so a master that reaps orphans leaves its status to [`ChildGuard`].
-async fn spawn(cmd: &mut Command, path: &Path) -> Result<std::process::Child, InstallError> {
+async fn spawn(cmd: &mut Command) -> Result<std::process::Child, InstallError> {
     let mut tries = 0;
     loop {
         match crate::children::spawn_owned(cmd) {
