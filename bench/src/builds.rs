@@ -114,7 +114,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds `hello` once per id (`BUILD_ID=<id> cargo build --release --example hello`) and copies
+/// Builds `hello` once per id (`BUILD_ID=<id> cargo build --release --example hello --features
+/// remote-fetchers`: the scenarios use `--url` and `--s3`) and copies
 /// each result to `<out>/<id>`. Checks that consecutive builds differ, so a build that cargo did
 /// not redo for a new `BUILD_ID` cannot pass for a new version.
 pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
@@ -131,6 +132,8 @@ pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
             "--release",
             "--example",
             "hello",
+            "--features",
+            "remote-fetchers",
             "--message-format=json-render-diagnostics",
         ])
         .current_dir(&root)
@@ -144,7 +147,7 @@ pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
         let stdout = String::from_utf8_lossy(&output.0);
         if !output.2 {
             return Err(format!(
-                "`BUILD_ID={id} cargo build --release --example hello` failed:\n{}",
+                "`BUILD_ID={id} cargo build --release --example hello --features remote-fetchers` failed:\n{}",
                 String::from_utf8_lossy(&output.1)
             ));
         }

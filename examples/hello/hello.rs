@@ -9,6 +9,10 @@
 //!
 //! `BUILD_ID` is read at compile time (`BUILD_ID=v2 cargo build --example hello`), so two builds
 //! are told apart by their answer.
+//!
+//! `--url`, `--github` and `--s3` need the remote fetchers, which take most of the build time:
+//! `cargo build --release --example hello --features remote-fetchers`. Without the feature they
+//! are still accepted, and refused with that command.
 
 use std::time::Duration;
 
@@ -146,6 +150,18 @@ fn add_fetchers(mut upgrader: upshift::Upgrader, args: &Args) -> Result<upshift:
         }
         upgrader = upgrader.fetcher(watch);
     }
+    if args.url.is_some() || args.github.is_some() || args.s3.is_some() {
+        upgrader = add_remote_fetchers(upgrader, args)?;
+    }
+    Ok(upgrader)
+}
+
+/// `--url`, `--github`, `--s3`: the fetchers that reach the network.
+#[cfg(feature = "remote-fetchers")]
+fn add_remote_fetchers(
+    mut upgrader: upshift::Upgrader,
+    args: &Args,
+) -> Result<upshift::Upgrader, String> {
     if let Some(url) = &args.url {
         let mut http =
             upshift_http::HttpFetcher::new(url.as_str()).map_err(|e| format!("--url: {e}"))?;
@@ -176,6 +192,15 @@ fn add_fetchers(mut upgrader: upshift::Upgrader, args: &Args) -> Result<upshift:
         upgrader = upgrader.fetcher(s3);
     }
     Ok(upgrader)
+}
+
+#[cfg(not(feature = "remote-fetchers"))]
+fn add_remote_fetchers(_: upshift::Upgrader, _: &Args) -> Result<upshift::Upgrader, String> {
+    Err(
+        "--url, --github and --s3 need the remote fetchers, which this build leaves out: build \
+         it with `cargo build --release --example hello --features remote-fetchers`"
+            .into(),
+    )
 }
 
 #[derive(serde::Deserialize)]

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 /// `src/` or its own source) is rebuilt here once per test process, so a test never runs an old
 /// fixture against a new library.
 pub fn example_path(name: &str) -> PathBuf {
+    if name == "hello" {
+        // A package of its own, built with its remote fetchers: the fetcher crates' helper.
+        return upshift_fetcher_conformance::hello::hello_binary();
+    }
     let exe = std::env::current_exe().expect("current_exe of the test binary");
     let deps = exe.parent().expect("test binary has a parent dir");
     let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
@@ -89,20 +93,30 @@ fn build_example(profile_dir: &Path, name: &str) {
         cmd.arg("--target-dir").arg(target_dir);
     }
     eprintln!("building example {name:?}: {cmd:?}");
+    run_bounded(
+        &mut cmd,
+        &format!("building example {name:?}"),
+        Duration::from_secs(600),
+    );
+}
+
+/// Runs `cmd` (stdin closed) to its end, failing the test if it fails or outlives `timeout`
+/// (then it is killed).
+pub fn run_bounded(cmd: &mut Command, what: &str, timeout: Duration) {
     let mut child = cmd
         .stdin(Stdio::null())
         .spawn()
-        .expect("spawn cargo to build the example");
-    let deadline = Instant::now() + Duration::from_secs(600);
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let deadline = Instant::now() + timeout;
     loop {
-        if let Some(st) = child.try_wait().expect("wait for cargo") {
-            assert!(st.success(), "building example {name:?} failed: {st}");
+        if let Some(st) = child.try_wait().expect("wait for a child") {
+            assert!(st.success(), "{what} failed: {st}");
             return;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("building example {name:?} took over 600 s");
+            panic!("{what} took over {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
