@@ -17,6 +17,7 @@ use crate::listener::ListenAddr;
 use crate::master::{EventHook, PipelineConfig, UpdateSettings, VetoHook};
 use crate::release::BUILD_TARGET;
 use crate::state::State;
+use crate::unix_socket::UnixSocketOptions;
 
 /// What the master does when the serving worker exits on its own (no restart under way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub enum InstallMode {
 /// ```
 pub struct Upgrader {
     pub(crate) addrs: Vec<(String, String)>,
+    /// Mode and owner of the Unix socket files the master binds: set in `unix_socket.rs`.
+    pub(crate) unix_socket: UnixSocketOptions,
     pub(crate) restart_signal: Signal,
     pub(crate) ready_timeout: Duration,
     pub(crate) drain_timeout: Duration,
@@ -116,6 +119,7 @@ impl Default for Upgrader {
 #[derive(Debug)]
 pub(crate) struct MasterConfig {
     pub(crate) addrs: Vec<(String, ListenAddr)>,
+    pub(crate) unix_socket: UnixSocketOptions,
     pub(crate) restart_signal: Signal,
     pub(crate) ready_timeout: Duration,
     pub(crate) drain_timeout: Duration,
@@ -139,6 +143,7 @@ impl Upgrader {
     pub fn new() -> Self {
         Upgrader {
             addrs: Vec::new(),
+            unix_socket: UnixSocketOptions::default(),
             restart_signal: Signal::SIGUSR2,
             ready_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
@@ -166,7 +171,11 @@ impl Upgrader {
     }
 
     /// Adds a listener: `host:port` for TCP, or a path containing `/` for a Unix socket. Its name
-    /// (see [`State::take_listener`]) is the address as written. Call once per address.
+    /// (see [`State::take_listener`]) is the address as written. Call once per address. A Unix
+    /// socket path where another process accepts fails to bind like a TCP port in use; a stale
+    /// socket file is replaced (see [`ListenAddr::Unix`]); its mode and owner are set with
+    /// [`listen_unix_mode`](Self::listen_unix_mode) and
+    /// [`listen_unix_owner`](Self::listen_unix_owner).
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         let addr = addr.into();
         self.addrs.push((addr.clone(), addr));
@@ -418,7 +427,11 @@ impl Upgrader {
         crate::install::answer_test_run_if_asked();
         match self.role()? {
             Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?)),
-            Role::Disabled(reason) => Ok(prog(crate::worker::local(&self.parse_addrs()?, reason)?)),
+            Role::Disabled(reason) => Ok(prog(crate::worker::local(
+                &self.parse_addrs()?,
+                &self.unix_socket,
+                reason,
+            )?)),
             Role::Master => {
                 let code = crate::master::run_blocking(self.into_master_config()?)?;
                 std::process::exit(code)
@@ -452,9 +465,12 @@ impl Upgrader {
         crate::install::answer_test_run_if_asked();
         match self.role()? {
             Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?).await),
-            Role::Disabled(reason) => {
-                Ok(prog(crate::worker::local(&self.parse_addrs()?, reason)?).await)
-            }
+            Role::Disabled(reason) => Ok(prog(crate::worker::local(
+                &self.parse_addrs()?,
+                &self.unix_socket,
+                reason,
+            )?)
+            .await),
             Role::Master => {
                 let code = crate::master::run_on_own_thread(self.into_master_config()?).await?;
                 std::process::exit(code)
@@ -491,6 +507,7 @@ impl Upgrader {
                 crate::fds::MAX_INHERITED_FDS - 1
             )));
         }
+        self.unix_socket.validate()?;
         let mut out = Vec::with_capacity(self.addrs.len());
         for (name, addr) in &self.addrs {
             if name.is_empty() || name.contains(['\n', '\0']) {
@@ -571,6 +588,7 @@ impl Upgrader {
         }
         Ok(MasterConfig {
             addrs: self.parse_addrs()?,
+            unix_socket: self.unix_socket,
             restart_signal: self.restart_signal,
             ready_timeout: self.ready_timeout,
             drain_timeout: self.drain_timeout,

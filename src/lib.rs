@@ -60,6 +60,7 @@ pub mod release;
 pub mod rollout;
 mod state;
 mod systemd;
+mod unix_socket;
 mod worker;
 
 pub use config::{CrashPolicy, InstallMode, Upgrader};

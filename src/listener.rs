@@ -8,16 +8,16 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::Error;
+use crate::unix_socket::{SocketFile, UnixSocketOptions};
 
 /// Backlog for the listening sockets. Large, because during a handoff the old worker stops
 /// accepting before the new one has drained the queue; the queue is what keeps clients waiting
 /// instead of refused.
-const LISTEN_BACKLOG: i32 = 1024;
+pub(crate) const LISTEN_BACKLOG: i32 = 1024;
 
 /// An address the master listens on, given to [`Upgrader::listen`](crate::Upgrader::listen).
 ///
@@ -35,8 +35,12 @@ const LISTEN_BACKLOG: i32 = 1024;
 pub enum ListenAddr {
     /// A TCP `host:port`; the host is resolved once, when the master binds.
     Tcp(String),
-    /// A Unix domain stream socket path. A stale socket file left by a previous run is replaced;
-    /// any other kind of file at that path is an error.
+    /// A Unix domain stream socket path. As with a TCP port in use, binding fails ("address
+    /// already in use") while a process accepts connections on a socket at that path; a stale
+    /// socket file (nothing accepts on it: left by a process that died) is replaced; any other
+    /// kind of file at that path is an error and is left alone. At exit the master removes the
+    /// path only if it still holds the socket this master created. See
+    /// [`Upgrader::listen_unix_mode`](crate::Upgrader::listen_unix_mode) for the file's mode.
     Unix(PathBuf),
 }
 
@@ -73,8 +77,8 @@ pub(crate) struct BoundSocket {
     pub(crate) name: String,
     pub(crate) kind: SocketKind,
     pub(crate) fd: OwnedFd,
-    /// For Unix sockets the master created: removed when the master exits.
-    pub(crate) unlink_on_exit: Option<PathBuf>,
+    /// For Unix sockets the master created: removed when the master exits, if still there.
+    pub(crate) unlink_on_exit: Option<SocketFile>,
 }
 
 /// Which kind of socket an inherited descriptor is; travels in the environment protocol.
@@ -112,16 +116,21 @@ impl BoundSocket {
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        if let Some(path) = self.unlink_on_exit.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = self.unlink_on_exit.take() {
+            file.remove_if_ours();
         }
     }
 }
 
 /// Binds one address. TCP sockets get SO_REUSEADDR (so a restarted master can bind while old
-/// connections sit in TIME_WAIT) and a large backlog. All descriptors are close-on-exec: they reach
-/// a worker only through the explicit handoff in [`crate::fds`].
-pub(crate) fn bind(addr: &ListenAddr, name: String) -> Result<BoundSocket, Error> {
+/// connections sit in TIME_WAIT) and a large backlog; Unix sockets are bound as
+/// [`crate::unix_socket`] describes, with `unix`'s mode and owner. All descriptors are
+/// close-on-exec: they reach a worker only through the explicit handoff in [`crate::fds`].
+pub(crate) fn bind(
+    addr: &ListenAddr,
+    name: String,
+    unix: &UnixSocketOptions,
+) -> Result<BoundSocket, Error> {
     match addr {
         ListenAddr::Tcp(hostport) => {
             let resolved: Vec<SocketAddr> = hostport
@@ -152,19 +161,12 @@ pub(crate) fn bind(addr: &ListenAddr, name: String) -> Result<BoundSocket, Error
             })
         }
         ListenAddr::Unix(path) => {
-            remove_stale_socket(path).map_err(|e| Error::Bind {
-                addr: path.display().to_string(),
-                source: e,
-            })?;
-            let l = StdUnixListener::bind(path).map_err(|e| Error::Bind {
-                addr: path.display().to_string(),
-                source: e,
-            })?;
+            let (fd, file) = crate::unix_socket::bind(path, unix)?;
             Ok(BoundSocket {
                 name,
                 kind: SocketKind::Unix,
-                fd: OwnedFd::from(l),
-                unlink_on_exit: Some(path.clone()),
+                fd,
+                unlink_on_exit: Some(file),
             })
         }
     }
@@ -181,18 +183,6 @@ fn bind_tcp(sa: SocketAddr) -> io::Result<OwnedFd> {
     socket.bind(&sa.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(OwnedFd::from(socket))
-}
-
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "a file that is not a socket is in the way; refusing to remove it",
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// A listening socket handed to `prog`, already non-blocking (tokio requires it) and

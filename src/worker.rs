@@ -19,6 +19,7 @@ use crate::fds::{self, FIRST_INHERITED_FD};
 use crate::forwarded::{CaughtSignals, SignalHub};
 use crate::listener::{self, ListenAddr};
 use crate::state::{Lifecycle, Mode, State};
+use crate::unix_socket::UnixSocketOptions;
 
 /// Takes over the descriptors the master handed down and starts the agent.
 pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
@@ -87,10 +88,14 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
 
 /// Binds the listeners in this process for the disabled mode; SIGTERM/SIGINT still drain.
 /// Sockets passed by systemd are adopted here too, as the master would.
-pub(crate) fn local(addrs: &[(String, ListenAddr)], reason: String) -> Result<State, Error> {
+pub(crate) fn local(
+    addrs: &[(String, ListenAddr)],
+    unix: &UnixSocketOptions,
+    reason: String,
+) -> Result<State, Error> {
     let passed = crate::systemd::activation::take_passed()?;
     let mut listeners = Vec::with_capacity(addrs.len());
-    for bound in crate::systemd::activation::listeners(addrs, passed)? {
+    for bound in crate::systemd::activation::listeners(addrs, passed, unix)? {
         let name = bound.name.clone();
         let l = bound
             .into_listener()

@@ -29,9 +29,10 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
              [--github OWNER/REPO [--github-api URL]] [--s3 s3://BUCKET/KEY [--s3-endpoint URL]]
              [--interval SECS] [--drain-timeout SECS] [--ready-timeout SECS] [--probation SECS]
              [--rollout PERCENT] [--host-name NAME] [--minisign-key FILE]
-             [--allow-insecure-transport]
+             [--allow-insecure-transport] [--unix-mode OCTAL]
 
   --listen ADDR          host:port or a Unix socket path; repeatable (default 127.0.0.1:8080)
+  --unix-mode OCTAL      the permission bits of the Unix socket files bound (e.g. 660)
   --watch PATH           upgrade when a new build is copied to PATH (PATH.sha256 is checked if present)
   --url URL              upgrade from an HTTP(S) URL (checksum from URL.sha256, signature URL.minisig)
   --github OWNER/REPO    upgrade from GitHub releases newer than this build (GITHUB_TOKEN if set)
@@ -74,6 +75,7 @@ struct Args {
     host_name: Option<String>,
     minisign_keys: Vec<String>,
     allow_insecure_transport: bool,
+    unix_mode: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -93,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         host_name: None,
         minisign_keys: Vec::new(),
         allow_insecure_transport: false,
+        unix_mode: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -113,6 +116,12 @@ fn parse_args() -> Result<Args, String> {
             "--host-name" => args.host_name = Some(value()?),
             "--minisign-key" => args.minisign_keys.push(value()?),
             "--allow-insecure-transport" => args.allow_insecure_transport = true,
+            "--unix-mode" => {
+                let v = value()?;
+                let mode = u32::from_str_radix(&v, 8)
+                    .map_err(|_| format!("--unix-mode: {v:?} is not an octal mode"))?;
+                args.unix_mode = Some(mode);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -240,6 +249,9 @@ async fn main() -> std::process::ExitCode {
     let mut upgrader = upshift::Upgrader::new().version(env!("CARGO_PKG_VERSION"));
     for addr in &args.listen {
         upgrader = upgrader.listen(addr);
+    }
+    if let Some(mode) = args.unix_mode {
+        upgrader = upgrader.listen_unix_mode(mode);
     }
     if let Some(d) = args.drain_timeout {
         upgrader = upgrader.drain_timeout(d);

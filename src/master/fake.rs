@@ -100,6 +100,7 @@ impl Env for FakeEnv {
 pub(super) fn config() -> MasterConfig {
     MasterConfig {
         addrs: Vec::new(),
+        unix_socket: Default::default(),
         restart_signal: Signal::SIGUSR2,
         ready_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(7),

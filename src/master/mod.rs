@@ -130,7 +130,8 @@ impl Master<Processes> {
         sd: crate::systemd::Environment,
     ) -> Result<(Self, UnboundedReceiver<Event>), Error> {
         let launch = Launch::capture(cfg.drain_timeout, cfg.restart_signal as i32)?;
-        let sockets = crate::systemd::activation::listeners(&cfg.addrs, sd.passed)?;
+        let sockets =
+            crate::systemd::activation::listeners(&cfg.addrs, sd.passed, &cfg.unix_socket)?;
         let timeouts = Timeouts {
             ready: cfg.ready_timeout,
             drain: cfg.drain_timeout,

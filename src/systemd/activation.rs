@@ -28,6 +28,7 @@ use socket2::{Domain, SockRef, Type};
 use crate::error::Error;
 use crate::fds::{self, FIRST_INHERITED_FD, MAX_INHERITED_FDS};
 use crate::listener::{self, BoundSocket, ListenAddr, SocketKind};
+use crate::unix_socket::UnixSocketOptions;
 
 /// The pid the passed descriptors are meant for.
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
@@ -254,15 +255,17 @@ fn inspect(fd: OwnedFd, name: Option<String>) -> Result<Passed, Error> {
 }
 
 /// The master's sockets for `addrs`: passed ones matched to them, the rest bound here, then the
-/// passed sockets nobody configured (see the module's policy).
+/// passed sockets nobody configured (see the module's policy). `unix` (mode, owner) applies only
+/// to the Unix sockets bound here: passed ones are as their `.socket` unit made them.
 pub(crate) fn listeners(
     addrs: &[(String, ListenAddr)],
     passed: Vec<Passed>,
+    unix: &UnixSocketOptions,
 ) -> Result<Vec<BoundSocket>, Error> {
     if passed.is_empty() {
         return addrs
             .iter()
-            .map(|(name, addr)| listener::bind(addr, name.clone()))
+            .map(|(name, addr)| listener::bind(addr, name.clone(), unix))
             .collect();
     }
     let summary = passed
@@ -313,7 +316,7 @@ pub(crate) fn listeners(
                 out.push(p.into_bound(name.clone()));
             }
             None => {
-                let bound = listener::bind(addr, name.clone()).map_err(|e| {
+                let bound = listener::bind(addr, name.clone(), unix).map_err(|e| {
                     Error::Activation(format!(
                         "listener {name:?} ({addr}) is not among the sockets the service manager \
                          passed ({summary}) and binding it here failed: {e}. Add it to the .socket \

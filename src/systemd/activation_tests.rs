@@ -96,7 +96,12 @@ fn configured_listeners_take_passed_sockets_by_name_then_address_and_bind_the_re
         tcp("api", "127.0.0.1:1"),
         tcp("admin", "127.0.0.1:0"),
     ];
-    let bound = listeners(&addrs, vec![metrics, web, api]).unwrap();
+    let bound = listeners(
+        &addrs,
+        vec![metrics, web, api],
+        &UnixSocketOptions::default(),
+    )
+    .unwrap();
     assert_eq!(names(&bound), ["web", "api", "admin", "metrics"]);
     assert_eq!(bound[0].fd.as_raw_fd(), web_fd);
     assert_eq!(bound[1].fd.as_raw_fd(), api_fd);
@@ -111,7 +116,7 @@ fn unmatched_sockets_get_unique_names() {
     let (b, b_addr, _) = passed_tcp(Some("app.socket"));
     let (c, _, _) = passed_tcp(None);
     let addrs = vec![tcp("main", "127.0.0.1:0")];
-    let bound = listeners(&addrs, vec![a, b, c]).unwrap();
+    let bound = listeners(&addrs, vec![a, b, c], &UnixSocketOptions::default()).unwrap();
     assert_eq!(bound[1].name, "app.socket");
     assert_eq!(
         bound[2].name,
@@ -129,7 +134,9 @@ fn a_listener_neither_passed_nor_bindable_is_a_clear_error() {
         tcp("web", "127.0.0.1:1"),
         tcp("admin", busy.local_addr().unwrap()),
     ];
-    let err = listeners(&addrs, vec![p]).unwrap_err().to_string();
+    let err = listeners(&addrs, vec![p], &UnixSocketOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("\"admin\"") && err.contains("not among the sockets") && err.contains("fd "),
         "{err}"
@@ -137,18 +144,27 @@ fn a_listener_neither_passed_nor_bindable_is_a_clear_error() {
 }
 
 #[test]
-fn unix_sockets_match_by_path_and_are_not_unlinked() {
+fn unix_sockets_match_by_path_and_are_neither_changed_nor_unlinked() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("ups-act-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("app.sock");
     let _ = std::fs::remove_file(&path);
     let l = UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let p = inspect(OwnedFd::from(l), None).unwrap();
     assert_eq!(p.local, Local::Path(path.clone()));
     let addrs = vec![(path.display().to_string(), ListenAddr::Unix(path.clone()))];
-    let bound = listeners(&addrs, vec![p]).unwrap();
+    // The mode is for sockets the master binds; the .socket unit sets a passed one's.
+    let unix = UnixSocketOptions {
+        mode: Some(0o666),
+        ..Default::default()
+    };
+    let bound = listeners(&addrs, vec![p], &unix).unwrap();
     assert_eq!(bound[0].kind, SocketKind::Unix);
     assert!(bound[0].unlink_on_exit.is_none());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "a passed socket's mode was changed");
     drop(bound);
     assert!(path.exists(), "the socket file belongs to the .socket unit");
     let _ = std::fs::remove_dir_all(&dir);
@@ -169,6 +185,6 @@ fn a_dual_stack_socket_serves_an_ipv4_wildcard() {
     let port = s.local_addr().unwrap().as_socket().unwrap().port();
     let p = inspect(OwnedFd::from(s), None).unwrap();
     let addrs = vec![tcp("web", format!("0.0.0.0:{port}"))];
-    let bound = listeners(&addrs, vec![p]).unwrap();
+    let bound = listeners(&addrs, vec![p], &UnixSocketOptions::default()).unwrap();
     assert_eq!(bound.len(), 1, "adopted, not bound beside it");
 }
