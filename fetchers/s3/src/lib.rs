@@ -5,10 +5,20 @@
 //! body bytes: the object's ETag is compared with the one seen last. When it changes, the expected
 //! sha256 is taken, in this order, from
 //!
-//! 1. the object's own S3 SHA256 checksum (uploaded with `--checksum-algorithm SHA256`; a
-//!    multipart upload's composite checksum does not count),
+//! 1. the object's own S3 SHA256 checksum (uploaded with `--checksum-algorithm SHA256`) when it
+//!    is the sha256 of the file: a single-part upload's,
 //! 2. its user metadata `x-amz-meta-sha256` (lower- or upper-case hex),
 //! 3. a sidecar object, by default `<key>.sha256` (`sha256sum` output or bare hex),
+//!
+//! A multipart upload's SHA256 checksum is a checksum of its parts' checksums, not the file's
+//! sha256, and is never used: the object is multipart when S3 says `x-amz-checksum-type:
+//! COMPOSITE`, when the checksum ends in `-N`, or when the ETag does (moto sends neither of the
+//! first two). The AWS CLI uploads files over 8 MB in parts, so give it the metadata too (see the
+//! recipe below). With none of the three, the release is refused (see below) and the fetcher
+//! logs, once per object version, what is missing, e.g. "object uploaded in 3 parts: its SHA256
+//! checksum covers the parts, not the file; no x-amz-meta-sha256; no s3://b/app.sha256".
+//! (Verifying a multipart object against its parts' checksums is not done: neither moto nor
+//! s3s-fs reports them, and S3 reports them only through GetObjectAttributes.)
 //!
 //! and a detached minisign signature from `<key>.minisig` if there is one. If that checksum is the
 //! installed binary's, nothing is downloaded. Otherwise the object is streamed with a `GET`
@@ -59,15 +69,22 @@
 //! # }
 //! ```
 //!
-//! Publishing a release, with the AWS CLI:
+//! Publishing a release, with the AWS CLI, at any size:
 //!
 //! ```sh
+//! aws s3 cp myapp s3://releases/myapp/linux-x86_64/myapp --checksum-algorithm SHA256 \
+//!     --metadata sha256=$(sha256sum myapp | cut -d' ' -f1)
+//! # or with a sidecar, written first:
 //! sha256sum myapp > myapp.sha256
-//! aws s3 cp myapp.sha256 s3://releases/myapp/linux-x86_64/myapp.sha256   # the checksum first
+//! aws s3 cp myapp.sha256 s3://releases/myapp/linux-x86_64/myapp.sha256
 //! aws s3 cp myapp s3://releases/myapp/linux-x86_64/myapp
-//! # or, without a sidecar:
-//! aws s3 cp myapp s3://releases/myapp/linux-x86_64/myapp --checksum-algorithm SHA256
 //! ```
+//!
+//! `--checksum-algorithm SHA256` alone is enough only up to 8 MB (the CLI's multipart threshold,
+//! `multipart_threshold` in its configuration): above, the object's checksum is a composite and,
+//! without the metadata or the sidecar, the release is refused. `upshift-publish --s3` sets both.
+//! The SDK validates a GET against the object's checksum only where it is a full-object one (a
+//! composite it cannot check, and it would warn on every GET).
 
 #![warn(missing_docs)]
 
@@ -81,7 +98,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::config::{Credentials, Region, ResponseChecksumValidation};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 use aws_smithy_http_client::tls;
@@ -199,8 +216,13 @@ struct Head {
     /// The ETag without quotes, or a stand-in made of size and modification time.
     etag: String,
     identity: String,
-    /// From S3's SHA256 checksum or the `sha256` metadata.
+    /// From S3's SHA256 checksum (a full-object one) or the `sha256` metadata.
     sha256: Option<String>,
+    /// What S3's SHA256 checksum is: whether the GET may ask the SDK to validate it, and, when
+    /// nothing gives the sha256, why.
+    checksum: digest::S3Checksum,
+    /// The part count the ETag shows (`<hex>-N`): a multipart upload.
+    etag_parts: Option<u32>,
     size: Option<u64>,
 }
 
@@ -358,8 +380,8 @@ impl S3Fetcher {
         self
     }
 
-    /// The sidecar object holding the expected sha256, used when the object has neither an S3
-    /// SHA256 checksum nor `x-amz-meta-sha256`. Default `<key>.sha256`.
+    /// The sidecar object holding the expected sha256, used when the object has neither a
+    /// single-part S3 SHA256 checksum nor `x-amz-meta-sha256`. Default `<key>.sha256`.
     ///
     /// ```no_run
     /// use upshift_s3::S3Fetcher;
@@ -470,7 +492,11 @@ impl S3Fetcher {
             config = config.endpoint_url(url.clone());
         }
         let path_style = self.path_style.unwrap_or(self.endpoint.is_some());
-        config = config.force_path_style(path_style);
+        // Response checksums are validated where a GET asks for them (`checksum_mode`), not on
+        // every GET: see the release's GET.
+        config = config
+            .force_path_style(path_style)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         let endpoint = match self.endpoint.as_deref().or(sdk.endpoint_url()) {
             Some(url) => {
                 // The AWS configuration's endpoint (AWS_ENDPOINT_URL) is known only now.
@@ -532,10 +558,19 @@ impl S3Fetcher {
             Some(v) if !v.is_empty() && v != "null" => format!("{etag}@{v}"),
             _ => etag.clone(),
         };
-        let composite = out.checksum_type() == Some(&ChecksumType::Composite);
-        let checksum = out
-            .checksum_sha256()
-            .and_then(|c| digest::from_s3_checksum(c, composite));
+        let etag_parts = raw_etag
+            .as_deref()
+            .map(unquote)
+            .and_then(digest::part_count);
+        let kind = digest::classify(
+            out.checksum_sha256(),
+            out.checksum_type().map(ChecksumType::as_str),
+            raw_etag.as_deref(),
+        );
+        let checksum = match &kind {
+            digest::S3Checksum::Full(hex) => Some(hex.clone()),
+            _ => None,
+        };
         let metadata = match out.metadata().and_then(|m| m.get("sha256")) {
             None => None,
             Some(v) => Some(digest::hex_digest(v).ok_or_else(|| {
@@ -561,6 +596,8 @@ impl S3Fetcher {
             etag,
             identity,
             sha256: checksum.or(metadata),
+            checksum: kind,
+            etag_parts,
             size: out.content_length().and_then(|l| u64::try_from(l).ok()),
         }))
     }
@@ -603,7 +640,12 @@ impl S3Fetcher {
         key: &str,
     ) -> Result<Option<String>, FetchError> {
         let what = format!("GET {}", self.locate(key));
-        let out = match s3.get_object().bucket(&self.bucket).key(key).send().await {
+        let get = s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled);
+        let out = match get.send().await {
             Ok(out) => out,
             Err(e) if errors::is_not_found(&e) => return Ok(None),
             Err(e) if e.code() == Some("AccessDenied") => {
@@ -775,8 +817,20 @@ impl S3Fetcher {
         if sha256.is_none() && signature.is_none() && current.requires_checksum {
             // The pipeline refuses a remote release that nothing vouches for before reading a
             // byte of it: offer it from the HEAD alone. Not settled: until the pipeline says it
-            // refused it, the next check offers it again (still without a download).
-            tracing::debug!(fetcher = %self.name, identity = %head.identity, "no checksum or signature; offered without its body");
+            // refused it, the next check offers it again (still without a download). Once
+            // refused, the release is not offered again while it stays as it is, so this is said
+            // once per object version.
+            tracing::warn!(
+                fetcher = %self.name,
+                identity = %head.identity,
+                "no sha256 for the release: {}; publish one (x-amz-meta-sha256 or the sidecar) or \
+                 a signature",
+                digest::missing_sha256(
+                    &head.checksum,
+                    head.etag_parts,
+                    &self.locate(&self.sidecar_key())
+                )
+            );
             self.seen = Some(seen(false));
             return Ok(Step::Done(Some(Release {
                 identity: head.identity.clone(),
@@ -795,6 +849,11 @@ impl S3Fetcher {
 
         let what = format!("GET {}", self.name);
         let mut get = s3.get_object().bucket(&self.bucket).key(&self.key);
+        // The SDK validates the body against a full-object checksum as it streams. A composite
+        // (multipart) one it cannot check, and says so at WARN on every GET: not asked for.
+        if matches!(head.checksum, digest::S3Checksum::Full(_)) {
+            get = get.checksum_mode(ChecksumMode::Enabled);
+        }
         if let Some(etag) = &head.raw_etag {
             get = get.if_match(etag.clone());
         }

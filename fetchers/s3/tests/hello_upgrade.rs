@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::hello::{hello_binary, is_alive, new_build, proc_stat, Greeting, Hello, Poller};
 use common::proxy::Exchange;
-use common::{Bed, Vouch, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
+use common::{Bed, Vouch, BUCKET, KEY};
 use upshift_fetcher_conformance::sha256_hex;
 
 /// From publishing to generation 2 answering. Alone, about 4 s for a debug build of `hello`
@@ -29,38 +29,8 @@ const POLLS_LOG: &str = "info,upshift::master::updater=debug";
 /// What the pipeline logs at the start of every poll.
 const CHECKING: &str = "event=checking ";
 
-/// The master's environment: credentials and region for the standard AWS chain, which must not
-/// look any further (instance metadata, the user's profile files).
-fn aws_env() -> Vec<(String, String)> {
-    [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        (
-            "AWS_CONFIG_FILE",
-            "/nonexistent/upshift-hello-e2e/aws-config",
-        ),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/upshift-hello-e2e/aws-credentials",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 fn start(bed: &Bed, rust_log: &str) -> Hello {
-    let args = [
-        "--s3".to_string(),
-        format!("s3://{BUCKET}/{KEY}"),
-        "--s3-endpoint".to_string(),
-        bed.endpoint(),
-        // s3s-fs on 127.0.0.1 speaks plain http, which needs the opt-in without a key.
-        "--allow-insecure-transport".to_string(),
-    ];
-    Hello::start(&hello_binary(), &args, &aws_env(), rust_log)
+    common::start_hello(&bed.endpoint(), rust_log)
 }
 
 /// The object's ETag without quotes: the release's identity in the master's log.

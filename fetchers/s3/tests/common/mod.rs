@@ -12,6 +12,7 @@
 // Only the hello_upgrade test uses it.
 #[allow(unused_imports)]
 pub use upshift_fetcher_conformance::hello;
+pub mod moto;
 pub mod proxy;
 
 use std::future::Future;
@@ -197,6 +198,55 @@ pub enum Vouch {
     S3Checksum,
 }
 
+/// A fetcher for [`KEY`] at `endpoint` (a loopback server), with test credentials and short
+/// timeouts.
+pub fn fetcher_for(endpoint: &str) -> S3Fetcher {
+    S3Fetcher::new(BUCKET, KEY)
+        .endpoint(endpoint)
+        .region("us-east-1")
+        .credentials(ACCESS_KEY, SECRET_KEY, None)
+        .interval(Duration::from_millis(200))
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        // s3s-fs on 127.0.0.1 speaks plain http: the opt-in `Upgrader::run` would hand over.
+        .loopback()
+}
+
+/// The environment of a `hello` master: credentials and region for the standard AWS chain, which
+/// must not look any further (instance metadata, the user's profile files).
+pub fn hello_aws_env() -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        (
+            "AWS_CONFIG_FILE",
+            "/nonexistent/upshift-hello-e2e/aws-config",
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/upshift-hello-e2e/aws-credentials",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// `hello --s3 s3://BUCKET/KEY --s3-endpoint <endpoint>` as a master, logging at `rust_log`.
+pub fn start_hello(endpoint: &str, rust_log: &str) -> hello::Hello {
+    let args = [
+        "--s3".to_string(),
+        format!("s3://{BUCKET}/{KEY}"),
+        "--s3-endpoint".to_string(),
+        endpoint.to_string(),
+        // The test servers on 127.0.0.1 speak plain http, which needs the opt-in without a key.
+        "--allow-insecure-transport".to_string(),
+    ];
+    hello::Hello::start(&hello::hello_binary(), &args, &hello_aws_env(), rust_log)
+}
+
 /// The whole test bed: server, proxy, publisher, and the runtime they run on.
 pub struct Bed {
     rt: Option<tokio::runtime::Runtime>,
@@ -254,15 +304,7 @@ impl Bed {
 
     /// A fetcher for [`KEY`] through the proxy, with test credentials and short timeouts.
     pub fn fetcher(&self) -> S3Fetcher {
-        S3Fetcher::new(BUCKET, KEY)
-            .endpoint(self.endpoint())
-            .region("us-east-1")
-            .credentials(ACCESS_KEY, SECRET_KEY, None)
-            .interval(Duration::from_millis(200))
-            .timeout(Duration::from_secs(2))
-            .connect_timeout(Duration::from_secs(2))
-            // s3s-fs on 127.0.0.1 speaks plain http: the opt-in `Upgrader::run` would hand over.
-            .loopback()
+        fetcher_for(&self.endpoint())
     }
 
     pub fn put(&self, key: &str, bytes: &[u8]) {
