@@ -5,8 +5,8 @@
 //! knows and a prober sees no failed request; `supervisorctl stop` drains it (a slow request in
 //! flight completes) and it exits with status 0.
 //!
-//! Skipped, loudly, when `supervisord` is not installed, unless `UPSHIFT_REQUIRE_SUPERVISOR=1`
-//! (CI sets it): then a missing supervisor fails the test.
+//! Skipped, loudly, when `supervisord` is not installed, unless `UPSHIFT_REQUIRE_SUPERVISOR=1` or
+//! `UPSHIFT_REQUIRE_ALL=1` (`scripts/test` sets it): then a missing supervisor fails the test.
 
 mod common;
 
@@ -240,12 +240,10 @@ fn publish(watch: &Path, bytes: &[u8]) {
 #[test]
 fn supervisor_keeps_one_pid_through_two_upgrades_and_stops_it_cleanly() {
     let Some((daemon, ctl)) = supervisor_tools() else {
-        if std::env::var("UPSHIFT_REQUIRE_SUPERVISOR").as_deref() == Ok("1") {
-            panic!("supervisord is not installed and UPSHIFT_REQUIRE_SUPERVISOR=1: apt-get install supervisor");
-        }
-        eprintln!(
-            "\n*** SKIPPED supervisor test: supervisord/supervisorctl not found \
-             (apt-get install supervisor; set UPSHIFT_REQUIRE_SUPERVISOR=1 to make this a failure) ***\n"
+        upshift_fetcher_conformance::skip::skip_without(
+            "supervisord/supervisorctl",
+            "apt-get install supervisor",
+            Some("UPSHIFT_REQUIRE_SUPERVISOR"),
         );
         return;
     };

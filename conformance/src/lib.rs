@@ -31,6 +31,7 @@
 
 pub mod hello;
 mod loopback;
+pub mod skip;
 pub mod startup;
 
 pub use loopback::{Loopback, LOOPBACK_POLICY};
@@ -650,10 +651,19 @@ pub async fn source_errors_are_reported_and_recovered_from(src: &dyn Source) {
 }
 
 /// Defines one `#[tokio::test]` per conformance check, each with a fresh source built by `$make`
-/// (an expression, evaluated inside the test's async body).
+/// (an expression, evaluated inside the test's async body). With `optional: $make`, `$make` is an
+/// `Option` of a source, and `None` skips the checks (for a source that needs an outside server).
 #[macro_export]
 macro_rules! fetcher_conformance_tests {
+    // A source that may be missing here: `$make` is an `Option`, and `None` (the source said why,
+    // see `skip::skip_without`) skips every check.
+    (optional: $make:expr) => {
+        $crate::fetcher_conformance_tests!(@all { let Some(source) = $make else { return }; source });
+    };
     ($make:expr) => {
+        $crate::fetcher_conformance_tests!(@all { $make });
+    };
+    (@all $make:block) => {
         $crate::fetcher_conformance_tests!(@tests $make;
             nothing_published_is_no_release,
             published_release_reads_back_exactly,

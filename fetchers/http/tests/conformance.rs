@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Nginx, Options, Truncating};
+use common::{nginx_or_skip, Nginx, Options, Truncating};
 use upshift::fetch::Fetcher;
 use upshift_fetcher_conformance::Loopback;
 use upshift_fetcher_conformance::{Failure, Source};
@@ -26,13 +26,16 @@ struct NginxSource {
 }
 
 impl NginxSource {
-    fn start() -> NginxSource {
+    fn start() -> Option<NginxSource> {
+        if !nginx_or_skip() {
+            return None;
+        }
         let upstream = Truncating::start();
         let nginx = Nginx::start_with(Options {
             upstream: Some(upstream.port()),
             tls: false,
         });
-        NginxSource { nginx, upstream }
+        Some(NginxSource { nginx, upstream })
     }
 
     fn sidecar(&self) -> String {
@@ -113,4 +116,4 @@ impl Source for NginxSource {
     }
 }
 
-upshift_fetcher_conformance::fetcher_conformance_tests!(NginxSource::start());
+upshift_fetcher_conformance::fetcher_conformance_tests!(optional: NginxSource::start());

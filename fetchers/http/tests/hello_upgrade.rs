@@ -42,7 +42,9 @@ fn start(nginx: &Nginx, rust_log: &str) -> Hello {
 /// before serving anything. (Today's code started and polled the plain URL.)
 #[test]
 fn a_plain_http_url_is_refused_at_startup_without_the_opt_in() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let url = nginx.url("hello");
     let (status, stderr) = upshift_fetcher_conformance::startup::run_to_exit(
         &hello_binary(),
@@ -188,7 +190,9 @@ fn upgrade_to(hello: &mut Hello, nginx: &Nginx, release: &[u8]) -> Upgrade {
 
 #[test]
 fn hello_upgrades_itself_from_nginx() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let mut hello = start(&nginx, "info");
     let current = std::fs::read(hello_binary()).expect("read the hello binary");
     let v2 = new_build(&current, "v2");
@@ -200,7 +204,9 @@ fn hello_upgrades_itself_from_nginx() {
 
 #[test]
 fn hello_rejects_a_bad_release_from_nginx() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let mut hello = start(&nginx, "info");
     let master = hello.pid();
     let current = std::fs::read(hello.exe()).expect("read the installed binary");
@@ -288,7 +294,9 @@ fn between_polls(hello: &Hello, nginx: &Nginx) -> (usize, usize) {
 
 #[test]
 fn unchanged_release_costs_one_request_and_no_body() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let mut hello = start(&nginx, POLLS_LOG);
     let current = std::fs::read(hello_binary()).expect("read the hello binary");
     let v2 = new_build(&current, "v2-unchanged");
@@ -374,7 +382,9 @@ fn unchanged_release_costs_one_request_and_no_body() {
 /// Here the poll is made to land in the window: the file is written only after that poll.
 #[test]
 fn a_poll_between_the_checksum_and_the_file_does_not_lose_the_release() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let current = std::fs::read(hello_binary()).expect("read the hello binary");
     publish(&nginx, &current, &sha256_hex(&current));
     // At debug level the log says why the release is not tried again.
@@ -433,7 +443,9 @@ fn publish_in_place(nginx: &Nginx, bytes: &[u8], pause: Duration) -> (usize, usi
 /// installed. Twice in a row.
 #[test]
 fn a_release_uploaded_in_place_is_installed_once_the_upload_completes() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let current = std::fs::read(hello_binary()).expect("read the hello binary");
     publish(&nginx, &current, &sha256_hex(&current));
     let hello = start(&nginx, POLLS_LOG);
@@ -489,7 +501,9 @@ fn polls_after_refusal(hello: &Hello, nginx: &Nginx) -> (usize, Vec<Hit>) {
 /// refused", not "rejected").
 #[test]
 fn a_release_without_a_checksum_is_refused_without_downloading_it() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let mut hello = start(&nginx, "info");
     let before = hello.greeting();
     let current = hello.installed();
@@ -522,7 +536,9 @@ fn a_release_without_a_checksum_is_refused_without_downloading_it() {
 /// logged once.
 #[test]
 fn a_replayed_older_signed_release_is_refused_and_not_downloaded_again() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let key = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
     let pub_file = nginx.www().join("..").join("minisign.pub");
     std::fs::write(&pub_file, key.pk.to_box().unwrap().into_string()).unwrap();

@@ -123,7 +123,9 @@ fn unescape(logged: &str) -> String {
 
 #[tokio::test]
 async fn an_unchanged_poll_is_one_request_and_no_body() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("v1");
     publish_settled(&nginx, "releases/app", &bytes);
     let mut f = HttpFetcher::new(nginx.url("releases/app"))
@@ -189,7 +191,9 @@ async fn an_unchanged_poll_is_one_request_and_no_body() {
 /// release arrives as soon as its file does and an unchanged file still costs no body.
 #[tokio::test]
 async fn a_release_neither_installed_nor_refused_is_looked_at_again() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("looked-at-again");
     publish_settled(&nginx, "releases/app", &bytes);
     let mut f = HttpFetcher::new(nginx.url("releases/app"))
@@ -222,7 +226,9 @@ async fn a_release_neither_installed_nor_refused_is_looked_at_again() {
 
 #[tokio::test]
 async fn without_a_checksum_the_release_get_itself_is_conditional() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("bare");
     nginx.put_settled("releases/app", &bytes);
     let mut f = HttpFetcher::new(nginx.url("releases/app"))
@@ -263,7 +269,9 @@ async fn without_a_checksum_the_release_get_itself_is_conditional() {
 async fn a_checksum_rewritten_within_the_second_is_not_missed() {
     // nginx's validators have one-second resolution and a sidecar always has the same size: the
     // fetcher must not trust validators of a file modified in the second it was served.
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let mut f = HttpFetcher::new(nginx.url("app"))
         .expect("valid URL")
         .loopback();
@@ -280,7 +288,9 @@ async fn a_checksum_rewritten_within_the_second_is_not_missed() {
 
 #[tokio::test]
 async fn a_release_dropped_unread_is_offered_again_and_a_read_one_is_not() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let sha = publish_settled(&nginx, "app", &payload("x"));
     let mut f = HttpFetcher::new(nginx.url("app"))
         .expect("valid URL")
@@ -297,7 +307,9 @@ async fn a_release_dropped_unread_is_offered_again_and_a_read_one_is_not() {
 /// the next check, though its checksum and file are unchanged.
 #[tokio::test]
 async fn a_deferred_release_is_offered_again() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("deferred");
     publish_settled(&nginx, "app", &bytes);
     let mut f = HttpFetcher::new(nginx.url("app"))
@@ -313,7 +325,9 @@ async fn a_deferred_release_is_offered_again() {
 
 #[tokio::test]
 async fn the_installed_release_costs_no_release_request() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let sha = publish_settled(&nginx, "app.tar.gz", &payload("installed"));
     // By the installed binary's hash (a raw release), or by the identity last installed (an
     // archive, whose digest is not the binary's).
@@ -346,7 +360,9 @@ async fn the_installed_release_costs_no_release_request() {
 
 #[tokio::test]
 async fn sha256sums_gives_the_line_of_the_release_file() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("targz");
     let sha = sha256_hex(&bytes);
     let other = sha256_hex(b"another platform");
@@ -394,7 +410,9 @@ async fn sha256sums_gives_the_line_of_the_release_file() {
 
 #[tokio::test]
 async fn format_from_name_content_type_or_override() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("fmt");
     for rel in ["f/app.zip", "f/app.gz", "f/app", "typed/download"] {
         nginx.put(rel, &bytes);
@@ -427,7 +445,9 @@ async fn format_from_name_content_type_or_override() {
 
 #[tokio::test]
 async fn credentials_reach_their_origin_and_no_other() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("private");
     let sha = publish_settled(&nginx, "private/app", &bytes);
     nginx.put_alt("landing", &bytes);
@@ -508,7 +528,9 @@ async fn credentials_reach_their_origin_and_no_other() {
 /// `Authorization` when the origin changes, but forwards any other header.
 #[tokio::test]
 async fn reqwest_alone_would_forward_custom_credentials_across_origins() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     nginx.put_alt("landing", b"landed");
     let resp = plain_client()
         .get(nginx.url("private/away"))
@@ -532,7 +554,9 @@ async fn reqwest_alone_would_forward_custom_credentials_across_origins() {
 
 #[tokio::test]
 async fn a_stalled_server_fails_the_check_within_the_timeout() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     publish_settled(&nginx, "app", &payload("stall"));
     let mut f = HttpFetcher::new(nginx.url("app"))
         .expect("valid URL")
@@ -561,7 +585,9 @@ async fn a_stalled_server_fails_the_check_within_the_timeout() {
 
 #[tokio::test]
 async fn a_download_slower_than_the_timeout_fails_the_read_within_it() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     nginx.put("slow/app", &payload("slow")); // served at 10 KB/s: 30 s
     let mut f = HttpFetcher::new(nginx.url("slow/app"))
         .expect("valid URL")
@@ -585,7 +611,9 @@ async fn a_download_slower_than_the_timeout_fails_the_read_within_it() {
 
 #[tokio::test]
 async fn statuses_map_to_errors_naming_the_url() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     publish_settled(&nginx, "app", &payload("status"));
 
     let mut f = HttpFetcher::new(nginx.url("limited/app"))
@@ -710,7 +738,9 @@ fn backdate(nginx: &Nginx, rel: &str, at: std::time::SystemTime) {
 /// refused, polls end at that `HEAD` until the file changes.
 #[tokio::test]
 async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("unvouched");
     nginx.put_settled("releases/app", &bytes);
     let strict = Current {
@@ -804,7 +834,9 @@ async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
 /// dropped unread: the release is still offered without its body, not an error.
 #[tokio::test]
 async fn a_server_refusing_head_is_asked_with_an_unread_get() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     nginx.put_settled("gets-only/app", &payload("gets only"));
     let strict = Current {
         requires_checksum: true,
@@ -836,7 +868,9 @@ async fn a_server_refusing_head_is_asked_with_an_unread_get() {
 /// file is offered at the first poll after the upload.
 #[tokio::test]
 async fn a_release_read_mid_upload_is_offered_once_the_upload_completes() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("in place");
     let sha = sha256_hex(&bytes);
     nginx.put_settled("app.sha256", format!("{sha}  app\n").as_bytes());
@@ -900,7 +934,9 @@ async fn a_release_read_mid_upload_is_offered_once_the_upload_completes() {
 /// release atomically (new file, same checksum) makes it a candidate again.
 #[tokio::test]
 async fn an_atomic_republish_after_a_transient_refusal_is_offered() {
-    let nginx = Nginx::start();
+    let Some(nginx) = Nginx::start_or_skip() else {
+        return;
+    };
     let bytes = payload("republished");
     let sha = sha256_hex(&bytes);
     nginx.put_settled("app.sha256", format!("{sha}  app\n").as_bytes());

@@ -144,7 +144,9 @@ fn hello_on_s3s_fs_refuses_a_multipart_upload_without_metadata_and_takes_the_met
     if !moto::cli_present() {
         return;
     }
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let hello = start_hello(&bed.endpoint(), "info");
     multipart_recipes(hello, &bed.server.url(), |n| {
         format!("no SHA256 checksum (object uploaded in {n} parts)")

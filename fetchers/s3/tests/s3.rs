@@ -78,7 +78,9 @@ fn describe(log: &[Exchange]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_object_costs_one_head_and_no_body() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("unchanged", 256 * 1024);
     let sha = sha256_hex(&bytes);
     bed.publish(&bytes, Some(&sha), Vouch::Sidecar);
@@ -112,7 +114,9 @@ async fn an_unchanged_object_costs_one_head_and_no_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_master_downloads_nothing_it_has_installed() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("restart", 100_000);
     let sha = sha256_hex(&bytes);
 
@@ -142,7 +146,9 @@ async fn a_restarted_master_downloads_nothing_it_has_installed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_from_the_objects_s3_sha256_checksum() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("s3-checksum", 70_000);
     let sha = sha256_hex(&bytes);
     bed.publish(&bytes, Some(&sha), Vouch::S3Checksum);
@@ -160,7 +166,9 @@ async fn checksum_from_the_objects_s3_sha256_checksum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_from_metadata() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("metadata", 70_000);
     let sha = sha256_hex(&bytes);
     bed.publish(&bytes, Some(&sha.to_ascii_uppercase()), Vouch::Metadata);
@@ -191,7 +199,9 @@ async fn checksum_from_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_from_the_sidecar_in_its_formats() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("sidecar", 70_000);
     let sha = sha256_hex(&bytes);
     for (i, text) in [
@@ -237,7 +247,9 @@ async fn checksum_from_the_sidecar_in_its_formats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_signature_comes_from_the_minisig_object() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("signed", 10_000);
     let sig = "untrusted comment: signature from minisign secret key\nRWQ...\n";
     bed.put(&format!("{KEY}.minisig"), sig.as_bytes());
@@ -250,7 +262,9 @@ async fn the_signature_comes_from_the_minisig_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_release_describes_the_object() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("describe", 12_345);
     let key = "myapp/linux/myapp-x86_64.tar.gz";
     bed.put(key, &bytes);
@@ -298,7 +312,9 @@ async fn bad_urls_are_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_named() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("creds", 1000);
     bed.publish(&bytes, Some(&sha256_hex(&bytes)), Vouch::Sidecar);
 
@@ -327,7 +343,9 @@ async fn wrong_credentials_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_object_streams_through() {
     const LEN: usize = 20 * 1024 * 1024;
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("big", LEN);
     let sha = sha256_hex(&bytes);
     bed.publish(&bytes, Some(&sha), Vouch::Sidecar);
@@ -354,7 +372,9 @@ async fn a_big_object_streams_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_transfer_is_offered_again() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("interrupted", 2 * 1024 * 1024);
     let sha = sha256_hex(&bytes);
     bed.publish(&bytes, Some(&sha), Vouch::Sidecar);
@@ -374,7 +394,9 @@ async fn an_interrupted_transfer_is_offered_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_release_returns_with_a_corrected_checksum() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("corrected", 50_000);
     let sha = sha256_hex(&bytes);
     let wrong = sha256_hex(b"something else");
@@ -398,7 +420,9 @@ async fn a_rejected_release_returns_with_a_corrected_checksum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_rate_limited() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("throttled", 1000);
     bed.publish(&bytes, Some(&sha256_hex(&bytes)), Vouch::Sidecar);
     bed.proxy.set_mode(Mode::SlowDown);
@@ -412,7 +436,9 @@ async fn throttling_is_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_without_length_is_cut_at_the_cap_while_streaming() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("endless sidecar", 1000);
     bed.publish(&bytes, Some(&sha256_hex(&bytes)), Vouch::Sidecar);
     bed.proxy.set_mode(Mode::EndlessSidecar);
@@ -440,7 +466,9 @@ async fn a_sidecar_without_length_is_cut_at_the_cap_while_streaming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_names_the_endpoint() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     bed.proxy.set_mode(Mode::Refused);
     let e = failed(&mut bed.fetcher(), &unrelated()).await;
     eprintln!("refused: {e}");
@@ -457,7 +485,9 @@ async fn connection_refused_names_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_is_no_release() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     // HEAD cannot tell a missing bucket from a missing key: no release.
     let mut f = S3Fetcher::new("no-such-bucket", "k")
         .endpoint(bed.endpoint())
@@ -482,7 +512,9 @@ fn head_only() -> Vec<String> {
 /// refused it, a poll is one HEAD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let bytes = payload("unvouched", 1024 * 1024);
     bed.publish(&bytes, None, Vouch::Sidecar);
     let strict = Current {
@@ -539,7 +571,9 @@ async fn a_release_without_checksum_costs_one_head_when_one_is_required() {
 /// then it is offered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_refused_for_its_bytes_costs_one_head_until_they_change() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     let good = payload("good", 200_000);
     let sha = sha256_hex(&good);
     // The sidecar first, then a partial object (an upload caught midway).
@@ -584,7 +618,9 @@ async fn a_release_refused_for_its_bytes_costs_one_head_until_they_change() {
 /// before any request; accepted with the opt-in (every other test here) and with a key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_http_endpoint_needs_the_opt_in_or_a_key() {
-    let bed = Bed::start();
+    let Some(bed) = Bed::start_or_skip() else {
+        return;
+    };
     bed.put(KEY, b"plain build");
     let plain = || {
         S3Fetcher::new(BUCKET, KEY)

@@ -11,7 +11,7 @@ pub mod nginx;
 pub mod truncating;
 
 #[allow(unused_imports)]
-pub use nginx::{Hit, Nginx, Options, TOKEN};
+pub use nginx::{nginx_or_skip, Hit, Nginx, Options, TOKEN};
 #[allow(unused_imports)]
 pub use truncating::Truncating;
 

@@ -116,9 +116,33 @@ pub fn remove_if_present(path: &Path) {
     }
 }
 
+/// Whether an nginx binary is here to run; if not, the calling test is reported as skipped
+/// (or fails, under `scripts/test`).
+pub fn nginx_or_skip() -> bool {
+    let runs = Command::new(binary())
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runs {
+        upshift_fetcher_conformance::skip::skip_without(
+            "nginx",
+            "apt-get install nginx-light",
+            None,
+        );
+    }
+    runs
+}
+
 impl Nginx {
     pub fn start() -> Nginx {
         Nginx::start_with(Options::default())
+    }
+
+    /// [`Nginx::start`], or `None` (the test reported as skipped) where nginx is not installed.
+    pub fn start_or_skip() -> Option<Nginx> {
+        nginx_or_skip().then(Nginx::start)
     }
 
     pub fn start_with(opts: Options) -> Nginx {
@@ -491,14 +515,15 @@ fn make_certificate(dir: &Path) {
 /// nginx with TLS too, or `None` (the test is skipped, saying why) without the `openssl` command
 /// to make its certificate.
 pub fn start_tls() -> Option<Nginx> {
+    if !nginx_or_skip() {
+        return None;
+    }
     if !have_openssl() {
         // CI installs openssl: there, a skip would hide that no TLS handshake was tested.
-        assert!(
-            std::env::var_os("UPSHIFT_REQUIRE_OPENSSL").is_none(),
-            "UPSHIFT_REQUIRE_OPENSSL is set but there is no `openssl` command"
-        );
-        eprintln!(
-            "SKIPPED: no `openssl` command to make a test certificate (apt-get install openssl)"
+        upshift_fetcher_conformance::skip::skip_without(
+            "openssl (to make a test certificate)",
+            "apt-get install openssl",
+            Some("UPSHIFT_REQUIRE_OPENSSL"),
         );
         return None;
     }

@@ -39,27 +39,39 @@ pub const BUCKET: &str = "releases";
 pub const KEY: &str = "myapp/linux/myapp";
 
 /// The s3s-fs binary: `$S3S_FS`, else `s3s-fs` on the PATH, else `~/.cargo/bin/s3s-fs`.
-fn s3s_fs_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("S3S_FS") {
-        return PathBuf::from(p);
+/// Whether s3s-fs is here to run; if not, the calling test is reported as skipped (or fails,
+/// under `scripts/test`).
+pub fn s3s_fs_or_skip() -> bool {
+    let found = find_s3s_fs().is_some();
+    if !found {
+        upshift_fetcher_conformance::skip::skip_without(
+            "s3s-fs",
+            "cargo install s3s-fs --version 0.14.1 --features binary --locked, or set S3S_FS",
+            None,
+        );
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("s3s-fs");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
+    found
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    find_s3s_fs().unwrap_or_else(|| {
+        panic!(
+            "s3s-fs not found (the upshift-s3 tests run against it): install it with \
+             `cargo install s3s-fs --version 0.14.1 --features binary --locked`, or set S3S_FS"
+        )
+    })
+}
+
+fn find_s3s_fs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("S3S_FS") {
+        return Some(PathBuf::from(p));
     }
     let home = std::env::var_os("HOME").unwrap_or_default();
-    let candidate = Path::new(&home).join(".cargo/bin/s3s-fs");
-    if candidate.is_file() {
-        return candidate;
-    }
-    panic!(
-        "s3s-fs not found (the upshift-s3 tests run against it): install it with \
-         `cargo install s3s-fs --version 0.14.1 --features binary --locked`, or set S3S_FS"
-    )
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("s3s-fs"))
+        .chain([Path::new(&home).join(".cargo/bin/s3s-fs")])
+        .find(|candidate| candidate.is_file())
 }
 
 /// A private directory under the system temp dir, removed on drop.
@@ -256,6 +268,11 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// [`Bed::start`], or `None` (the test reported as skipped) where s3s-fs is not installed.
+    pub fn start_or_skip() -> Option<Bed> {
+        s3s_fs_or_skip().then(Bed::start)
+    }
+
     /// Starts s3s-fs and the proxy and creates [`BUCKET`].
     pub fn start() -> Bed {
         let rt = tokio::runtime::Builder::new_multi_thread()
