@@ -57,7 +57,9 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
 
 Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit;
 SIGHUP, SIGUSR1 and SIGWINCH are passed to the serving worker, which logs them.
-UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.";
+UPSHIFT_HOLD=1, or a file <hello>.hold beside the binary, holds upgrades from the sources above.
+--url, --github and --s3 need a build with the remote fetchers:
+  cargo build --release --example hello --features remote-fetchers";
 
 struct Args {
     listen: Vec<String>,
