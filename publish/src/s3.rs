@@ -1,11 +1,20 @@
-//! The S3 destination (and S3-compatible stores: MinIO, R2, Ceph, s3s).
+//! The S3 destination (and S3-compatible stores: MinIO, R2, Ceph, s3s, moto).
 //!
-//! The object carries its sha256 twice, as upshift-s3 reads it: as `x-amz-meta-sha256` (hex;
-//! always) and, for a single-request upload, as S3's own SHA256 checksum, which the server
-//! verifies on arrival. A multipart upload (above one `--part-size`) sends a SHA256 checksum
-//! with each part, verified per part; the object's checksum is then a composite that the
-//! fetcher ignores in favour of the metadata. A failed multipart upload is aborted, so no parts
-//! are left behind.
+//! One shape on every store, which upshift-s3 reads the same way everywhere. The object always
+//! carries its sha256 as `x-amz-meta-sha256` (hex), next to the `NAME.sha256` sidecar. Up to one
+//! `--part-size`, it goes up in one PUT that also carries S3's own SHA256 checksum, sent as the
+//! AWS SDKs send one (`x-amz-sdk-checksum-algorithm` and `x-amz-checksum-sha256`; moto keeps the
+//! value only with the algorithm header): the server verifies it on arrival and the fetcher
+//! reads it first. Larger objects go up as a multipart upload with a SHA256 checksum per part,
+//! verified per part; the object's checksum is then a composite (a checksum of the parts'
+//! checksums), which the fetcher never takes for the file's sha256: it uses the metadata. A
+//! whole-file checksum of a multipart upload (S3's `FULL_OBJECT` type) exists only for the CRC
+//! algorithms, never SHA256, so the metadata and the sidecar are what carry the sha256.
+//!
+//! A failed multipart upload is aborted, so no parts are left behind. A 2xx answer to
+//! CompleteMultipartUpload that the SDK cannot read (moto 5.2.1 names its root element
+//! `CompleteMultipartUploadResponse`) counts as success only once a HEAD shows the object
+//! complete: this size, this sha256 and this number of parts.
 
 use std::time::Duration;
 
@@ -13,7 +22,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::ChecksumAlgorithm;
 use aws_smithy_http_client::tls;
 use sha2::{Digest, Sha256};
 
@@ -24,10 +33,9 @@ use crate::publish::Store;
 use crate::Error;
 
 mod body;
+mod multipart;
 
 const DEFAULT_REGION: &str = "us-east-1";
-/// Parts uploaded at once in a multipart upload.
-const PARALLEL_PARTS: usize = 4;
 
 /// An S3 "directory": the key's prefix, names below it.
 pub(crate) struct S3Store {
@@ -67,11 +75,24 @@ where
     let detail = match (e.code(), e.message(), status) {
         (Some(code), Some(msg), _) => format!("{code}: {msg}"),
         (Some(code), None, _) => code.to_string(),
+        // A 2xx whose body the SDK cannot read: say what it could not read.
+        (None, _, Some(status @ 200..=299)) => {
+            format!("HTTP {status}: {}", unreadable(&e))
+        }
         // A HEAD's error has no body to name it.
         (None, _, Some(status)) => format!("HTTP {status}"),
         _ => DisplayErrorContext(&e).to_string(),
     };
     Error::S3(format!("{what} ({endpoint}): {detail}{hint}"))
+}
+
+/// What the SDK could not make of an answer, without the raw response (headers, body) that
+/// `DisplayErrorContext` of the whole error would print.
+fn unreadable<E: std::error::Error + 'static>(e: &SdkError<E>) -> String {
+    match e {
+        SdkError::ServiceError(se) => DisplayErrorContext(se.err()).to_string(),
+        other => DisplayErrorContext(other).to_string(),
+    }
 }
 
 /// "No such object": a HEAD's bare 404, or `NoSuchKey` (a missing bucket is an error).
@@ -146,6 +167,9 @@ impl S3Store {
             .content_length(artifact.size as i64)
             .content_type(content_type(&artifact.name))
             .metadata("sha256", &artifact.sha256)
+            // The algorithm too (`x-amz-sdk-checksum-algorithm`), as the AWS SDKs send it: moto
+            // keeps a checksum only with it, and the SDK then sends ours instead of computing one.
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(checksum_b64(&raw))
             .send()
             .await
@@ -157,160 +181,6 @@ impl S3Store {
                 )
             })?;
         Ok(())
-    }
-
-    async fn multipart_put(
-        &self,
-        artifact: &Artifact,
-        key: &str,
-        progress: &Progress,
-    ) -> Result<(), Error> {
-        let client = self.client()?.clone();
-        let bucket = self.config.bucket.clone();
-        let what = format!("multipart upload to s3://{bucket}/{key}");
-        let created = client
-            .create_multipart_upload()
-            .bucket(&bucket)
-            .key(key)
-            .content_type(content_type(&artifact.name))
-            .metadata("sha256", &artifact.sha256)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .send()
-            .await
-            .map_err(|e| s3_error(&what, &self.endpoint, e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| Error::S3(format!("{what}: the store returned no upload id")))?
-            .to_string();
-        let parts = self.upload_parts(artifact, key, &upload_id, progress).await;
-        let completed = match parts {
-            Ok(parts) => client
-                .complete_multipart_upload()
-                .bucket(&bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map(drop)
-                .map_err(|e| s3_error(&what, &self.endpoint, e)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = completed {
-            // Parts of an upload never completed are stored (and billed) until aborted.
-            let aborted = client
-                .abort_multipart_upload()
-                .bucket(&bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            let note = match aborted {
-                Ok(_) => "the incomplete multipart upload was aborted".to_string(),
-                Err(a) => format!(
-                    "aborting the incomplete multipart upload {upload_id} failed too (set a \
-                     lifecycle rule to clean up incomplete uploads): {}",
-                    s3_error("abort", &self.endpoint, a)
-                ),
-            };
-            return Err(e.with_note(note));
-        }
-        Ok(())
-    }
-
-    async fn upload_parts(
-        &self,
-        artifact: &Artifact,
-        key: &str,
-        upload_id: &str,
-        progress: &Progress,
-    ) -> Result<Vec<CompletedPart>, Error> {
-        let size = self.config.part_size;
-        let count = artifact.size.div_ceil(size);
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut done: Vec<CompletedPart> = Vec::new();
-        let mut next = 0u64;
-        while next < count || !tasks.is_empty() {
-            while next < count && tasks.len() < PARALLEL_PARTS {
-                let offset = next * size;
-                let len = size.min(artifact.size - offset);
-                let part = Part {
-                    client: self.client()?.clone(),
-                    bucket: self.config.bucket.clone(),
-                    key: key.to_string(),
-                    upload_id: upload_id.to_string(),
-                    number: (next + 1) as i32,
-                    path: artifact.path.clone(),
-                    offset,
-                    len,
-                    counter: progress.counter(next as usize),
-                    endpoint: self.endpoint.clone(),
-                };
-                tasks.spawn(part.send());
-                next += 1;
-            }
-            match tasks.join_next().await {
-                Some(Ok(Ok(p))) => done.push(p),
-                Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => return Err(Error::S3(format!("a part's upload task failed: {e}"))),
-                None => break,
-            }
-        }
-        done.sort_by_key(|p| p.part_number());
-        Ok(done)
-    }
-}
-
-/// One part of a multipart upload.
-struct Part {
-    client: aws_sdk_s3::Client,
-    bucket: String,
-    key: String,
-    upload_id: String,
-    number: i32,
-    path: std::path::PathBuf,
-    offset: u64,
-    len: u64,
-    counter: Counter,
-    endpoint: String,
-}
-
-impl Part {
-    async fn send(self) -> Result<CompletedPart, Error> {
-        let (path, offset, len) = (self.path.clone(), self.offset, self.len);
-        let digest = tokio::task::spawn_blocking(move || body::sha256_range(&path, offset, len))
-            .await
-            .map_err(|e| Error::S3(format!("hashing part {}: {e}", self.number)))??;
-        let sha = checksum_b64(&digest);
-        let body = body::file_part(&self.path, self.offset, self.len, self.counter.clone()).await?;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(self.number)
-            .content_length(self.len as i64)
-            .checksum_sha256(&sha)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                s3_error(
-                    &format!("part {} of s3://{}/{}", self.number, self.bucket, self.key),
-                    &self.endpoint,
-                    e,
-                )
-            })?;
-        Ok(CompletedPart::builder()
-            .part_number(self.number)
-            .set_e_tag(out.e_tag().map(str::to_string))
-            .checksum_sha256(out.checksum_sha256().unwrap_or(&sha))
-            .build())
     }
 }
 
@@ -441,6 +311,7 @@ impl Store for S3Store {
             .bucket(&self.config.bucket)
             .key(&key)
             .content_type(content_type(name))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(sha)
             .body(ByteStream::from(bytes))
             .send();
