@@ -123,7 +123,7 @@ fn binary_not_built_with_upshift_is_rejected() {
 }
 
 #[test]
-fn release_larger_than_the_file_size_limit_is_rejected_and_the_master_survives() {
+fn release_larger_than_the_file_size_limit_is_not_installed_and_the_master_survives() {
     let mut rig = Rig::new("rp-fsize");
     let app_len = fs::metadata(&rig.app).unwrap().len();
     // The master may write files up to just over the app's size; the release is 2 MiB larger.
@@ -133,7 +133,7 @@ fn release_larger_than_the_file_size_limit_is_rejected_and_the_master_survives()
     let sha = rig.prepare_build("big", 2 << 20);
     assert!(fs::metadata(rig.path("next.tmp")).unwrap().len() > limit);
     let identity = rig.publish_prepared(&sha);
-    let reason = rig.wait_rejected(&identity);
+    let reason = rig.wait_not_installed(&identity);
     for e in ["writing the new binary", "File too large"] {
         rig.expect(
             reason.contains(e),
@@ -476,7 +476,7 @@ fn release_re_signed_with_the_right_key_is_accepted() {
 }
 
 #[test]
-fn release_refused_for_a_full_disk_is_retried_once_there_is_room() {
+fn release_not_installed_for_a_full_disk_is_retried_once_there_is_room() {
     let mut rig = Rig::new("rp-room");
     let app_len = fs::metadata(&rig.app).unwrap().len();
     rig.start_with(
@@ -486,7 +486,7 @@ fn release_refused_for_a_full_disk_is_retried_once_there_is_room() {
     );
     let sha = rig.prepare_build("roomy", 2 << 20);
     let identity = rig.publish_prepared(&sha);
-    let reason = rig.wait_rejected(&identity);
+    let reason = rig.wait_not_installed(&identity);
     rig.expect(reason.contains("File too large"), &reason);
     // The operator makes room: lift the master's limit, and touches nothing else. The
     // updater retries a release refused for the machine's fault on its own, with a backoff.
@@ -541,7 +541,7 @@ fn a_second_master_on_the_same_binary_installs_nothing_until_the_first_exits() {
     rig.wait_log("will not install releases while the other one runs", START);
     let mut bytes = fs::read(fixture_path()).unwrap();
     bytes.extend_from_slice(b"UPSHIFT-TEST-BUILD:second\n");
-    let reason = refused(
+    let reason = not_installed(
         &mut rig,
         &bytes,
         None,

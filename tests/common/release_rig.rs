@@ -181,12 +181,22 @@ impl Rig {
 
     /// Waits for the master to reject `identity`; returns the reason.
     pub fn wait_rejected(&self, identity: &str) -> String {
-        let needle = format!("release {identity} rejected: ");
+        self.wait_verdict(identity, "rejected")
+    }
+
+    /// As [`wait_rejected`](Self::wait_rejected), for a failure that is not the release's fault
+    /// (a full disk, a cut transfer, another master's lock): tried again later.
+    pub fn wait_not_installed(&self, identity: &str) -> String {
+        self.wait_verdict(identity, "not installed this time")
+    }
+
+    fn wait_verdict(&self, identity: &str, verdict: &str) -> String {
+        let needle = format!("release {identity} {verdict}: ");
         let line = self.wait_log(&needle, VERDICT);
         let reason = line.split_once(&needle).unwrap().1.to_string();
         self.expect(
             log_lines_with(self.m(), &format!("release {identity} is serving")).is_empty(),
-            format!("{identity} was rejected, yet it also served"),
+            format!("{identity}: {verdict}, yet it also served"),
         );
         reason
     }
@@ -408,9 +418,29 @@ pub fn phases(seen: &[Obs]) -> Vec<(Obs, usize)> {
 /// Publishes `bytes` (with an optional sidecar) to a started rig and asserts the full "refused,
 /// nothing changed" contract; `expected` are substrings the rejection reason must contain.
 pub fn refused(rig: &mut Rig, bytes: &[u8], sidecar: Option<&str>, expected: &[&str]) -> String {
+    refused_as(rig, bytes, sidecar, expected, Rig::wait_rejected)
+}
+
+/// As [`refused`], for a release not installed for a reason that is not its own fault.
+pub fn not_installed(
+    rig: &mut Rig,
+    bytes: &[u8],
+    sidecar: Option<&str>,
+    expected: &[&str],
+) -> String {
+    refused_as(rig, bytes, sidecar, expected, Rig::wait_not_installed)
+}
+
+fn refused_as(
+    rig: &mut Rig,
+    bytes: &[u8],
+    sidecar: Option<&str>,
+    expected: &[&str],
+    verdict: fn(&Rig, &str) -> String,
+) -> String {
     let traffic = rig.watch();
     let identity = rig.publish(bytes, sidecar);
-    let reason = rig.wait_rejected(&identity);
+    let reason = verdict(rig, &identity);
     for e in expected {
         rig.expect(
             reason.contains(e),
