@@ -109,7 +109,12 @@ impl Source for FileSource {
     }
 }
 
-upshift_fetcher_conformance::fetcher_conformance_tests!(FileSource::new());
+upshift_fetcher_conformance::fetcher_conformance_tests!(FileSource::new(); not_applicable {
+    truncated_transfer_is_detectable: "a local file has no announced length but its own: a \
+        shorter file is a different release, caught by its checksum",
+    unvouched_release_is_not_downloaded: "a local release costs no download: the pipeline \
+        refuses it before reading a byte it would not have read anyway",
+});
 
 /// The suite's own sanity: a check that must fail does fail against a source that lies. Here the
 /// source claims to publish but writes a different file, so `published_release_reads_back_exactly`
@@ -151,5 +156,18 @@ async fn suite_catches_a_source_that_serves_other_bytes() {
     })
     .await;
     let err = outcome.expect_err("the suite accepted a source that serves other bytes");
+    assert!(err.is_panic(), "{err}");
+}
+
+/// A check the backend cannot express fails unless the backend names it not applicable: the
+/// File source cannot cut a transfer short, so running that check anyway must not pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_run_without_the_capability_it_needs_fails_instead_of_passing() {
+    let outcome = tokio::spawn(async {
+        let src = FileSource::new();
+        upshift_fetcher_conformance::truncated_transfer_is_detectable(&src).await;
+    })
+    .await;
+    let err = outcome.expect_err("a check passed without the capability it needs");
     assert!(err.is_panic(), "{err}");
 }

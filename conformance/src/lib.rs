@@ -11,8 +11,10 @@
 //!
 //! 1. Add `upshift-fetcher-conformance` (this crate, in the workspace) to the backend's
 //!    dev-dependencies, create `tests/conformance.rs` with a type that owns the source (its temp
-//!    dir or server) and implements [`Source`]. Return `false` / `None` from the
-//!    optional methods the backend cannot express; the checks then say so and skip that part.
+//!    dir or server) and implements [`Source`]. A check whose capability the backend lacks
+//!    (a cut-short transfer, fault injection, a download to refuse) is named `not_applicable`
+//!    with the reason in the macro below: `cargo test` then lists it as ignored, with the
+//!    reason. A check that is not named must apply: run without its capability, it fails.
 //! 2. Invoke the macro at the crate root, with an expression that builds a fresh source (it is
 //!    evaluated inside each `#[tokio::test]`, so it may `.await`):
 //!
@@ -72,14 +74,17 @@ pub trait Source: Send + Sync {
 
     /// Publishes `bytes` with the checksum of `bytes`, announced (Content-Length or its
     /// equivalent) as `claimed_len` bytes, and ends the transfer after `bytes`. `false` if the
-    /// backend cannot express a cut-short transfer (the File fetcher reads a local file).
+    /// backend cannot express a cut-short transfer (the File fetcher reads a local file); it must
+    /// then name `truncated_transfer_is_detectable` as not applicable, or that check fails.
     fn publish_truncated(&self, bytes: &[u8], claimed_len: u64) -> bool;
 
     /// Makes the release (and its checksum and signature) disappear.
     fn remove(&self);
 
     /// Makes the source fail in the given way from now on, until [`clear_faults`]
-    /// (or, for one-shot faults, for the next request). `false`: not applicable to this backend.
+    /// (or, for one-shot faults, for the next request). `false`: not applicable to this backend
+    /// (at least one kind must apply, or the backend names
+    /// `source_errors_are_reported_and_recovered_from` as not applicable).
     ///
     /// [`clear_faults`]: Source::clear_faults
     fn fail_next(&self, kind: Failure) -> bool;
@@ -400,10 +405,11 @@ pub async fn unvouched_release_is_not_downloaded(src: &dyn Source) {
         Ok(None) => {}
         Ok(Some(release)) => {
             // Only the crate's File fetcher can be local (it alone carries a `LocalFile`).
-            if release.origin == Origin::Local && release.local_file.is_some() {
-                eprintln!("unvouched_release_is_not_downloaded: not applicable to a local source");
-                return;
-            }
+            assert!(
+                !(release.origin == Origin::Local && release.local_file.is_some()),
+                "a local release needs no download to be refused: name \
+                 unvouched_release_is_not_downloaded as not_applicable instead of letting it pass"
+            );
             assert!(
                 release.sha256.is_none() && release.signature.is_none(),
                 "no checksum was published, yet the release is vouched for: {release:?}"
@@ -564,10 +570,11 @@ pub async fn dropped_release_leaves_the_fetcher_usable(src: &dyn Source) {
 pub async fn truncated_transfer_is_detectable(src: &dyn Source) {
     let bytes = payload("truncated", PAYLOAD_LEN);
     let claimed = bytes.len() as u64 + 64 * 1024;
-    if !src.publish_truncated(&bytes, claimed) {
-        eprintln!("truncated_transfer_is_detectable: not applicable to this backend");
-        return;
-    }
+    assert!(
+        src.publish_truncated(&bytes, claimed),
+        "the source cannot cut a transfer short: name truncated_transfer_is_detectable as \
+         not_applicable (with the reason) instead of letting it pass"
+    );
     let (_f, r) = check_bounded(src.fetcher(), &unrelated_current(), "truncated").await;
     let mut release = match r {
         Err(e) => return assert_names_source(src, &e, "a truncated transfer"),
@@ -647,46 +654,105 @@ pub async fn source_errors_are_reported_and_recovered_from(src: &dyn Source) {
         .await;
         fetcher = f;
     }
+    assert!(
+        !applied.is_empty(),
+        "the source injected none of the faults: name source_errors_are_reported_and_recovered_from \
+         as not_applicable (with the reason) instead of letting it pass"
+    );
     eprintln!("source_errors_are_reported_and_recovered_from: exercised {applied:?}");
 }
 
+/// Every check of the suite, in the order the macro defines them. A backend's invocation of
+/// [`fetcher_conformance_tests!`] runs each one, or names it as not applicable with a reason.
+pub const ALL_CHECKS: [&str; 13] = [
+    "nothing_published_is_no_release",
+    "published_release_reads_back_exactly",
+    "release_without_checksum_reads_back_exactly",
+    "installed_release_is_not_offered",
+    "refused_release_is_not_downloaded_again",
+    "unvouched_release_is_not_downloaded",
+    "republished_identical_bytes_are_not_a_new_release",
+    "new_bytes_are_a_new_release",
+    "checksum_mismatch_is_surfaced",
+    "removed_release_is_no_release",
+    "dropped_release_leaves_the_fetcher_usable",
+    "truncated_transfer_is_detectable",
+    "source_errors_are_reported_and_recovered_from",
+];
+
 /// Defines one `#[tokio::test]` per conformance check, each with a fresh source built by `$make`
-/// (an expression, evaluated inside the test's async body). With `optional: $make`, `$make` is an
-/// `Option` of a source, and `None` skips the checks (for a source that needs an outside server).
+/// (an expression, evaluated inside the test's async body).
+///
+/// - `optional: $make`: `$make` is an `Option` of a source, and `None` skips the checks (for a
+///   source that needs an outside server; the source says why, see [`skip::skip_without`]).
+/// - `; not_applicable { check: "why", ... }` after the source: those checks are defined as
+///   `#[ignore = "why"]`, so `cargo test` lists them as ignored with the reason instead of
+///   passing them. A check the backend does not name here must apply in full: a capability it
+///   needs and the source lacks fails it.
+///
+/// ```ignore
+/// upshift_fetcher_conformance::fetcher_conformance_tests!(FileSource::new(); not_applicable {
+///     truncated_transfer_is_detectable: "a local file has no announced length but its own",
+/// });
+/// ```
 #[macro_export]
 macro_rules! fetcher_conformance_tests {
-    // A source that may be missing here: `$make` is an `Option`, and `None` (the source said why,
-    // see `skip::skip_without`) skips every check.
-    (optional: $make:expr) => {
-        $crate::fetcher_conformance_tests!(@all { let Some(source) = $make else { return }; source });
+    (optional: $make:expr $(; not_applicable { $($na:ident : $why:literal),* $(,)? })?) => {
+        $crate::__conformance_tests!(($) { let Some(source) = $make else { return }; source };
+            { $($($na : $why),*)? });
     };
-    ($make:expr) => {
-        $crate::fetcher_conformance_tests!(@all { $make });
+    ($make:expr $(; not_applicable { $($na:ident : $why:literal),* $(,)? })?) => {
+        $crate::__conformance_tests!(($) { $make }; { $($($na : $why),*)? });
     };
-    (@all $make:block) => {
-        $crate::fetcher_conformance_tests!(@tests $make;
-            nothing_published_is_no_release,
-            published_release_reads_back_exactly,
-            release_without_checksum_reads_back_exactly,
-            installed_release_is_not_offered,
-            refused_release_is_not_downloaded_again,
-            unvouched_release_is_not_downloaded,
-            republished_identical_bytes_are_not_a_new_release,
-            new_bytes_are_a_new_release,
-            checksum_mismatch_is_surfaced,
-            removed_release_is_no_release,
-            dropped_release_leaves_the_fetcher_usable,
-            truncated_transfer_is_detectable,
-            source_errors_are_reported_and_recovered_from,
-        );
-    };
-    (@tests $make:expr; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let source = $make;
-                $crate::$check(&source).await;
+}
+
+/// The body of [`fetcher_conformance_tests!`]: a local macro per invocation decides, check by
+/// check, whether it is run or ignored with its reason (`$d` is a `$` for the local macro).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    (($d:tt) $make:block; { $($na:ident : $why:literal),* }) => {
+        macro_rules! __conformance_test {
+            $(
+                ($na) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    #[ignore = $why]
+                    async fn $na() {}
+                };
+            )*
+            ($d check:ident) => {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $d check() {
+                    let source = $make;
+                    $crate::$d check(&source).await;
+                }
+            };
+        }
+        __conformance_test!(nothing_published_is_no_release);
+        __conformance_test!(published_release_reads_back_exactly);
+        __conformance_test!(release_without_checksum_reads_back_exactly);
+        __conformance_test!(installed_release_is_not_offered);
+        __conformance_test!(refused_release_is_not_downloaded_again);
+        __conformance_test!(unvouched_release_is_not_downloaded);
+        __conformance_test!(republished_identical_bytes_are_not_a_new_release);
+        __conformance_test!(new_bytes_are_a_new_release);
+        __conformance_test!(checksum_mismatch_is_surfaced);
+        __conformance_test!(removed_release_is_no_release);
+        __conformance_test!(dropped_release_leaves_the_fetcher_usable);
+        __conformance_test!(truncated_transfer_is_detectable);
+        __conformance_test!(source_errors_are_reported_and_recovered_from);
+
+        /// Every check not applicable here is one of the suite's: a misspelt name would
+        /// otherwise run the check it meant to excuse, or excuse nothing.
+        #[test]
+        fn not_applicable_names_are_checks_of_the_suite() {
+            let names: &[&str] = &[$(stringify!($na)),*];
+            for name in names {
+                assert!(
+                    $crate::ALL_CHECKS.contains(&name),
+                    "{name} is not a check of the conformance suite"
+                );
             }
-        )*
+        }
     };
 }
