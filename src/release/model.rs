@@ -215,7 +215,7 @@ impl ReleaseState {
             rejected: self
                 .refusals
                 .iter()
-                .filter(|r| r.expires.is_none_or(|t| now < t))
+                .filter(|r| r.expires.map_or(true, |t| now < t))
                 .map(|r| r.key.clone())
                 .collect(),
             requires_checksum: policy.require_checksum_for_remote || policy.require_signature,
@@ -379,7 +379,7 @@ impl ReleaseState {
     /// Raises the highest version accepted to `v`; it never goes down.
     fn accept_version(&mut self, v: &Version) {
         let highest = &mut self.persisted.highest_version;
-        if highest.as_ref().is_none_or(|h| v > h) {
+        if highest.as_ref().map_or(true, |h| v > h) {
             *highest = Some(v.clone());
         }
     }
@@ -468,7 +468,8 @@ impl ReleaseState {
     }
 
     fn forget_expired(&mut self, now: Instant) {
-        self.refusals.retain(|r| r.expires.is_none_or(|t| now < t));
+        self.refusals
+            .retain(|r| r.expires.map_or(true, |t| now < t));
     }
 }
 

@@ -21,6 +21,9 @@
 //! minisign -S -m app -t $'product:app\tversion:1.4.0\ttarget:x86_64-unknown-linux-gnu\tsha256:9f86…'
 //! ```
 
+// The format's fields are tab-separated: the example above shows real tabs, as they are signed.
+#![allow(clippy::tabs_in_doc_comments)]
+
 use std::fmt;
 
 use super::version::parse_version;
