@@ -1,19 +1,15 @@
 //! `upshift-publish`: see the crate documentation, or run `upshift-publish --help`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use upshift_publish::cli::{self, Command};
 
 fn main() -> ExitCode {
     let config = match cli::parse(std::env::args().skip(1)) {
-        Ok(Command::Help) => {
-            println!("{}", cli::usage());
-            return ExitCode::SUCCESS;
-        }
+        Ok(Command::Help) => return print(&format!("{}\n", cli::usage())),
         Ok(Command::Version) => {
-            println!("upshift-publish {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            return print(&format!("upshift-publish {}\n", env!("CARGO_PKG_VERSION")))
         }
         Ok(Command::Publish(config)) => config,
         Err(e) => {
@@ -49,13 +45,27 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(upshift_publish::publish(&config)) {
-        Ok(published) => {
-            print!("{published}");
-            ExitCode::SUCCESS
-        }
+        Ok(published) => print(&published.to_string()),
         Err(e) => {
             eprintln!("upshift-publish: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`upshift-publish --help | head`) is not an
+/// error: what it wanted, it read. `print!` would panic there.
+fn print(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("upshift-publish: writing to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }
