@@ -2,35 +2,13 @@
 //! and a `SHA256SUMS` list that is updated in place, keeping the lines of other files (the other
 //! platforms' builds published beside this one).
 
+use upshift::fetch::checksum::Entry;
+
 use crate::Error;
 
 /// The `NAME.sha256` sidecar: `sha256sum`'s output line (`HEX  NAME`).
 pub fn sidecar_text(sha256: &str, name: &str) -> String {
     format!("{sha256}  {name}\n")
-}
-
-fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// The file name a list line is about (`HEX  name`, `HEX *name`, `\HEX  name`,
-/// `SHA256 (name) = HEX`), reduced to its last path component as the fetchers do; `None` for a
-/// line that is not a sha256 entry (a comment, another algorithm).
-fn line_name(line: &str) -> Option<&str> {
-    let line = line.trim();
-    let name = if let Some(rest) = line.strip_prefix("SHA256 (") {
-        let (name, hex) = rest.rsplit_once(") = ")?;
-        is_digest(hex.trim()).then_some(name)?
-    } else {
-        let (hex, name) = line.split_once(char::is_whitespace)?;
-        let hex = hex.strip_prefix('\\').unwrap_or(hex);
-        if !is_digest(hex) {
-            return None;
-        }
-        let name = name.trim_start();
-        name.strip_prefix('*').unwrap_or(name)
-    };
-    Some(name.rsplit('/').next().unwrap_or(name))
 }
 
 /// `existing` (a `SHA256SUMS` list, or `None` for a new one) with the line for `name` set to
@@ -56,7 +34,8 @@ pub fn merge_sums(
     let mut out = String::with_capacity(text.len() + new_line.len());
     let mut placed = false;
     for line in text.lines() {
-        if line_name(line) == Some(name) {
+        // Read as every fetcher reads the list, so the line replaced is the one they would find.
+        if Entry::parse(line).is_some_and(|e| e.names(name)) {
             if !placed {
                 out.push_str(&new_line);
                 placed = true;
@@ -105,5 +84,21 @@ mod tests {
         let merged = merge_sums(Some(list.as_bytes()), "app-linux", A, "S").unwrap();
         assert_eq!(merged, format!("{B}  app-linux.tar.gz\n{A}  app-linux\n"));
         assert!(merge_sums(Some(&[0xff, 0xfe]), "x", A, "S").is_err());
+    }
+
+    /// What the publisher writes, every fetcher reads back: the sidecar, and a merged list whose
+    /// old line for the file (escaped, under `./`) is replaced rather than left to contradict.
+    #[test]
+    fn fetchers_read_what_is_written() {
+        use upshift::fetch::checksum::{sha256, Kind};
+        assert_eq!(
+            sha256(Kind::Sidecar, &sidecar_text(A, "app"), "app"),
+            Ok(A.into())
+        );
+        let old = format!("\\{B}  ./app\n\\{B}  ./a\\\\b\n{B}  other\n");
+        let merged = merge_sums(Some(old.as_bytes()), "app", A, "S").unwrap();
+        assert_eq!(sha256(Kind::List, &merged, "app"), Ok(A.into()));
+        assert_eq!(sha256(Kind::List, &merged, "a\\b"), Ok(B.into()));
+        assert_eq!(sha256(Kind::List, &merged, "other"), Ok(B.into()));
     }
 }

@@ -132,9 +132,9 @@ impl FileFetcher {
         self
     }
 
-    /// Whether to read `<path>.sha256` (default `true`). Its first token (as in `sha256sum`'s
-    /// `HEX  name`; `sha256sum --tag` is accepted too) becomes the release's expected sha256; a
-    /// malformed one fails the check.
+    /// Whether to read `<path>.sha256` (default `true`). Its digest (`sha256sum` output, plain,
+    /// `--tag` or escaped, or the bare hex; read by [`checksum`](super::checksum)'s sidecar rules)
+    /// becomes the release's expected sha256; a malformed one fails the check.
     ///
     /// ```no_run
     /// use upshift::fetch::FileFetcher;
@@ -632,24 +632,15 @@ async fn read_small(path: &Path) -> Result<Option<String>, FetchError> {
     Ok(text)
 }
 
-/// The digest in a `sha256sum` line (`HEX  name`, `\HEX  name`) or `--tag` line
-/// (`SHA256 (name) = HEX`), lower-cased.
+/// The digest in the `.sha256` sidecar at `path`, read as every fetcher reads one
+/// ([`checksum`](super::checksum)); errors name the sidecar.
 fn parse_sidecar(text: &str, path: &Path) -> Result<String, FetchError> {
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let token = match line.split_whitespace().next() {
-        Some("SHA256") => line.split_whitespace().last().unwrap_or(""),
-        Some(t) => t.strip_prefix('\\').unwrap_or(t),
-        None => "",
-    };
-    if token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(token.to_ascii_lowercase())
-    } else {
-        Err(FetchError::Source(format!(
-            "{}: expected a sha256 digest (64 hex digits, as `sha256sum` writes), found {:?}",
-            path.display(),
-            line.chars().take(80).collect::<String>()
-        )))
-    }
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    super::checksum::sha256(super::checksum::Kind::Sidecar, text, &name)
+        .map_err(|e| FetchError::Source(format!("{}: {e}", path.display())))
 }
 
 #[path = "file_trust.rs"]

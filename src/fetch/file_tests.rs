@@ -515,3 +515,43 @@ async fn tmp_and_files_of_other_users_are_refused() {
         .to_string();
     assert!(err.contains("directory"), "{err}");
 }
+
+/// The shared checksum table's sidecar rows, written as `app.sha256` and read by `check()`: the
+/// File fetcher answers every row as the other backends do.
+#[tokio::test]
+async fn the_shared_checksum_table() {
+    use crate::fetch::checksum::{table, ChecksumError, Kind};
+    let dir = TempDir::new("sumtable");
+    let path = dir.join(table::SIDECAR_NAME);
+    let side = dir.join("app.sha256");
+    std::fs::write(&path, b"content").unwrap();
+    for row in table::rows()
+        .into_iter()
+        .filter(|r| r.kind == Kind::Sidecar)
+    {
+        assert_eq!(
+            parse_sidecar(&row.document, &side).map_err(|e| e.to_string()),
+            row.expected
+                .clone()
+                .map_err(|e| format!("{}: {e}", side.display())),
+            "{}",
+            row.what
+        );
+        std::fs::write(&side, &row.document).unwrap();
+        let mut f = FileFetcher::new(&path).unwatched();
+        let res = timeout(BOUND, f.check(&current("0000"))).await.unwrap();
+        match (&row.expected, res) {
+            (Ok(h), Ok(Some(r))) => assert_eq!(r.sha256.as_ref(), Some(h), "{}", row.what),
+            // The fetcher reads at most 64 KiB of a side file.
+            (Err(ChecksumError::TooLarge { .. }), Err(e)) => {
+                assert!(e.to_string().contains("larger than"), "{}: {e}", row.what)
+            }
+            (Err(want), Err(e)) => {
+                let e = e.to_string();
+                assert!(e.contains(&want.to_string()), "{}: {e}", row.what);
+                assert!(e.contains(&side.display().to_string()), "{}: {e}", row.what);
+            }
+            (want, got) => panic!("{}: expected {want:?}, got {got:?}", row.what),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! minisign signature), the packaging ([`Format`]) and a byte stream. Backends: [`FileFetcher`] in
 //! this crate; `upshift-http`, `upshift-github` and `upshift-s3` as separate crates.
 
+pub mod checksum;
 mod file;
 pub mod transport;
 

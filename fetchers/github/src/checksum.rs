@@ -1,5 +1,7 @@
 //! Reading published checksums: GitHub's asset `digest`, `SHA256SUMS` lists, `<asset>.sha256`.
 
+use upshift::fetch::checksum::{self, ChecksumError, Kind};
+
 fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -11,55 +13,27 @@ pub(crate) fn from_digest(digest: &str) -> Option<String> {
     (algo.eq_ignore_ascii_case("sha256") && is_sha256_hex(hex)).then(|| hex.to_ascii_lowercase())
 }
 
-/// The file name a checksum line names, without `*` (binary mode) or a leading `./` or directory.
-fn base_name(name: &str) -> &str {
-    let name = name.trim().trim_start_matches('*');
-    name.rsplit('/').next().unwrap_or(name)
+/// The sha256 that a checksum list (`SHA256SUMS`, `*checksums.txt`) gives for `asset`, read as
+/// every upshift fetcher reads one ([`upshift::fetch::checksum`]). `Ok(None)` when this list
+/// gives it no sha256 (not listed, or only another algorithm's digest, as goreleaser's
+/// `checksums.txt` with sha512): the next source is asked. `Err` for a list that contradicts
+/// itself or cannot be read.
+pub(crate) fn from_list(text: &str, asset: &str) -> Result<Option<String>, String> {
+    match checksum::sha256(Kind::List, text, asset) {
+        Ok(digest) => Ok(Some(digest)),
+        Err(ChecksumError::NotListed { .. } | ChecksumError::Empty) => Ok(None),
+        Err(e @ ChecksumError::NotSha256 { .. }) => {
+            tracing::debug!(%asset, "checksum list passed over: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
-/// The sha256 that a checksum list (`sha256sum` output: `HEX  name` or `HEX *name`; or the BSD
-/// form `SHA256 (name) = HEX`) gives for `asset`.
-pub(crate) fn from_list(text: &str, asset: &str) -> Option<String> {
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("SHA256 (") {
-            if let Some((name, hex)) = rest.split_once(") = ") {
-                if base_name(name) == asset && is_sha256_hex(hex.trim()) {
-                    return Some(hex.trim().to_ascii_lowercase());
-                }
-            }
-            continue;
-        }
-        let mut parts = line.splitn(2, char::is_whitespace);
-        let (Some(hex), Some(name)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if is_sha256_hex(hex) && base_name(name) == asset {
-            return Some(hex.to_ascii_lowercase());
-        }
-    }
-    None
-}
-
-/// The sha256 in a `<asset>.sha256` file: its first token (`sha256sum` output, or the bare hex),
-/// or the BSD form. `Err` describes a file that holds no sha256.
-pub(crate) fn from_sidecar(text: &str) -> Result<String, String> {
-    let trimmed = text.trim();
-    if let Some(rest) = trimmed.strip_prefix("SHA256 (") {
-        if let Some((_, hex)) = rest.split_once(") = ") {
-            let hex = hex.split_whitespace().next().unwrap_or("");
-            if is_sha256_hex(hex) {
-                return Ok(hex.to_ascii_lowercase());
-            }
-        }
-    }
-    let first = trimmed.split_whitespace().next().unwrap_or("");
-    if is_sha256_hex(first) {
-        Ok(first.to_ascii_lowercase())
-    } else {
-        let shown: String = first.chars().take(80).collect();
-        Err(format!("holds no sha256 digest (starts with {shown:?})"))
-    }
+/// The sha256 in a `<asset>.sha256` file, read as every upshift fetcher reads one. `Err`
+/// describes a file that holds none.
+pub(crate) fn from_sidecar(text: &str, asset: &str) -> Result<String, String> {
+    checksum::sha256(Kind::Sidecar, text, asset).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -81,29 +55,33 @@ mod tests {
         assert_eq!(from_digest(""), None);
     }
 
+    /// Every document of the shared table, through the functions the fetcher reads checksum
+    /// assets with: the same answer as the other backends; a list that gives the asset no
+    /// sha256 is passed over (`None`) for the next source, as before.
     #[test]
-    fn lists() {
-        let text =
-            format!("{A}  app-linux.tar.gz\n{B} *./dist/app-mac.tar.gz\nSHA256 (app.zip) = {A}\n");
-        assert_eq!(from_list(&text, "app-linux.tar.gz"), Some(A.to_string()));
-        assert_eq!(
-            from_list(&text, "app-mac.tar.gz"),
-            Some(B.to_ascii_lowercase())
-        );
-        assert_eq!(from_list(&text, "app.zip"), Some(A.to_string()));
-        assert_eq!(from_list(&text, "app-linux"), None);
-        assert_eq!(from_list("garbage\n\n", "x"), None);
-    }
-
-    #[test]
-    fn sidecars() {
-        assert_eq!(from_sidecar(&format!("{A}  app\n")), Ok(A.to_string()));
-        assert_eq!(from_sidecar(&format!("{B}\n")), Ok(B.to_ascii_lowercase()));
-        assert_eq!(
-            from_sidecar(&format!("SHA256 (app) = {A}\n")),
-            Ok(A.to_string())
-        );
-        assert!(from_sidecar("not a digest").is_err());
-        assert!(from_sidecar("").is_err());
+    fn the_shared_checksum_table() {
+        use upshift::fetch::checksum::table;
+        for row in table::rows() {
+            let want = row.expected.clone();
+            match row.kind {
+                Kind::Sidecar => {
+                    let got = from_sidecar(&row.document, row.name);
+                    assert_eq!(got, want.map_err(|e| e.to_string()), "{}", row.what);
+                }
+                Kind::List => {
+                    let got = from_list(&row.document, row.name);
+                    let want = match want {
+                        Ok(h) => Ok(Some(h)),
+                        Err(
+                            ChecksumError::NotListed { .. }
+                            | ChecksumError::Empty
+                            | ChecksumError::NotSha256 { .. },
+                        ) => Ok(None),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    assert_eq!(got, want, "{}", row.what);
+                }
+            }
+        }
     }
 }

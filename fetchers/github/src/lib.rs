@@ -105,8 +105,11 @@ impl fmt::Debug for Token {
 ///   executable; checksum, signature and other files are never chosen. Or the one an
 ///   [`asset_pattern`](Self::asset_pattern) glob picks.
 /// * **Integrity.** The expected sha256 is GitHub's asset `digest` (`sha256:…`), else the line
-///   for the asset in a `SHA256SUMS` (or `*checksums.txt`) asset, else an `<asset>.sha256` asset;
-///   an `<asset>.minisig` asset is passed on as the signature.
+///   for the asset in a `SHA256SUMS` (or `*checksums.txt`) asset, else an `<asset>.sha256` asset,
+///   each read as every upshift fetcher reads one ([`upshift::fetch::checksum`]). A list that
+///   gives the asset no sha256 (no line for it, only a sha512) is passed over; one that gives it
+///   two different digests fails the check. An `<asset>.minisig` asset is passed on as the
+///   signature.
 /// * **Cost.** Each check is one conditional request; `304 Not Modified` (nothing changed) does
 ///   not count against GitHub's rate limit. An exhausted rate limit is
 ///   [`FetchError::RateLimited`] until GitHub's reset time (or its `Retry-After`), when that is
@@ -691,7 +694,12 @@ impl GithubFetcher {
                 .filter(|a| select::is_checksum_list(&a.name));
             for list in lists {
                 let text = self.small_asset(api, list).await?;
-                sha256 = checksum::from_list(&text, &asset.name);
+                sha256 = checksum::from_list(&text, &asset.name).map_err(|e| {
+                    api.error(
+                        &self.asset_path(list.id),
+                        format_args!("asset {}: {e}", list.name),
+                    )
+                })?;
                 if sha256.is_some() {
                     break;
                 }
@@ -702,7 +710,7 @@ impl GithubFetcher {
                 .or_else(|| find(&format!("{}.sha256sum", asset.name)));
             if let Some(side) = side {
                 let text = self.small_asset(api, side).await?;
-                let sha = checksum::from_sidecar(&text).map_err(|e| {
+                let sha = checksum::from_sidecar(&text, &asset.name).map_err(|e| {
                     api.error(
                         &self.asset_path(side.id),
                         format_args!("asset {}: {e}", side.name),

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use reqwest::Url;
+use upshift::fetch::checksum::Kind;
 use upshift::fetch::{Current, FetchError, Origin, Release};
 
 use crate::body::{self, Commit, Validators};
-use crate::checksum::{self, ChecksumKind};
+use crate::checksum;
 use crate::meta;
 use crate::request::{Doc, Getter, Got};
 use crate::{ChecksumSource, HttpFetcher, SignatureSource, SIDECAR_LIMIT, SUMS_LIMIT};
@@ -99,12 +100,12 @@ impl HttpFetcher {
         let mut file_request = FileRequest::Get(remembered.file.clone());
         if let Some((kind, url)) = match &self.checksum {
             ChecksumSource::None => None,
-            ChecksumSource::Sidecar(u) => Some((ChecksumKind::Sidecar, u)),
-            ChecksumSource::Sums(u) => Some((ChecksumKind::Sums, u)),
+            ChecksumSource::Sidecar(u) => Some((Kind::Sidecar, u)),
+            ChecksumSource::Sums(u) => Some((Kind::List, u)),
         } {
             let limit = match kind {
-                ChecksumKind::Sidecar => SIDECAR_LIMIT,
-                ChecksumKind::Sums => SUMS_LIMIT,
+                Kind::Sidecar => SIDECAR_LIMIT,
+                Kind::List => SUMS_LIMIT,
             };
             let conditional = remembered.checksum.as_ref();
             match getter
@@ -133,13 +134,7 @@ impl HttpFetcher {
                     self.memory().forget_checksum(seq);
                 }
                 Doc::Found { text, validators } => {
-                    let d = match kind {
-                        ChecksumKind::Sidecar => checksum::parse_sidecar(&text),
-                        ChecksumKind::Sums => {
-                            checksum::find_in_sums(&text, &meta::file_name(&self.url))
-                        }
-                    }
-                    .map_err(|e| FetchError::Source(format!("{}: {e}", meta::redact(url))))?;
+                    let d = checksum::published(kind, &text, url, &self.url)?;
                     let identity = format!("sha256:{d}");
                     if d.eq_ignore_ascii_case(&current.sha256)
                         || current.identity.as_deref() == Some(identity.as_str())

@@ -259,7 +259,9 @@ impl HttpFetcher {
     }
 
     /// Reads the expected sha256 from `url` instead of `<url>.sha256`: a `sha256sum` line
-    /// (`HEX  name`, `sha256sum --tag`'s `SHA256 (name) = HEX` too) or a bare digest. A relative
+    /// (`HEX  name`, `sha256sum --tag`'s `SHA256 (name) = HEX` too) or a bare digest, read by
+    /// [`upshift::fetch::checksum`]'s sidecar rules (its one digest whatever name it gives; with
+    /// several, the line naming the release's file). A relative
     /// `url` is resolved against the release URL. The default sidecar URL appends `.sha256` to
     /// the release URL's path (a query string stays as it is).
     ///
@@ -281,7 +283,8 @@ impl HttpFetcher {
 
     /// Reads the expected sha256 from a `SHA256SUMS` file (the output of `sha256sum *`) instead:
     /// the line whose file name is the last segment of the release URL's path. A relative `url`
-    /// is resolved against the release URL. A sums file without that line fails the check.
+    /// is resolved against the release URL. A sums file without that line, or with two different
+    /// digests for it, fails the check ([`upshift::fetch::checksum`]'s list rules).
     ///
     /// ```
     /// # fn main() -> Result<(), upshift::fetch::FetchError> {

@@ -8,7 +8,8 @@
 //! 1. the object's own S3 SHA256 checksum (uploaded with `--checksum-algorithm SHA256`) when it
 //!    is the sha256 of the file: a single-part upload's,
 //! 2. its user metadata `x-amz-meta-sha256` (lower- or upper-case hex),
-//! 3. a sidecar object, by default `<key>.sha256` (`sha256sum` output or bare hex),
+//! 3. a sidecar object, by default `<key>.sha256` (`sha256sum` output, plain, `--tag` or escaped,
+//!    or bare hex; read as every upshift fetcher reads one: [`upshift::fetch::checksum`]),
 //!
 //! A multipart upload's SHA256 checksum is a checksum of its parts' checksums, not the file's
 //! sha256, and is never used: the object is multipart when S3 says `x-amz-checksum-type:
@@ -703,13 +704,10 @@ impl S3Fetcher {
         let key = self.sidecar_key();
         match self.side_object(s3, endpoint, &key).await? {
             None => Ok(None),
-            Some(text) => digest::from_sidecar(&text).map(Some).ok_or_else(|| {
-                FetchError::Source(format!(
-                    "{}: not a sha256 digest (expected `sha256sum` output or 64 hex digits): {:?}",
-                    self.locate(&key),
-                    truncate(&text, 80)
-                ))
-            }),
+            Some(text) => {
+                let name = self.key.rsplit('/').next().unwrap_or(&self.key);
+                digest::from_sidecar(&text, &self.locate(&key), name).map(Some)
+            }
         }
     }
 
