@@ -15,11 +15,18 @@
 //! # }
 //! ```
 //!
-//! What a check costs: one conditional request (`If-None-Match` with the last ETag). While
-//! nothing is published GitHub answers `304 Not Modified` with no body, which does not count
-//! against the rate limit. Only a release that is newer than the running version, is not what is
-//! installed, and has an asset for this platform is downloaded, through the API's asset endpoint
-//! (GitHub redirects to its storage host; the token is not sent there).
+//! What a check costs: one conditional request (`If-None-Match` with the last ETag, sent back
+//! exactly as received: GitHub's are weak, `W/"…"`). While nothing is published GitHub answers
+//! `304 Not Modified` with no body. That `304` is free of the primary rate limit only with a
+//! token: GitHub exempts a conditional request "made while correctly authorized with an
+//! `Authorization` header". Without one, every poll, unchanged or not, is one of the 60 requests
+//! an hour GitHub allows an IP address, so an interval under a minute runs the limit out by
+//! polling alone; keep it at 2 minutes or more (30 an hour, leaving room for a release's
+//! downloads and other clients behind the same address; the default 5 minutes spends 12). With a
+//! token (5,000 an hour) an unchanged poll costs nothing. Every request carries a `User-Agent`
+//! (GitHub refuses requests without one). Only a release that is newer than the running version,
+//! is not what is installed, and has an asset for this platform is downloaded, through the API's
+//! asset endpoint (GitHub redirects to its storage host; the token is not sent there).
 //!
 //! # Transport
 //!
@@ -86,7 +93,8 @@ impl fmt::Debug for Token {
 /// Polls a repository's GitHub Releases and offers the newest release's asset for this platform.
 ///
 /// * **Which release.** By default the latest stable release (`GET
-///   /repos/{owner}/{repo}/releases/latest`: GitHub's newest non-draft, non-prerelease one). With
+///   /repos/{owner}/{repo}/releases/latest`: GitHub's newest non-draft, non-prerelease one by
+///   `created_at`, the date of the tagged commit, not the date it was published). With
 ///   [`prereleases(true)`](Self::prereleases) or a [`tag_pattern`](Self::tag_pattern), the release
 ///   list is read instead (following its `Link` pages, up to 1,000 releases) and the release whose
 ///   tag is the highest semantic version wins; tags that are not versions are skipped there.
@@ -110,10 +118,13 @@ impl fmt::Debug for Token {
 ///   gives the asset no sha256 (no line for it, only a sha512) is passed over; one that gives it
 ///   two different digests fails the check. An `<asset>.minisig` asset is passed on as the
 ///   signature.
-/// * **Cost.** Each check is one conditional request; `304 Not Modified` (nothing changed) does
-///   not count against GitHub's rate limit. An exhausted rate limit is
-///   [`FetchError::RateLimited`] until GitHub's reset time (or its `Retry-After`), when that is
-///   at most an hour away; a longer one is a [`FetchError::Source`] that says when it resets.
+/// * **Cost.** Each check is one conditional request. With a [`token`](Self::token), `304 Not
+///   Modified` (nothing changed) does not count against GitHub's rate limit; without one it
+///   counts like any request, one of 60 an hour (see the [crate docs](crate) for the interval
+///   that leaves). An exhausted rate limit (GitHub answers `403` or `429`) is
+///   [`FetchError::RateLimited`] until GitHub's reset time (`x-ratelimit-reset`, or its
+///   `Retry-After`), when that is at most an hour away; a longer one is a [`FetchError::Source`]
+///   that says when it resets.
 /// * **Bounds.** API documents are read up to 32 MiB each (10 pages of releases at most),
 ///   checksum lists, `.sha256` and `.minisig` assets up to 1 MiB, each within `timeout`; the
 ///   release body is streamed, cut after `timeout` without data and by the master's
@@ -368,8 +379,10 @@ impl GithubFetcher {
         self
     }
 
-    /// How often to check ([`Fetcher::interval`]). Default 5 minutes: unauthenticated clients get
-    /// 60 requests an hour, and a `304` does not count against that.
+    /// How often to check ([`Fetcher::interval`]). Default 5 minutes. Without a token every
+    /// check costs one of GitHub's 60 requests an hour, even when answered `304`: under 60 s the
+    /// limit runs out by polling alone, and 2 minutes or more leaves room for downloads (a
+    /// warning is logged at startup below a minute). With a token an unchanged check is free.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), upshift::fetch::FetchError> {
@@ -871,13 +884,52 @@ impl Fetcher for GithubFetcher {
         self.api = None;
         transport::check_api_base(policy, &self.api_base, self.token.is_some())?;
         upshift::fetch::transport::warn_without_key(policy, &self.name);
+        if let Some(per_hour) =
+            unauthenticated_polls_over_limit(self.token.is_some(), self.interval)
+        {
+            tracing::warn!(
+                fetcher = %self.name,
+                interval = ?self.interval,
+                polls_per_hour = per_hour,
+                "without a token every poll, even an unchanged 304, costs one of GitHub's 60 \
+                 requests an hour: this interval uses the limit up and the checks will be rate \
+                 limited; set GITHUB_TOKEN or an interval of 2 minutes or more"
+            );
+        }
         Ok(())
     }
+}
+
+/// GitHub's primary rate limit for unauthenticated requests, per hour and IP address.
+const UNAUTHENTICATED_PER_HOUR: u64 = 60;
+
+/// The polls an hour at `interval`, when they exceed what GitHub allows without a token: then
+/// every poll, `304` included, counts against the limit (GitHub exempts only authorized
+/// conditional requests).
+fn unauthenticated_polls_over_limit(has_token: bool, interval: Duration) -> Option<u64> {
+    let per_hour = 3_600_000u64
+        .checked_div(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(u64::MAX);
+    (!has_token && per_hour > UNAUTHENTICATED_PER_HOUR).then_some(per_hour)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polling_faster_than_a_minute_without_a_token_is_over_the_limit() {
+        let over = |token, secs| unauthenticated_polls_over_limit(token, Duration::from_secs(secs));
+        assert_eq!(over(false, 30), Some(120));
+        assert_eq!(over(false, 59), Some(61));
+        assert_eq!(over(false, 60), None);
+        assert_eq!(over(false, 300), None);
+        assert_eq!(over(true, 1), None);
+        assert_eq!(
+            unauthenticated_polls_over_limit(false, Duration::ZERO),
+            Some(u64::MAX)
+        );
+    }
 
     impl GithubFetcher {
         /// With the opt-in for a plain loopback API base, as `Upgrader::run` would hand over.

@@ -6,106 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_full, sha256_hex, Fixture, Logged, Repo, TestDir};
+use common::setup::{asset, body, check, found, none, nothing_installed, Setup, RUNNING};
+use common::{http_full, sha256_hex, Logged};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
-use upshift::fetch::{Current, FetchError, Fetcher, Format, Release};
+use upshift::fetch::{Current, FetchError, Format};
 use upshift_fetcher_conformance::Loopback;
 use upshift_github::{GithubFetcher, TARGET};
-
-const OWNER: &str = "acme";
-const REPO: &str = "app";
-
-/// The fixture, its data dir and the repository in it.
-struct Setup {
-    fixture: Fixture,
-    repo: Repo,
-    _dir: TestDir,
-}
-
-impl Setup {
-    fn new(args: &[&str]) -> Setup {
-        let dir = TestDir::new("spec");
-        let repo = Repo::new(dir.path(), OWNER, REPO);
-        Setup {
-            fixture: Fixture::start(dir.path(), args),
-            repo,
-            _dir: dir,
-        }
-    }
-
-    fn fetcher(&self) -> GithubFetcher {
-        GithubFetcher::new(&format!("{OWNER}/{REPO}"))
-            .expect("valid repository name")
-            .api_base(&self.fixture.api)
-            .loopback()
-            .timeout(Duration::from_secs(5))
-    }
-
-    /// Publishes `tag` with one asset for this target holding `bytes`; `created` orders releases
-    /// (`2025-01-01T00:00:00Z`).
-    fn release(&self, tag: &str, created: &str, extra: serde_json::Value, bytes: &[u8]) {
-        let mut meta = json!({ "created_at": created, "published_at": created });
-        if let (Some(m), Some(e)) = (meta.as_object_mut(), extra.as_object()) {
-            m.extend(e.clone());
-        }
-        self.repo.meta(tag, meta);
-        self.repo.file(tag, &asset(), bytes);
-    }
-
-    fn log_since(&self, before: usize) -> Vec<Logged> {
-        self.fixture.log().into_iter().skip(before).collect()
-    }
-}
-
-fn asset() -> String {
-    format!("app-{TARGET}")
-}
-
-/// The version floor of a host that installed nothing yet: the running build's version, older
-/// than every release published here.
-const RUNNING: &str = "0.0.1";
-
-fn nothing_installed() -> Current {
-    Current {
-        sha256: sha256_hex(b"not any published build"),
-        identity: None,
-        version: Some(RUNNING.into()),
-        rejected: Vec::new(),
-        requires_checksum: false,
-    }
-}
-
-async fn check(f: &mut GithubFetcher, current: &Current) -> Result<Option<Release>, FetchError> {
-    tokio::time::timeout(Duration::from_secs(30), f.check(current))
-        .await
-        .expect("check() returned within 30 s")
-}
-
-async fn found(f: &mut GithubFetcher, current: &Current) -> Release {
-    match check(f, current).await {
-        Ok(Some(r)) => r,
-        Ok(None) => panic!("expected a release, got none"),
-        Err(e) => panic!("expected a release, got the error: {e}"),
-    }
-}
-
-async fn none(f: &mut GithubFetcher, current: &Current, what: &str) {
-    match check(f, current).await {
-        Ok(None) => {}
-        Ok(Some(r)) => panic!("{what}: expected no release, got {r:?}"),
-        Err(e) => panic!("{what}: expected no release, got the error: {e}"),
-    }
-}
-
-async fn body(release: &mut Release) -> Vec<u8> {
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), release.body.read_to_end(&mut out))
-        .await
-        .expect("body read within 30 s")
-        .expect("body reads without error");
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_stable_is_chosen_over_a_newer_prerelease() {
@@ -462,9 +368,19 @@ async fn an_unchanged_poll_is_one_304_with_no_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_rate_limit_is_rate_limited_until_the_reset() {
     let window = 600u64;
-    let s = Setup::new(&["--rate-limit", "3", "--rate-window", &window.to_string()]);
+    let token = "ghp_rateLimitToken";
+    let s = Setup::new(&[
+        "--rate-limit",
+        "3",
+        "--rate-window",
+        &window.to_string(),
+        "--token",
+        token,
+    ]);
     s.release("v1.0.0", "2025-01-01T00:00:00Z", json!({}), b"one");
-    let mut f = s.fetcher();
+    // Authorized: GitHub exempts only an authorized request's 304 from the rate limit (see
+    // github_rules.rs for the unauthenticated case).
+    let mut f = s.fetcher().token(token);
     let mut r = found(&mut f, &nothing_installed()).await; // latest + asset: 2 of 3 used
     body(&mut r).await;
     let installed = Current {
@@ -474,7 +390,7 @@ async fn an_exhausted_rate_limit_is_rate_limited_until_the_reset() {
         rejected: Vec::new(),
         requires_checksum: false,
     };
-    // 304s do not count: with 1 request left, five unchanged polls still succeed.
+    // Authorized 304s do not count: with 1 request left, five unchanged polls still succeed.
     for _ in 0..5 {
         none(&mut f, &installed, "unchanged, near the limit").await;
     }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test crate uses part of this
 
+pub mod setup;
+
 /// The root package's `hello` example as a self-upgrading server under test.
 /// The hello end-to-end harness, shared by every fetcher crate.
 // Only the hello_upgrade test uses it.
@@ -155,6 +157,9 @@ pub struct Logged {
     pub path: String,
     pub had_authorization: bool,
     pub if_none_match: bool,
+    /// The `If-None-Match` value as sent.
+    pub if_none_match_value: Option<String>,
+    pub user_agent: Option<String>,
     pub status: u16,
     pub body_bytes: u64,
 }
@@ -289,6 +294,8 @@ impl Fixture {
                     path: v["path"].as_str().unwrap_or_default().to_string(),
                     had_authorization: v["had_authorization"].as_bool().unwrap_or(false),
                     if_none_match: v["if_none_match"].as_bool().unwrap_or(false),
+                    if_none_match_value: v["if_none_match_value"].as_str().map(str::to_string),
+                    user_agent: v["user_agent"].as_str().map(str::to_string),
                     status: v["status"].as_u64().unwrap_or(0) as u16,
                     body_bytes: v["body_bytes"].as_u64().unwrap_or(0),
                 }
@@ -308,7 +315,7 @@ impl Drop for Fixture {
 }
 
 /// A blocking HTTP/1.1 request (`Connection: close`), bounded by a 10 s socket timeout: the
-/// status and the body as text. Headers as (name, value).
+/// status and the body as text. Headers as (name, value); a `User-Agent` unless they name one.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -334,6 +341,13 @@ pub fn http_full(
     let mut req = format!(
         "{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
     );
+    // GitHub refuses a request without a User-Agent, and so does the fixture.
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+    {
+        req.push_str("User-Agent: upshift-github-tests\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
