@@ -57,20 +57,30 @@ fn build_hello(profile_dir: &Path) {
         cmd.arg("--target-dir").arg(target_dir);
     }
     eprintln!("building the hello example: {cmd:?}");
+    run_bounded(
+        &mut cmd,
+        "building the hello example",
+        Duration::from_secs(900),
+    );
+}
+
+/// Runs `cmd` (stdin closed) to its end, failing the test if it fails or outlives `timeout`
+/// (then it is killed).
+pub fn run_bounded(cmd: &mut Command, what: &str, timeout: Duration) {
     let mut child = cmd
         .stdin(Stdio::null())
         .spawn()
-        .expect("spawn cargo to build the hello example");
-    let deadline = Instant::now() + Duration::from_secs(900);
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let deadline = Instant::now() + timeout;
     loop {
-        if let Some(st) = child.try_wait().expect("wait for cargo") {
-            assert!(st.success(), "building the hello example failed: {st}");
+        if let Some(st) = child.try_wait().expect("wait for a child") {
+            assert!(st.success(), "{what} failed: {st}");
             return;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("building the hello example took over 900 s");
+            panic!("{what} took over {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -2,9 +2,9 @@
 //! than the sources.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The path of a built example: the test binary lives in `target/<profile>/deps/`, examples in
 /// `target/<profile>/examples/`.
@@ -100,27 +100,7 @@ fn build_example(profile_dir: &Path, name: &str) {
     );
 }
 
-/// Runs `cmd` (stdin closed) to its end, failing the test if it fails or outlives `timeout`
-/// (then it is killed).
-pub fn run_bounded(cmd: &mut Command, what: &str, timeout: Duration) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait for a child") {
-            assert!(st.success(), "{what} failed: {st}");
-            return;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} took over {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub use upshift_fetcher_conformance::hello::run_bounded;
 
 /// The fixture example.
 pub fn fixture_path() -> PathBuf {
