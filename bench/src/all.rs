@@ -1,28 +1,45 @@
-//! `upshift-bench all`: every scenario with its defaults, one after the other, in one Markdown
-//! document: the one command behind BENCHMARKS.md.
+//! `upshift-bench all`: every scenario with its defaults, one after the other, in one run; it
+//! writes BENCHMARKS.md (the summary) and `bench/results/<scenario>.{md,json}` (each full report
+//! and its raw data) itself, so that every figure in them comes from that run.
 //!
 //! `soak` (1,000 restarts, several minutes) runs only with `--soak`. A scenario that cannot be
 //! performed is reported in place and the others still run; the exit status says whether all ran.
+//! A work tree with uncommitted changes is refused unless `--allow-dirty`: figures must be tied
+//! to a commit.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::provenance::Source;
 use crate::scenarios::{self, Scenario};
+use crate::summary::{Ran, Run};
 
 /// Scenarios left out unless asked for, with the flag that asks.
 const LONG: &[(&str, &str)] = &[("soak", "--soak")];
 
 pub fn usage() -> String {
     "usage: cargo run --release -p upshift-bench -- all [--soak] [--only a,b,...]\n\n\
-     Runs every scenario with its defaults and prints one Markdown document (progress on stderr).\n\
+     Runs every scenario with its defaults, then writes <out>/BENCHMARKS.md (the summary) and\n\
+     <out>/bench/results/<scenario>.md and .json (full reports, raw data). Progress on stderr.\n\
      --soak            also run `soak` (1,000 restarts under load; several minutes)\n\
-     --only a,b,...    run only these scenarios, in the listed order"
+     --only a,b,...    run only these scenarios, in the listed order\n\
+     --out DIR         where to write (default: the workspace root)\n\
+     --allow-dirty     run even if the work tree differs from its commit (the summary says so)"
         .to_string()
 }
 
-/// Runs the scenarios; `Err` carries the document too when at least one could not be performed.
+/// Whether an error from [`run`] is about the command line (the usage is then worth printing).
+pub fn is_usage_error(e: &str) -> bool {
+    e.starts_with("unknown ") || e.contains(" needs ")
+}
+
+/// Runs the scenarios and writes the files; `Ok` names what was written, `Err` carries it too
+/// when at least one scenario could not be performed.
 pub fn run(args: &[String]) -> Result<String, (String, String)> {
     let mut with_long: Vec<&str> = Vec::new();
     let mut only: Option<Vec<String>> = None;
+    let mut out: PathBuf = crate::builds::workspace_root();
+    let mut allow_dirty = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -31,6 +48,11 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
                 Some(v) => only = Some(v.split(',').map(|s| s.trim().to_string()).collect()),
                 None => return Err((String::new(), "--only needs a list of scenarios".into())),
             },
+            "--out" => match it.next() {
+                Some(v) => out = PathBuf::from(v),
+                None => return Err((String::new(), "--out needs a directory".into())),
+            },
+            "--allow-dirty" => allow_dirty = true,
             "-h" | "--help" => return Err((String::new(), String::new())),
             other => return Err((String::new(), format!("unknown option {other:?}"))),
         }
@@ -56,39 +78,87 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
             .collect(),
     };
 
-    let mut doc = String::from("# upshift-bench all\n\n");
-    let mut failed = Vec::new();
+    let source_before = Source::capture();
+    if source_before.dirty && !allow_dirty {
+        return Err((
+            String::new(),
+            format!(
+                "the work tree is not its commit ({}; {}): BENCHMARKS.md must come from a \
+                 commit. Commit or stash the changes, or pass --allow-dirty",
+                source_before.line(),
+                source_before.changed.join(", ")
+            ),
+        ));
+    }
+    let started = crate::report::chrono_free_now();
+    let mut ran = Vec::new();
     for sc in chosen {
-        let started = Instant::now();
+        let t0 = Instant::now();
         eprintln!("upshift-bench all: {} ...", sc.name);
-        let opts = match crate::opts::Opts::parse(&[], scenarios::specs(sc)) {
-            Ok(o) => o,
-            Err(e) => {
-                failed.push(format!("{}: {e}", sc.name));
-                continue;
-            }
-        };
-        match (sc.run)(&opts) {
-            Ok(report) => doc.push_str(&format!("{report}\n")),
-            Err(e) => {
-                if crate::procs::interrupted() {
-                    return Err((doc, "interrupted".into()));
-                }
-                doc.push_str(&format!(
-                    "## {}\n\n**Could not be performed:** {e}\n\n",
-                    sc.name
-                ));
-                failed.push(format!("{}: {e}", sc.name));
-            }
+        crate::provenance::begin_scenario();
+        let cpu = crate::machine::CpuWindow::start();
+        let outcome =
+            crate::opts::Opts::parse(&[], scenarios::specs(sc)).and_then(|opts| (sc.run)(&opts));
+        if outcome.is_err() && crate::procs::interrupted() {
+            return Err((String::new(), "interrupted".into()));
         }
-        eprintln!(
-            "upshift-bench all: {} done in {:.0} s",
-            sc.name,
-            started.elapsed().as_secs_f64()
-        );
+        let seconds = t0.elapsed().as_secs_f64();
+        eprintln!("upshift-bench all: {} done in {seconds:.0} s", sc.name);
+        ran.push(Ran {
+            name: sc.name,
+            seconds,
+            others_cpus: cpu.others_cpus_unrecorded(),
+            outcome,
+        });
     }
+    let source_after = Source::capture();
+    let mut command = String::from("cargo run --release -p upshift-bench -- all");
+    for a in args {
+        command.push(' ');
+        command.push_str(a);
+    }
+    let summary = crate::summary::render(&Run {
+        command,
+        started,
+        finished: crate::report::chrono_free_now(),
+        source_before: &source_before,
+        source_after: &source_after,
+        machine: crate::machine::one_line(),
+        ran: &ran,
+    });
+    let written = write(&out, &summary, &ran).map_err(|e| (String::new(), e))?;
+    let failed: Vec<String> = ran
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.name)))
+        .collect();
     match failed.is_empty() {
-        true => Ok(doc),
-        false => Err((doc, failed.join("; "))),
+        true => Ok(written),
+        false => Err((written, failed.join("; "))),
     }
+}
+
+/// Writes BENCHMARKS.md and each scenario's report and JSON under `out`; returns what it wrote.
+fn write(out: &Path, summary: &str, ran: &[Ran]) -> Result<String, String> {
+    let results = out.join("bench/results");
+    std::fs::create_dir_all(&results)
+        .map_err(|e| format!("cannot create {}: {e}", results.display()))?;
+    let put = |path: PathBuf, text: &str| {
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    let mut written = Vec::new();
+    for r in ran {
+        let Ok(rep) = &r.outcome else { continue };
+        let json_name = format!("{}.json", r.name);
+        put(
+            results.join(format!("{}.md", r.name)),
+            &rep.markdown(Some(&json_name)),
+        )?;
+        let json = serde_json::to_string_pretty(&rep.json(r.name, r.others_cpus))
+            .map_err(|e| format!("cannot encode {json_name}: {e}"))?;
+        put(results.join(&json_name), &json)?;
+        written.push(format!("bench/results/{}.{{md,json}}", r.name));
+    }
+    put(out.join("BENCHMARKS.md"), summary)?;
+    written.insert(0, out.join("BENCHMARKS.md").display().to_string());
+    Ok(format!("wrote {}\n", written.join(", ")))
 }

@@ -13,33 +13,6 @@ pub fn workspace_root() -> PathBuf {
     here.parent().unwrap_or(here).to_path_buf()
 }
 
-/// The workspace's git commit, and whether tracked files had uncommitted changes: the `hello`
-/// builds are made from the work tree as it is.
-pub fn source_line() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(workspace_root())
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(head) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("git {head} with uncommitted changes")
-            } else {
-                format!("git {head}")
-            }
-        }
-        None => "not a git checkout".into(),
-    }
-}
-
 /// `5.4 MiB`, or `5.4–5.5 MiB` when the files differ in size.
 pub fn sizes(paths: &[PathBuf]) -> String {
     let mib: Vec<f64> = paths
@@ -163,6 +136,7 @@ pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
             ));
         }
         previous = Some(bytes);
+        crate::provenance::record_build(&format!("hello BUILD_ID={id}"), &dest)?;
         eprintln!(
             "upshift-bench: built hello BUILD_ID={id} in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -216,6 +190,7 @@ fn build_one(what: &[&str], name: &str, fallback: PathBuf, out: &Path) -> Result
     let dest = out.join(name);
     std::fs::copy(&built, &dest)
         .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), dest.display()))?;
+    crate::provenance::record_build(name, &dest)?;
     eprintln!(
         "upshift-bench: built {name} in {:.1} s",
         started.elapsed().as_secs_f64()

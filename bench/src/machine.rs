@@ -110,6 +110,13 @@ impl CpuWindow {
     /// Average CPUs used by other processes over the window; call it once everything the
     /// window started has been reaped.
     pub fn others_cpus(&self) -> f64 {
+        let cpus = self.others_cpus_unrecorded();
+        crate::provenance::record_others_cpus(cpus);
+        cpus
+    }
+
+    /// The same figure, not recorded as one of the scenario's runs: the whole scenario's.
+    pub fn others_cpus_unrecorded(&self) -> f64 {
         let busy = machine_busy_secs() - self.busy;
         let ours = our_cpu_secs() - self.ours;
         let secs = self.at.elapsed().as_secs_f64();

@@ -6,8 +6,10 @@
 //!
 //! Each scenario builds what it needs (the `hello` example, with distinct `BUILD_ID`s), starts
 //! real processes on 127.0.0.1, drives them with `wrk`, and prints a Markdown report: the command
-//! that produced it, the machine, a table per run, medians with ranges, the raw per-run numbers
-//! and a verdict against the targets. Progress goes to stderr, the report to stdout.
+//! that produced it, the machine, the source (commit, and a hash of any uncommitted change), a
+//! table per run, medians with ranges, the raw per-run numbers and a verdict against the issue's
+//! targets. Progress goes to stderr, the report to stdout. `all` runs every scenario and writes
+//! BENCHMARKS.md and `bench/results/` itself. A lock file (`lock.rs`) keeps two runs apart.
 //!
 //! Exit status: 0 when every run was performed (whether or not targets were met), 1 when a run
 //! could not be performed (a build failed, the server did not come up, wrk failed), 2 on a usage
@@ -22,6 +24,7 @@ mod builds;
 mod firstanswer;
 mod hello;
 mod httpget;
+mod lock;
 mod logtime;
 mod machine;
 mod nginx;
@@ -31,11 +34,13 @@ mod phases;
 mod prober;
 mod procfs;
 mod procs;
+mod provenance;
 mod release;
 mod report;
 mod s3;
 mod scenarios;
 mod stats;
+mod summary;
 mod sysfault;
 mod wrk;
 
@@ -52,6 +57,17 @@ fn main() -> ExitCode {
         println!("{}", usage());
         return ExitCode::SUCCESS;
     }
+    let wants_help = args.iter().any(|a| a == "-h" || a == "--help");
+    let _lock = match wants_help {
+        true => None,
+        false => match lock::acquire() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("upshift-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     if name == "all" {
         return match all::run(&args[1..]) {
             Ok(doc) => {
@@ -62,9 +78,13 @@ fn main() -> ExitCode {
                 println!("{}", all::usage());
                 ExitCode::SUCCESS
             }
-            Err((doc, e)) if doc.is_empty() => {
+            Err((doc, e)) if doc.is_empty() && all::is_usage_error(&e) => {
                 eprintln!("upshift-bench all: {e}\n\n{}", all::usage());
                 ExitCode::from(2)
+            }
+            Err((doc, e)) if doc.is_empty() => {
+                eprintln!("upshift-bench all: {e}");
+                ExitCode::FAILURE
             }
             Err((doc, e)) => {
                 print!("{doc}");
@@ -92,6 +112,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    provenance::begin_scenario();
     match (scenario.run)(&opts) {
         Ok(report) => {
             print!("{report}");

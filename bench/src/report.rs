@@ -2,6 +2,10 @@
 
 use std::fmt::Write as _;
 
+use serde::Serialize;
+
+use crate::provenance::{Built, Source};
+
 /// A Markdown table.
 pub struct Table {
     header: Vec<String>,
@@ -35,24 +39,74 @@ impl Table {
     }
 }
 
-/// A report: a title, the command, the machine, then sections in order.
+/// How a scenario's result stands against its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Status {
+    Met,
+    Missed,
+    /// A figure with no target (startup time, say): reported, not judged.
+    NoTarget,
+}
+
+impl Status {
+    pub fn met_if(met: bool) -> Status {
+        if met {
+            Status::Met
+        } else {
+            Status::Missed
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Met => "**met**",
+            Status::Missed => "**missed**",
+            Status::NoTarget => "no target",
+        }
+    }
+}
+
+/// One row of the verdict table: a target, what was measured against it, and the outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub target: String,
+    pub measured: String,
+    pub status: Status,
+}
+
+/// A report: a title, the command, the machine, the source, then sections in order. Tables
+/// marked with [`Report::summary_table`] and the [`Report::verdict`] rows also go to
+/// BENCHMARKS.md; the raw lines go to the scenario's JSON.
 pub struct Report {
+    pub title: String,
+    pub command: String,
+    pub machine: String,
+    pub source: Source,
+    pub finished: String,
     text: String,
+    summary: Vec<String>,
+    verdicts: Vec<Verdict>,
+    raw: Vec<String>,
+    built: Vec<Built>,
+    others_cpus: Vec<f64>,
 }
 
 impl Report {
     pub fn new(title: &str, command: &str) -> Report {
-        let mut text = String::new();
-        let _ = writeln!(text, "## {title}\n");
-        let _ = writeln!(text, "Command: `{command}`\n");
-        let _ = writeln!(text, "Machine: {}\n", crate::machine::one_line());
-        let _ = writeln!(
-            text,
-            "Source: {}, {}\n",
-            crate::builds::source_line(),
-            chrono_free_now()
-        );
-        Report { text }
+        let (built, others_cpus) = crate::provenance::scenario_record();
+        Report {
+            title: title.to_string(),
+            command: command.to_string(),
+            machine: crate::machine::one_line(),
+            source: Source::capture(),
+            finished: chrono_free_now(),
+            text: String::new(),
+            summary: Vec::new(),
+            verdicts: Vec::new(),
+            raw: Vec::new(),
+            built,
+            others_cpus,
+        }
     }
 
     pub fn heading(&mut self, h: &str) {
@@ -67,15 +121,158 @@ impl Report {
         let _ = writeln!(self.text, "{}", t.render());
     }
 
-    /// A fenced block of raw numbers.
+    /// A table under its own heading, which also stands for the scenario in BENCHMARKS.md.
+    pub fn summary_table(&mut self, heading: &str, t: &Table) {
+        self.heading(heading);
+        self.table(t);
+        self.summary
+            .push(format!("**{heading}**\n\n{}", t.render()));
+    }
+
+    /// A row of the verdict table (it also goes into this report as a line).
+    pub fn verdict(&mut self, target: &str, measured: String, status: Status) {
+        let _ = writeln!(
+            self.text,
+            "- Target: {target}. Measured: {measured}. Result: {}.\n",
+            status.label()
+        );
+        self.verdicts.push(Verdict {
+            target: target.to_string(),
+            measured,
+            status,
+        });
+    }
+
+    /// Raw numbers, one record a line (`key=value ...`): a fenced block in this report when it is
+    /// printed alone, and records in the scenario's JSON.
     pub fn raw(&mut self, lines: &[String]) {
-        let _ = writeln!(self.text, "```text\n{}\n```\n", lines.join("\n"));
+        let _ = writeln!(self.text, "\u{0}RAW{}\n", self.raw.len());
+        self.raw.push(lines.join("\n"));
+    }
+
+    pub fn verdicts(&self) -> &[Verdict] {
+        &self.verdicts
+    }
+
+    pub fn summary(&self) -> &[String] {
+        &self.summary
+    }
+
+    pub fn built(&self) -> &[Built] {
+        &self.built
+    }
+
+    /// The report in Markdown; the raw blocks inline, or replaced by a pointer to `json`.
+    pub fn markdown(&self, json: Option<&str>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "## {}\n", self.title);
+        let _ = writeln!(out, "Command: `{}`\n", self.command);
+        let _ = writeln!(out, "Machine: {}\n", self.machine);
+        let _ = writeln!(out, "Source: {}, {}\n", self.source.line(), self.finished);
+        let mut rest = self.text.as_str();
+        while let Some(at) = rest.find("\u{0}RAW") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 4..];
+            let end = after.find('\n').unwrap_or(after.len());
+            let k: usize = after[..end].parse().unwrap_or(usize::MAX);
+            match (json, self.raw.get(k)) {
+                (None, Some(block)) => {
+                    let _ = writeln!(out, "```text\n{block}\n```");
+                }
+                (Some(file), Some(_)) => {
+                    let _ = writeln!(out, "(Raw numbers: `{file}`.)");
+                }
+                (_, None) => {}
+            }
+            rest = &after[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Everything in the report as JSON, the raw lines parsed into records.
+    pub fn json(&self, scenario: &str, scenario_others_cpus: f64) -> serde_json::Value {
+        let raw: Vec<serde_json::Value> = self
+            .raw
+            .iter()
+            .flat_map(|block| block.lines().map(parse_raw_line).collect::<Vec<_>>())
+            .collect();
+        serde_json::json!({
+            "scenario": scenario,
+            "title": self.title,
+            "command": self.command,
+            "machine": self.machine,
+            "source": self.source,
+            "finished": self.finished,
+            "others_cpus_over_scenario": finite(scenario_others_cpus),
+            "others_cpus_per_run": self.others_cpus.iter().map(|v| finite(*v)).collect::<Vec<_>>(),
+            "built": self.built,
+            "verdicts": self.verdicts,
+            "raw": raw,
+        })
     }
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.markdown(None))
+    }
+}
+
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!((v * 1000.0).round() / 1000.0)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// `run=1 mode=restarts rps=60026.34 exit="exit status: 0" pids=[1, 2]` as a JSON object;
+/// a line of another shape as `{"line": "..."}`.
+pub fn parse_raw_line(line: &str) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else { break };
+        let key = &rest[..eq];
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            break;
+        }
+        let after = &rest[eq + 1..];
+        let (value, len) = match after.chars().next() {
+            Some('"') => match after[1..].find('"') {
+                Some(end) => (serde_json::json!(&after[1..end + 1]), end + 2),
+                None => break,
+            },
+            Some('[') => match after.find(']') {
+                Some(end) => (serde_json::json!(&after[..=end]), end + 1),
+                None => break,
+            },
+            _ => {
+                let end = after.find(' ').unwrap_or(after.len());
+                (scalar(&after[..end]), end)
+            }
+        };
+        map.insert(key.to_string(), value);
+        rest = after[len..].trim_start();
+    }
+    if rest.is_empty() && !map.is_empty() {
+        serde_json::Value::Object(map)
+    } else {
+        serde_json::json!({ "line": line })
+    }
+}
+
+fn scalar(v: &str) -> serde_json::Value {
+    match v {
+        "true" => serde_json::json!(true),
+        "false" => serde_json::json!(false),
+        "-" | "" => serde_json::Value::Null,
+        _ => match (v.parse::<i64>(), v.parse::<f64>()) {
+            (Ok(i), _) => serde_json::json!(i),
+            (_, Ok(f)) if f.is_finite() => serde_json::json!(f),
+            _ => serde_json::json!(v),
+        },
     }
 }
 
@@ -91,7 +288,7 @@ pub const OTHERS_NOTE: &str = "\"Others' CPU\": the average number of CPUs that 
     throughput were squeezed by other work.";
 
 /// The current UTC time as `2026-01-02 03:04 UTC`, without a date crate.
-fn chrono_free_now() -> String {
+pub fn chrono_free_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -125,5 +322,23 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(super::utc(1_795_527_328), "2026-11-24 13:35 UTC");
         assert_eq!(super::utc(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
+    fn raw_lines_become_records() {
+        let v = super::parse_raw_line(
+            "run=1 mode=restarts rps=60026.34 ok=true p999_us=- exit=\"exit status: 0\" pids=[1, 2]",
+        );
+        assert_eq!(v["run"], 1);
+        assert_eq!(v["mode"], "restarts");
+        assert_eq!(v["rps"], 60026.34);
+        assert_eq!(v["ok"], true);
+        assert!(v["p999_us"].is_null());
+        assert_eq!(v["exit"], "exit status: 0");
+        assert_eq!(v["pids"], "[1, 2]");
+        let free = super::parse_raw_line("  master pid: exited early");
+        assert_eq!(free["line"], "  master pid: exited early");
+        let half = super::parse_raw_line("a=1 then prose");
+        assert_eq!(half["line"], "a=1 then prose");
     }
 }

@@ -13,7 +13,7 @@ use crate::builds::{build_hello, TempDir};
 use crate::hello::{log_first, log_lines, Server};
 use crate::opts::{OptSpec, Opts};
 use crate::procfs;
-use crate::report::{yes, Report, Table};
+use crate::report::{yes, Report, Status, Table};
 use crate::{procs, release};
 
 #[path = "../../../src/install/tests/crafted.rs"]
@@ -190,14 +190,31 @@ fn render(cases: &[Case], inflated: u64, opts: &Opts) -> Report {
             first.verdict.replace('|', "/"),
         ]);
     }
-    report.table(&t);
+    report.summary_table("Per archive", &t);
+    let peak = cases.iter().map(|c| c.hwm).max().unwrap_or(0);
+    let under = !cases.is_empty() && cases.iter().all(|c| c.hwm > 0 && c.hwm < TARGET_KIB);
+    let served = cases.iter().all(|c| c.served);
+    report.verdict(
+        &format!(
+            "crafted archives refused with the master's peak RSS under {} MiB, the old worker \
+             serving throughout (issue 11)",
+            TARGET_KIB >> 10
+        ),
+        format!(
+            "{} case run(s): highest peak {}; old worker served in all: {}",
+            cases.len(),
+            procfs::mib(peak),
+            yes(served)
+        ),
+        Status::met_if(under && served),
+    );
     report.heading("Raw");
     report.raw(
         &cases
             .iter()
             .map(|c| {
                 format!(
-                    "{} run {}: archive {} B, rss_before {} KiB, hwm {} KiB, verdict {:.3} s, served {}",
+                    "case={} run={} archive_bytes={} rss_before_kib={} hwm_kib={} verdict_secs={:.3} served={}",
                     c.bomb.name(),
                     c.run,
                     c.archive_bytes,

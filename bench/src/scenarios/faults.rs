@@ -13,7 +13,7 @@ use super::Scenario;
 use crate::builds::{build_fixture, build_hello, TempDir};
 use crate::nginx::Nginx;
 use crate::opts::{OptSpec, Opts};
-use crate::report::{Report, Table};
+use crate::report::{Report, Status, Table};
 use crate::{procs, release};
 
 #[path = "faults_cases.rs"]
@@ -245,6 +245,26 @@ fn render(opts: &Opts, slow_rate: &str, outcomes: &[(u64, Outcome)]) -> Report {
     }
     r.table(&t);
     let passed = outcomes.iter().filter(|(_, o)| o.pass()).count();
+    let mut per_case = Table::new(&["case", "runs passed"]);
+    let mut titles: Vec<&str> = Vec::new();
+    for (_, o) in outcomes {
+        if !titles.contains(&o.title) {
+            titles.push(o.title);
+        }
+    }
+    for title in titles {
+        let of: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|(_, o)| o.title == title)
+            .map(|(_, o)| o)
+            .collect();
+        let ok = of.iter().filter(|o| o.pass()).count();
+        per_case.row(vec![
+            title.replace('|', "/"),
+            format!("{ok} of {}", of.len()),
+        ]);
+    }
+    r.summary_table("Per case", &per_case);
     r.heading("Verdict");
     let failed: Vec<String> = outcomes
         .iter()
@@ -261,6 +281,12 @@ fn render(opts: &Opts, slow_rate: &str, outcomes: &[(u64, Outcome)]) -> Report {
             format!(" Failed: {}.", failed.join("; "))
         }
     ));
+    r.verdict(
+        "fault injection: nothing lost — binary whole, service answering while the master \
+         lived, no temp file left, no orphan (issue 5)",
+        format!("{passed} of {} case runs passed", outcomes.len()),
+        Status::met_if(passed == outcomes.len() && !outcomes.is_empty()),
+    );
     r.heading("Checks and notes, per case");
     let mut raw = Vec::new();
     for (run, o) in outcomes {

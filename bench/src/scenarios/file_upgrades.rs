@@ -23,7 +23,7 @@ use crate::builds::{build_hello, TempDir};
 use crate::hello::{log_problems, Server};
 use crate::httpget;
 use crate::opts::{OptSpec, Opts};
-use crate::report::{yes, Report, Table};
+use crate::report::{yes, Report, Status, Table};
 use crate::stats::{self, int, ms, summary};
 use crate::{logtime, procs, wrk};
 
@@ -554,7 +554,7 @@ fn render(
     }
     r.table(&t);
 
-    r.heading(&format!("Summary over {runs} run(s)"));
+    let summary_heading = format!("Summary over {runs} run(s)");
     let all: Vec<f64> = results.iter().flat_map(|x| x.reached()).collect();
     let total: usize = results.iter().map(|x| x.published.len()).sum();
     let per_run = |f: fn(&RunResult) -> f64, fmt: fn(f64) -> String| {
@@ -626,7 +626,7 @@ fn render(
             results.len()
         ),
     ]);
-    r.table(&s);
+    r.summary_table(&summary_heading, &s);
 
     r.heading("Where the time goes: each phase from the server log, all upgrades pooled");
     let mut ph = Table::new(&["phase", "median", "min", "max"]);
@@ -673,6 +673,24 @@ fn render(
         },
         yes(stable),
     ));
+    let failed_probes: u64 = results
+        .iter()
+        .map(|x| x.probe.errors + x.probe.non200)
+        .sum();
+    r.verdict(
+        "File fetcher publish → first response from the new build, median under 150 ms; every \
+         build answers; 0 errors (issue 3)",
+        format!(
+            "median {} over {} of {total} builds that answered; {sock} socket errors, {non2xx} \
+             non-2xx, {failed_probes} failed probes; master pid stable: {}",
+            median.map_or("–".into(), ms),
+            all.len(),
+            yes(stable)
+        ),
+        Status::met_if(
+            fast && all_reached && sock == 0 && non2xx == 0 && failed_probes == 0 && stable,
+        ),
+    );
 
     r.heading("Raw per-run numbers");
     let mut raw = Vec::new();

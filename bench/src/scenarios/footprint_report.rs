@@ -6,7 +6,7 @@ use super::{Big, RunResult, Setup, Snapshot};
 use crate::opts::Opts;
 use crate::procfs::{mib, slope};
 use crate::release::mb_per_s;
-use crate::report::{yes, Report, Table, OTHERS_NOTE};
+use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{ms, summary};
 
 const RSS_TARGET_KIB: u64 = 4 * 1024;
@@ -116,10 +116,7 @@ pub(super) fn render(opts: &Opts, setup: &Setup, upgrades: u64, results: &[RunRe
     }
     r.table(&t);
 
-    r.heading(&format!(
-        "Summary: median (min–max) over {} run(s)",
-        results.len()
-    ));
+    let summary_heading = format!("Summary: median (min–max) over {} run(s)", results.len());
     let per = |f: &dyn Fn(&RunResult) -> f64, fmt: fn(f64) -> String| {
         summary(&results.iter().map(f).collect::<Vec<_>>(), fmt)
     };
@@ -227,7 +224,7 @@ pub(super) fn render(opts: &Opts, setup: &Setup, upgrades: u64, results: &[RunRe
             ),
         ]);
     }
-    r.table(&s);
+    r.summary_table(&summary_heading, &s);
     r.para(
         "Idle CPU: utime + stime from /proc/PID/stat count whole clock ticks (10 ms), so one \
          reading is ±10 ms over the window; the schedstat row is the same window in \
@@ -452,6 +449,34 @@ fn verdict(r: &mut Report, upgrades: u64, results: &[RunResult]) {
         },
     );
     r.para(&v);
+    r.verdict(
+        "master's idle RSS ≤ 4 MB (issue 5)",
+        format!("highest {}", mib(idle_max)),
+        Status::met_if(idle_max <= RSS_TARGET_KIB),
+    );
+    r.verdict(
+        &format!("no growth of the master's RSS over {upgrades} upgrades (issue 5)"),
+        format!(
+            "growth per upgrade {}; every upgrade's build answered a request: {}",
+            growth
+                .iter()
+                .map(|g| kib_s(*g))
+                .collect::<Vec<_>>()
+                .join(", "),
+            yes(all_done)
+        ),
+        Status::met_if(no_growth),
+    );
+    r.verdict(
+        "master's peak RSS installing a 200 MB release under 16 MB (issue 5)",
+        format!("highest of all paths {}", mib(peak_max)),
+        Status::met_if(peak_max < PEAK_TARGET_KIB && peak_max > 0),
+    );
+    r.verdict(
+        "idle CPU of master + worker at or below overseer's 20 ms per 30 s (issue 5)",
+        format!("highest {} per 30 s", ms(cpu_max)),
+        Status::met_if(cpu_max <= OVERSEER_MS_PER_30S),
+    );
 }
 
 fn raw(r: &mut Report, setup: &Setup, results: &[RunResult]) {

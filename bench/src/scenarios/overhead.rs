@@ -16,7 +16,7 @@ use super::Scenario;
 use crate::builds::{build_hello, build_plain, TempDir};
 use crate::hello::{Launch, Server};
 use crate::opts::{OptSpec, Opts};
-use crate::report::{Report, Table, OTHERS_NOTE};
+use crate::report::{Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{self, int, summary, us};
 use crate::wrk::Load;
 use crate::{machine, procfs, procs, wrk};
@@ -282,10 +282,9 @@ fn render(
     r.table(&t);
 
     let mut verdicts = Vec::new();
+    let mut verdict_rows = Vec::new();
     for &load in loads {
-        r.heading(&format!(
-            "Summary, {load}: median (min–max) over {runs} pair(s)"
-        ));
+        let summary_heading = format!("Summary, {load}: median (min–max) over {runs} pair(s)");
         let mut s = Table::new(&["figure", "value"]);
         let of = |v: Variant, f: fn(&Cell) -> f64| -> Vec<f64> {
             cells
@@ -357,7 +356,7 @@ fn render(
                 |x| format!("{x:.2}"),
             ),
         ]);
-        r.table(&s);
+        r.summary_table(&summary_heading, &s);
         let med = stats::median(&rps_ratio);
         let (lo, hi) = (stats::min(&rps_ratio), stats::max(&rps_ratio));
         let cpu_ratio = stats::median(&ratios(cells, load, Variant::Upshift, |c| c.cpu_us_per_req));
@@ -370,6 +369,18 @@ fn render(
         )
         .unwrap_or(f64::NAN);
         let f3 = |o: Option<f64>| o.map_or("–".into(), |m| format!("{m:.3}"));
+        verdict_rows.push((
+            format!("{load}: req/s under upshift ≥ 0.98 of the same app without it (issue 5)"),
+            format!(
+                "{} per pair, median over {} pair(s) (range {}–{}); CPU per request {}",
+                f3(med),
+                rps_ratio.len(),
+                f3(lo),
+                f3(hi),
+                f3(cpu_ratio)
+            ),
+            Status::met_if(med.is_some_and(|m| m >= 0.98)),
+        ));
         verdicts.push(format!(
             "- {load}: upshift / plain req/s = **{}** per pair, median (range {}–{}): **{}**. \
              Server CPU per request, upshift / plain: {} (median per pair).{}",
@@ -403,6 +414,9 @@ fn render(
          noisy view of the same question.",
         verdicts.join("\n")
     ));
+    for (target, measured, status) in verdict_rows {
+        r.verdict(&target, measured, status);
+    }
 
     r.heading("Raw per-run numbers");
     let raw: Vec<String> = cells

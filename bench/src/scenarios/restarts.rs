@@ -12,7 +12,8 @@ use super::Scenario;
 use crate::builds::{build_hello, TempDir};
 use crate::hello::{log_lines, log_problems, Server};
 use crate::opts::{OptSpec, Opts};
-use crate::report::{yes, Report, Table, OTHERS_NOTE};
+use crate::prober::Prober;
+use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{int, summary, us};
 use crate::{procs, wrk};
 
@@ -69,6 +70,11 @@ struct RunResult {
     gen_start: u64,
     gen_end: u64,
     gen_expected: u64,
+    /// Distinct workers (pids) that answered at least one probe: a restart "reached traffic"
+    /// only if its worker answered a request.
+    workers_answered: u64,
+    /// Probes (a fresh connection every few ms, beside wrk) that failed.
+    probe_failures: u64,
     worker_ready_lines: usize,
     master_exit: String,
     leftovers: Vec<u32>,
@@ -116,6 +122,7 @@ fn one_run(
     let master = server.master_pid();
     let first = server.greet()?;
 
+    let prober = Prober::start(server.addr, Duration::from_millis(5))?;
     let load = wrk::start(cfg, server.addr, &dir, "load")?;
     let t0 = Instant::now();
     let mut restarts = 0u64;
@@ -141,6 +148,9 @@ fn one_run(
     // Restarts still in progress when wrk stopped finish now: wait for the last generation.
     let expected = first.generation + restarts;
     let end = server.greet_until(Duration::from_secs(30), |g| g.generation >= expected);
+    // The last worker has answered `greet_until`; give the prober a moment to see it too.
+    std::thread::sleep(Duration::from_millis(50));
+    let probes = prober.finish();
     let alive = server.master_alive();
     let (gen_end, worker_end) = end.as_ref().map_or((0, 0), |g| (g.generation, g.pid));
     let ppid = procs::state_and_ppid(worker_end).map(|(_, p)| p);
@@ -175,6 +185,8 @@ fn one_run(
         gen_start: first.generation,
         gen_end,
         gen_expected: expected,
+        workers_answered: probes.seen.len() as u64,
+        probe_failures: probes.failures,
         worker_ready_lines: log_lines(&server.log, "worker ready").len(),
         master_exit,
         leftovers: stopped.leftovers,
@@ -244,7 +256,7 @@ fn render(
     }
     r.table(&t);
 
-    r.heading(&format!("Summary: median (min–max) over {runs} run(s)"));
+    let summary_heading = format!("Summary: median (min–max) over {runs} run(s)");
     let mut header = vec!["figure"];
     for m in modes {
         header.push(match m {
@@ -254,7 +266,7 @@ fn render(
     }
     let mut s = Table::new(&header);
     type Fig = (&'static str, fn(&RunResult) -> f64, fn(f64) -> String);
-    let figures: [Fig; 10] = [
+    let figures: [Fig; 12] = [
         ("requests", |x| x.wrk.requests as f64, int),
         ("req/s", |x| x.wrk.rps, int),
         (
@@ -269,6 +281,12 @@ fn render(
         ("max latency", |x| x.wrk.max_us.unwrap_or(f64::NAN), us),
         ("restarts sent", |x| x.restarts as f64, int),
         ("worker generation at end", |x| x.gen_end as f64, int),
+        (
+            "workers that answered a probe",
+            |x| x.workers_answered as f64,
+            int,
+        ),
+        ("failed probes", |x| x.probe_failures as f64, int),
     ];
     for (name, get, fmt) in figures {
         let mut row = vec![name.to_string()];
@@ -290,7 +308,7 @@ fn render(
         row.push(format!("{n} of {} runs", of.len()));
     }
     s.row(row);
-    r.table(&s);
+    r.summary_table(&summary_heading, &s);
 
     r.heading("Verdict");
     let with: Vec<&RunResult> = results
@@ -301,21 +319,26 @@ fn render(
     let non2xx: u64 = with.iter().map(|x| x.wrk.non2xx).sum();
     let stable = with.iter().all(|x| x.master_stable);
     let all_gens = with.iter().all(|x| x.gen_end == x.gen_expected);
-    let met = sock == 0 && non2xx == 0 && stable;
+    let reached = with.iter().all(|x| x.workers_answered == x.restarts + 1);
+    let probe_failures: u64 = with.iter().map(|x| x.probe_failures).sum();
+    let met = sock == 0 && non2xx == 0 && stable && reached && probe_failures == 0;
     let at_target = every <= Duration::from_secs(1) && cfg.duration >= Duration::from_secs(30);
     r.para(&format!(
         "Target (issue 2): 0 socket errors, 0 non-2xx, master pid stable, at 1 restart/s for \
          30 s. Measured over {} run(s) with restarts every {} s for {} s: {} socket errors, \
-         {} non-2xx, master pid stable in {} of {} runs; every restart reached traffic (final \
-         generation = 1 + restarts): {}. **{}**{}",
+         {} non-2xx, {} failed probes, master pid stable in {} of {} runs; final generation = \
+         1 + restarts: {}; every restart reached traffic (its worker answered a probe): {}. \
+         **{}**{}",
         with.len(),
         every.as_secs_f64(),
         cfg.duration.as_secs_f64(),
         sock,
         non2xx,
+        probe_failures,
         with.iter().filter(|x| x.master_stable).count(),
         with.len(),
         yes(all_gens),
+        yes(reached),
         if met { "Target met." } else { "Target missed." },
         if at_target {
             ""
@@ -324,6 +347,28 @@ fn render(
         },
     ));
 
+    let answered: u64 = with.iter().map(|x| x.workers_answered).sum();
+    let workers: u64 = with.iter().map(|x| x.restarts + 1).sum();
+    r.verdict(
+        &format!(
+            "0 socket errors, 0 non-2xx, master pid stable, every restart's worker answers, at \
+             1 restart/s for 30 s (issue 2){}",
+            if at_target {
+                ""
+            } else {
+                "; run with milder parameters"
+            }
+        ),
+        format!(
+            "{} run(s): {sock} socket errors, {non2xx} non-2xx, {probe_failures} failed probes, \
+             master pid stable in {} of {}; {answered} of {workers} workers answered a request",
+            with.len(),
+            with.iter().filter(|x| x.master_stable).count(),
+            with.len(),
+        ),
+        Status::met_if(met && at_target),
+    );
+
     r.heading("Raw per-run numbers");
     let mut raw = Vec::new();
     for x in results {
@@ -331,7 +376,7 @@ fn render(
             "run={} mode={} requests={} seconds={:.2} rps={:.2} connect={} read={} write={} timeout={} \
              non2xx={} p50_us={:.0} p75_us={:.0} p90_us={:.0} p99_us={:.0} p999_us={} max_us={} \
              restarts={} master_pid={} master_stable={} gen_start={} gen_end={} gen_expected={} \
-             worker_ready_log_lines={} master_exit=\"{}\" leftover_pids={:?} log_warnings={} load1_before={:.2} load1_after={:.2} others_cpus={:.2}",
+             workers_answered={} probe_failures={} worker_ready_log_lines={} master_exit=\"{}\" leftover_pids={:?} log_warnings={} load1_before={:.2} load1_after={:.2} others_cpus={:.2}",
             x.run,
             x.mode,
             x.wrk.requests,
@@ -354,6 +399,8 @@ fn render(
             x.gen_start,
             x.gen_end,
             x.gen_expected,
+            x.workers_answered,
+            x.probe_failures,
             x.worker_ready_lines,
             x.master_exit,
             x.leftovers,

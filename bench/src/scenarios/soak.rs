@@ -14,7 +14,7 @@ use crate::builds::{build_hello, TempDir};
 use crate::hello::{log_lines, log_problems, Server};
 use crate::opts::{OptSpec, Opts};
 use crate::procfs::{self, slope};
-use crate::report::{yes, Report, Table, OTHERS_NOTE};
+use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{int, median, summary, us};
 use crate::{procs, wrk};
 
@@ -273,7 +273,6 @@ fn render(
         results.len(),
     ));
     r.para(OTHERS_NOTE);
-    r.heading("Per run");
     let mut t = Table::new(&[
         "run",
         "requests",
@@ -316,7 +315,7 @@ fn render(
             format!("{:.2}", x.others_cpus),
         ]);
     }
-    r.table(&t);
+    r.summary_table("Per run", &t);
 
     r.heading("Samples over time (first run)");
     if let Some(x) = results.first() {
@@ -384,6 +383,22 @@ fn render(
         yes(clean),
         if met { "Target met." } else { "Target missed." },
     ));
+    r.verdict(
+        &format!(
+            "{restarts} restarts under load: no growth of the master's fds, RSS or children, \
+             0 failed requests (issue 5)"
+        ),
+        format!(
+            "{} run(s): {sock} socket errors, {non2xx} non-2xx; quiet fds and children back, \
+             RSS slope ≤ {RSS_SLOPE_LIMIT_KIB} KiB/restart: {}; master alive: {}; nothing left \
+             running: {}",
+            results.len(),
+            yes(growth),
+            yes(alive),
+            yes(clean)
+        ),
+        Status::met_if(met),
+    );
     let p99: Vec<f64> = results.iter().map(|x| x.wrk.p99_us).collect();
     r.para(&format!(
         "Latency under restarts (not a target): p99 {}, req/s {}.",

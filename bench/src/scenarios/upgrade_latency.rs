@@ -27,7 +27,7 @@ use crate::logtime;
 use crate::opts::{OptSpec, Opts};
 use crate::origins::Origin;
 use crate::phases::{self, Trigger};
-use crate::report::{yes, Report, Table, OTHERS_NOTE};
+use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{self, ms};
 use crate::{machine, procs, wrk};
 
@@ -430,7 +430,6 @@ fn render(
     );
     r.para(OTHERS_NOTE);
 
-    r.heading("Summary per source, all runs pooled: min / median / p90 / max");
     let mut t = Table::new(&[
         "source",
         "reached traffic",
@@ -483,7 +482,10 @@ fn render(
             }),
         ]);
     }
-    r.table(&t);
+    r.summary_table(
+        "Summary per source, all runs pooled: min / median / p90 / max",
+        &t,
+    );
 
     for &src in sources {
         let ups: Vec<&Upgrade> = series
@@ -543,6 +545,39 @@ fn render(
             .iter()
             .filter(|s| s.source == src)
             .all(|s| s.reached().len() == s.upgrades.len());
+        let reached = series
+            .iter()
+            .filter(|s| s.source == src)
+            .map(|s| s.reached().len())
+            .sum::<usize>();
+        let total = series
+            .iter()
+            .filter(|s| s.source == src)
+            .map(|s| s.upgrades.len())
+            .sum::<usize>();
+        let measured = format!("median {m}; {reached} of {total} new builds answered a request");
+        match src {
+            Source::File => r.verdict(
+                "File fetcher publish → first response from the new build, median under 150 ms \
+                 (issue 3)",
+                measured,
+                Status::met_if(med(src).is_some_and(|v| v < 150.0) && all_reached),
+            ),
+            Source::Sigusr2 => r.verdict(
+                "SIGUSR2 → first response from the new build (issue 5: compared with the anchors)",
+                measured,
+                Status::NoTarget,
+            ),
+            _ => r.verdict(
+                &format!(
+                    "{src} fetcher publish → first response from the new build, {} s poll \
+                     (issue 5: reported)",
+                    ctx.interval.as_secs_f64()
+                ),
+                measured,
+                Status::NoTarget,
+            ),
+        }
         lines.push(match src {
             Source::Sigusr2 => format!(
                 "- sigusr2: signal → new build median {m} (tableflip 18 ms, grace 17 ms); every upgrade reached traffic: {}.",

@@ -22,7 +22,7 @@ use super::Scenario;
 use crate::builds::{build_hello, build_plain, TempDir};
 use crate::hello::{log_problems, Launch, Server};
 use crate::opts::{OptSpec, Opts};
-use crate::report::{yes, Report, Table, OTHERS_NOTE};
+use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{int, ms, summary, us};
 use crate::wrk::Load;
 use crate::{machine, procs, wrk};
@@ -417,13 +417,13 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
     r.table(&b);
 
     for &load in loads {
-        r.heading(&format!(
+        let summary_heading = format!(
             "Summary, {}: median (min–max) over {runs} run(s)",
             match load {
                 Load::KeepAlive => "keep-alive",
                 Load::Close => "Connection: close",
             }
-        ));
+        );
         let mut header = vec!["figure"];
         header.extend(MODES.iter().map(|m| m.title()));
         let mut s = Table::new(&header);
@@ -475,7 +475,7 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
             ));
         }
         s.row(row);
-        r.table(&s);
+        r.summary_table(&summary_heading, &s);
     }
 
     let pairs: Vec<(&Cell, &Cell)> = cells
@@ -524,6 +524,7 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
 
     r.heading("Verdict");
     let mut lines = Vec::new();
+    let mut measured = Vec::new();
     let mut met = true;
     for &load in loads {
         for m in [Mode::Sigusr2, Mode::File] {
@@ -539,6 +540,14 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
                 .count();
             let stable = c.iter().filter(|x| x.master_stable == Some(true)).count();
             met &= sock == 0 && non2xx == 0;
+            let served: Vec<f64> = c.iter().map(|x| x.builds.len() as f64).collect();
+            measured.push(format!(
+                "{load}, {}: {sock} socket errors, {non2xx} non-2xx over {} run(s), builds \
+                 that answered per run {}",
+                m.title(),
+                c.len(),
+                summary(&served, int)
+            ));
             lines.push(format!(
                 "- {load}, {}: {sock} socket errors, {non2xx} non-2xx over {} run(s); the last \
                  build answered at the end in {finals} of {} run(s); master pid stable in \
@@ -570,6 +579,19 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
     if !at_target {
         r.para("(These parameters are shorter than the issue's; the verdict is for them only.)");
     }
+    r.verdict(
+        &format!(
+            "0 socket errors and 0 non-2xx through upgrades, keep-alive and `Connection: close` \
+             (issue 5){}",
+            if at_target {
+                ""
+            } else {
+                "; run with shorter parameters"
+            }
+        ),
+        measured.join("; "),
+        Status::met_if(met && at_target),
+    );
 
     r.heading("Raw per-cell numbers");
     let mut raw = Vec::new();

@@ -1,0 +1,250 @@
+//! BENCHMARKS.md, written by `upshift-bench all` from the reports of one run: provenance, the
+//! verdict table, the anchors (other libraries' figures, kept apart from ours), each scenario's
+//! summary tables, and where the full reports and raw data are (`bench/results/`).
+
+use std::fmt::Write as _;
+
+use crate::provenance::{Built, Source};
+use crate::report::{Report, Status};
+
+/// One scenario's outcome in a run of `all`.
+pub struct Ran {
+    pub name: &'static str,
+    pub seconds: f64,
+    /// Others' CPU over the whole scenario (see [`crate::machine::CpuWindow`]).
+    pub others_cpus: f64,
+    pub outcome: Result<Report, String>,
+}
+
+/// The whole run.
+pub struct Run<'a> {
+    pub command: String,
+    pub started: String,
+    pub finished: String,
+    pub source_before: &'a Source,
+    pub source_after: &'a Source,
+    pub machine: String,
+    pub ran: &'a [Ran],
+}
+
+/// Other libraries' figures the targets were set against: quoted, never measured by this run,
+/// so they stay out of the verdict table.
+const ANCHORS: &[(&str, &str, &str)] = &[
+    (
+        "requests lost per 20 s, wrk 100 connections, one upgrade per second",
+        "tableflip, grace, overseer: 700–1,000",
+        "the project brief (measured side by side on this machine before issue 6)",
+    ),
+    (
+        "socket errors per upgrade run (zero-downtime's load)",
+        "tableflip 228–348; grace 384–491; overseer 128–385; naive kill+start 6,000–17,600",
+        "issue 5",
+    ),
+    (
+        "trigger → new build serving, median",
+        "tableflip 18 ms; grace 17 ms; overseer 1,080 ms",
+        "issue 5",
+    ),
+    (
+        "idle CPU of master + worker",
+        "overseer 20 ms per 30 s",
+        "issue 5",
+    ),
+    (
+        "master's idle memory",
+        "overseer VmRSS 4,236–4,316 KiB, PSS 2,530–2,578 KiB",
+        "issue 14 (same machine, no load)",
+    ),
+];
+
+/// The Markdown of BENCHMARKS.md.
+pub fn render(run: &Run) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Benchmarks\n\n\
+         This file is written by the harness in [`bench/`](bench/) (crate `upshift-bench`); do \
+         not edit it by hand. Every figure below comes from the one run described under \
+         *Provenance*. The harness builds `hello` itself (release profile, one build per \
+         `BUILD_ID`), starts real processes on 127.0.0.1 only, drives them with \
+         [wrk](https://github.com/wg/wrk), and stops every process it started by pid. Each \
+         scenario's full report is in `bench/results/<scenario>.md`, its raw per-run data in \
+         `bench/results/<scenario>.json`.\n"
+    );
+    provenance(&mut s, run);
+    verdicts(&mut s, run);
+    anchors(&mut s);
+    for r in run.ran {
+        scenario(&mut s, r);
+    }
+    binaries(&mut s, run);
+    let _ = writeln!(
+        s,
+        "## Reproduce\n\n```sh\n{}\n```\n\nEach scenario also runs alone and prints its full \
+         report: `cargo run --release -p upshift-bench -- <scenario> [--help]`.",
+        run.command
+    );
+    s
+}
+
+fn provenance(s: &mut String, run: &Run) {
+    let commit = run.source_before.commit.as_deref().unwrap_or("none");
+    let tree = |src: &Source| match src.dirty {
+        false => "clean: no change against the commit, no untracked file".to_string(),
+        true => format!(
+            "**uncommitted changes** (diff sha256 `{}`; {})",
+            src.diff_sha256.as_deref().unwrap_or("?"),
+            src.changed.join(", ")
+        ),
+    };
+    let same = run.source_before == run.source_after;
+    let _ = writeln!(
+        s,
+        "## Provenance\n\n\
+         | | |\n|---|---|\n\
+         | commit | `{commit}` |\n\
+         | work tree at the start | {} |\n\
+         | work tree at the end | {} |\n\
+         | run | {} → {} |\n\
+         | machine | {} |\n\
+         | alone | the harness held `{}` (an exclusive `flock`) for the whole run, so no other \
+         harness run overlapped; other processes' CPU use is in the verdict table |\n",
+        tree(run.source_before),
+        if same {
+            "the same".to_string()
+        } else {
+            format!("**changed during the run**: {}", tree(run.source_after))
+        },
+        run.started,
+        run.finished,
+        run.machine,
+        crate::lock::path().display(),
+    );
+}
+
+fn verdicts(s: &mut String, run: &Run) {
+    let _ = writeln!(
+        s,
+        "## Verdict\n\n\
+         \"Others' CPU\": how many of the machine's CPUs processes outside the harness used, on \
+         average over the scenario (`/proc/stat` minus the harness's own rusage and its \
+         children's); near 0 means the scenario had the machine to itself.\n\n\
+         | scenario | target | measured | result | others' CPU |\n|---|---|---|---|---|"
+    );
+    for r in run.ran {
+        let cpu = format!("{:.2}", r.others_cpus);
+        match &r.outcome {
+            Ok(rep) if rep.verdicts().is_empty() => {
+                let _ = writeln!(s, "| {} | – | see below | no target | {cpu} |", r.name);
+            }
+            Ok(rep) => {
+                for v in rep.verdicts() {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {cpu} |",
+                        r.name,
+                        cell(&v.target),
+                        cell(&v.measured),
+                        v.status.label()
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | – | could not be performed: {} | **not run** | {cpu} |",
+                    r.name,
+                    cell(e)
+                );
+            }
+        }
+    }
+    let met = count(run, Status::Met);
+    let missed = count(run, Status::Missed);
+    let _ = writeln!(s, "\n{met} target(s) met, {missed} missed.\n");
+}
+
+fn count(run: &Run, status: Status) -> usize {
+    run.ran
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok())
+        .flat_map(|r| r.verdicts())
+        .filter(|v| v.status == status)
+        .count()
+}
+
+fn anchors(s: &mut String) {
+    let _ = writeln!(
+        s,
+        "## Anchors: other libraries' figures (quoted, not measured by this run)\n\n\
+         | figure | value | where it comes from |\n|---|---|---|"
+    );
+    for (what, value, source) in ANCHORS {
+        let _ = writeln!(s, "| {what} | {value} | {source} |");
+    }
+    s.push('\n');
+}
+
+fn scenario(s: &mut String, r: &Ran) {
+    let _ = writeln!(s, "## `{}`\n", r.name);
+    match &r.outcome {
+        Ok(rep) => {
+            let _ = writeln!(
+                s,
+                "{}. Command: `{}` ({:.0} s; others' CPU {:.2}). Full report: \
+                 [`bench/results/{n}.md`](bench/results/{n}.md), raw data: \
+                 [`bench/results/{n}.json`](bench/results/{n}.json).\n",
+                rep.title,
+                rep.command,
+                r.seconds,
+                r.others_cpus,
+                n = r.name
+            );
+            for t in rep.summary() {
+                let _ = writeln!(s, "{t}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "**Could not be performed:** {e}\n");
+        }
+    }
+}
+
+fn binaries(s: &mut String, run: &Run) {
+    let _ = writeln!(
+        s,
+        "## Binaries\n\nEach binary the run executed, hashed right after it was built (one line \
+         per distinct file; the scenarios that ran it in parentheses).\n\n\
+         | binary | size | sha256 | scenarios |\n|---|---|---|---|"
+    );
+    let mut seen: Vec<(Built, Vec<&str>)> = Vec::new();
+    for r in run.ran {
+        let Ok(rep) = &r.outcome else { continue };
+        for b in rep.built() {
+            match seen
+                .iter_mut()
+                .find(|(x, _)| x.sha256 == b.sha256 && x.name == b.name)
+            {
+                Some((_, names)) if !names.contains(&r.name) => names.push(r.name),
+                Some(_) => {}
+                None => seen.push((b.clone(), vec![r.name])),
+            }
+        }
+    }
+    for (b, names) in seen {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} MiB | `{}` | {} |",
+            b.name,
+            b.bytes as f64 / 1024.0 / 1024.0,
+            b.sha256,
+            names.join(", ")
+        );
+    }
+    s.push('\n');
+}
+
+/// A table cell: no pipe or newline breaks the row.
+fn cell(text: &str) -> String {
+    text.replace('|', "/").replace('\n', " ")
+}
