@@ -103,6 +103,10 @@ impl Source for FileSource {
         None
     }
 
+    fn uncounted_because(&self) -> Option<&'static str> {
+        Some("the File fetcher reads a local file: there is no transfer or request to count")
+    }
+
     fn locator(&self) -> String {
         // Errors name the path (or its side file, whose name starts with it).
         self.path.display().to_string()

@@ -99,6 +99,17 @@ pub trait Source: Send + Sync {
     /// Requests the source has answered so far; `None` if not measurable.
     fn requests_served(&self) -> Option<u64>;
 
+    /// Why this source cannot count what it serves, when [`bytes_served`] or
+    /// [`requests_served`] return `None`: the checks that need a count then print
+    /// `NOT COUNTED <test>: ...` with this reason, so that what was not checked shows. A source
+    /// whose counters return `None` without a reason fails those checks.
+    ///
+    /// [`bytes_served`]: Source::bytes_served
+    /// [`requests_served`]: Source::requests_served
+    fn uncounted_because(&self) -> Option<&'static str> {
+        None
+    }
+
     /// A string every error about this source must contain, so that the operator reading the
     /// master's log knows which source failed: by default the fetcher's name; a backend whose
     /// errors name the underlying location instead (a path, a URL) returns that.
@@ -439,7 +450,8 @@ pub async fn unvouched_release_is_not_downloaded(src: &dyn Source) {
 }
 
 fn assert_no_body_sent(src: &dyn Source, before: Option<u64>, what: &str) {
-    if let (Some(before), Some(after)) = (before, src.bytes_served()) {
+    let after = counted(src, src.bytes_served(), &format!("{what}: body bytes sent"));
+    if let (Some(before), Some(after)) = (before, after) {
         assert_eq!(
             after - before,
             0,
@@ -465,7 +477,7 @@ pub async fn republished_identical_bytes_are_not_a_new_release(src: &dyn Source)
     let (f, r) = check_bounded(f, &now_installed, "republished, installed").await;
     expect_none(r, "the same bytes republished while installed");
 
-    let requests = src.requests_served();
+    let requests = counted(src, src.requests_served(), "requests made by a poll");
     src.publish(&bytes, Some(&sha));
     let (_f, r) = check_bounded(f, &unrelated_current(), "republished, not installed").await;
     match r {
@@ -480,8 +492,33 @@ pub async fn republished_identical_bytes_are_not_a_new_release(src: &dyn Source)
         Err(e) => panic!("the same bytes republished, not installed: {e}"),
     }
     if let (Some(a), Some(b)) = (requests, src.requests_served()) {
-        assert!(b >= a, "the request counter went backwards");
+        // A poll that asks nothing cannot know whether the release changed.
+        assert!(
+            b > a,
+            "the poll after republishing made no request to the source: it answered from memory"
+        );
     }
+}
+
+/// `value`, or `None` after saying on stderr why the source cannot count it (and failing when it
+/// gives no reason): a count the check needs is never skipped silently.
+fn counted(src: &dyn Source, value: Option<u64>, what: &str) -> Option<u64> {
+    if value.is_some() {
+        return value;
+    }
+    let Some(reason) = src.uncounted_because() else {
+        panic!(
+            "{what}: the source cannot count them and does not say why \
+             (Source::uncounted_because): the check would pass without checking"
+        );
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a check")
+        .to_string();
+    let line = format!("NOT COUNTED {test}: {what}: {reason}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    None
 }
 
 /// New bytes after an install are a new release with a new identity and their own body.
