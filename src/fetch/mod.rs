@@ -6,8 +6,10 @@
 //! minisign signature), the packaging ([`Format`]) and a byte stream. Backends: [`FileFetcher`] in
 //! this crate; `upshift-http`, `upshift-github` and `upshift-s3` as separate crates.
 
+pub mod body;
 pub mod checksum;
 mod file;
+pub mod retry;
 pub mod transport;
 
 use std::fmt;
