@@ -127,6 +127,16 @@ impl From<BodyError> for io::Error {
     }
 }
 
+/// A transport error stays an I/O error (its kind kept); the others are the source's fault.
+impl From<BodyError> for super::FetchError {
+    fn from(e: BodyError) -> super::FetchError {
+        match e {
+            BodyError::Transport { what, source } => super::FetchError::Io { what, source },
+            e => super::FetchError::Source(e.to_string()),
+        }
+    }
+}
+
 /// A body read with deadlines and a cap; see the [module](self) documentation.
 ///
 /// ```

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::FetchError;
+
 /// The longest wait honoured. GitHub's hourly quota resets within the hour; anything longer
 /// comes from a proxy or a skewed clock.
 pub const MAX_WAIT: Duration = Duration::from_secs(60 * 60);
@@ -23,6 +25,54 @@ pub enum Retry {
     Backoff,
     /// Asking the same thing again will get the same answer until something changes (a 4xx).
     Fatal,
+}
+
+impl Retry {
+    /// The error a fetcher returns when the server said when: [`Retry::After`] is
+    /// [`FetchError::RateLimited`]; [`Retry::TooLong`] a [`FetchError::Source`] starting with
+    /// `what` and saying until when ([`too_long`]). `None` for the others: the caller's own
+    /// status error.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use upshift::fetch::{retry::Retry, FetchError};
+    /// let now = SystemTime::now();
+    /// let e = Retry::After(Duration::from_secs(7)).into_error("GET x: HTTP 429", now);
+    /// assert!(matches!(e, Some(FetchError::RateLimited(d)) if d == Duration::from_secs(7)));
+    /// assert!(Retry::Backoff.into_error("GET x: HTTP 502", now).is_none());
+    /// ```
+    pub fn into_error(self, what: &str, now: SystemTime) -> Option<FetchError> {
+        match self {
+            Retry::After(d) => Some(FetchError::RateLimited(d)),
+            Retry::TooLong(d) => Some(FetchError::Source(format!("{what}: {}", too_long(d, now)))),
+            Retry::Backoff | Retry::Fatal => None,
+        }
+    }
+}
+
+/// What to say about a wait longer than [`MAX_WAIT`] asked at `now`: until when (never a panic,
+/// however far), and that the error backoff retries meanwhile.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use upshift::fetch::retry::too_long;
+/// let msg = too_long(Duration::from_secs(86_400), UNIX_EPOCH);
+/// assert!(msg.starts_with("rate limited until Fri, 02 Jan 1970 00:00:00 GMT (86400s from now)"));
+/// ```
+pub fn too_long(delay: Duration, now: SystemTime) -> String {
+    let until = now
+        .checked_add(delay)
+        .filter(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .is_ok_and(|d| d.as_secs() < 253_402_300_800)
+        })
+        .map_or_else(|| "the far future".to_string(), httpdate::fmt_http_date);
+    format!(
+        "rate limited until {until} ({}s from now), longer than the {}s upshift waits out a rate \
+         limit; the check is retried with the error backoff meanwhile",
+        delay.as_secs(),
+        MAX_WAIT.as_secs()
+    )
 }
 
 /// The delay a `Retry-After` value asks for, from `now`: delta-seconds or an HTTP-date. A date
@@ -234,5 +284,30 @@ mod tests {
         for status in [400, 401, 403, 404, 410] {
             assert_eq!(c(status, &[]), Retry::Fatal, "{status}");
         }
+    }
+
+    #[test]
+    fn a_wait_too_long_is_an_error_naming_when_even_at_the_end_of_time() {
+        let now = at(1_000_000);
+        let e = Retry::TooLong(Duration::from_secs(86_400)).into_error("GET x: HTTP 429", now);
+        let msg = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with("GET x: HTTP 429: rate limited until Tue, 13 Jan 1970 13:46:40 GMT (86400s from now), longer than the 3600s"),
+            "{msg}"
+        );
+        // An x-ratelimit-reset of u64::MAX: no SystemTime overflow, no year 10000 date.
+        let far = classify(
+            403,
+            lookup(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "18446744073709551615"),
+            ]),
+            now,
+        );
+        let Retry::TooLong(d) = far else {
+            panic!("{far:?}")
+        };
+        assert!(too_long(d, now).contains("until the far future"));
+        assert!(Retry::Fatal.into_error("GET x", now).is_none());
     }
 }

@@ -3,14 +3,13 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use upshift::fetch::FetchError;
+use upshift::fetch::{retry, FetchError};
 
 /// How long to back off when S3 throttles and says nothing more precise.
 const THROTTLE_DELAY: Duration = Duration::from_secs(5);
-const MAX_THROTTLE_DELAY: Duration = Duration::from_secs(300);
 
 /// Error codes S3 and S3-compatible stores use for "slow down".
 const THROTTLE_CODES: &[&str] = &[
@@ -82,20 +81,17 @@ where
     let throttled = matches!(status, Some(429 | 503))
         || code.as_deref().is_some_and(|c| THROTTLE_CODES.contains(&c));
     if throttled {
-        let delay = err
-            .raw_response()
-            .and_then(|r| r.headers().get("retry-after"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(THROTTLE_DELAY)
-            .clamp(Duration::from_secs(1), MAX_THROTTLE_DELAY);
+        let headers = err.raw_response().map(|r| r.headers());
+        let header = |name: &str| headers.and_then(|h| h.get(name));
+        let retry = retry::classify(status.unwrap_or(503), header, SystemTime::now());
+        let said = retry.into_error(&format!("{what}: S3 asks to slow down"), SystemTime::now());
         tracing::warn!(
             operation = what,
             code = code.as_deref().unwrap_or("-"),
-            ?delay,
+            ?retry,
             "S3 asks to slow down"
         );
-        return FetchError::RateLimited(delay);
+        return said.unwrap_or(FetchError::RateLimited(THROTTLE_DELAY));
     }
     let status = status.map_or_else(String::new, |s| format!("HTTP {s} "));
     let hint = code
