@@ -1,16 +1,11 @@
 //! What a URL or a response says about a release: names fit to show, file names, formats,
-//! identities, `Retry-After`.
-
-use std::time::{Duration, SystemTime};
+//! identities.
 
 use reqwest::header::{HeaderMap, CONTENT_DISPOSITION, CONTENT_TYPE};
 use reqwest::Url;
 use upshift::fetch::Format;
 
 use crate::body::Validators;
-
-/// The longest `Retry-After` honoured: a server asking for more still gets polled daily.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// `url` fit for logs and errors: no userinfo, no fragment, and a query string (which may hold
 /// a signature or token) shown as `?…`.
@@ -184,24 +179,6 @@ pub(crate) fn guess_format(final_url: &Url, headers: &HeaderMap, configured: &Ur
         .unwrap_or(Format::Raw)
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date (capped at a day; a past date is no delay).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let delay = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = httpdate::parse_http_date(value).ok()?;
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(delay.min(MAX_RETRY_AFTER))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,22 +267,6 @@ mod tests {
             guess_format(&url("https://h.example/a.gz"), &h, &plain),
             Format::Gzip
         );
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "7")])),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "99999999")])),
-            Some(MAX_RETRY_AFTER)
-        );
-        let past = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]);
-        assert_eq!(retry_after(&past), Some(Duration::ZERO));
-        assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
-        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
     #[test]
