@@ -12,7 +12,7 @@ use octocrab::Octocrab;
 use tokio_util::io::StreamReader;
 use upshift::fetch::body::BoundedBody;
 use upshift::fetch::retry::{self, Retry};
-use upshift::fetch::{transport, FetchError, TrustPolicy};
+use upshift::fetch::{error_chain, transport, FetchError, TrustPolicy};
 
 use crate::transport::{followed_elsewhere, redirect_target, MAX_REDIRECTS};
 
@@ -245,22 +245,6 @@ pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
         }
     }
     None
-}
-
-/// The error and its sources, `: `-joined, without repeats (octocrab's and hyper's errors repeat
-/// their source in their own message at times).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 impl Api {

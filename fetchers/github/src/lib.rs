@@ -1023,13 +1023,8 @@ mod tests {
 
     #[tokio::test]
     async fn bad_settings_are_errors_not_panics() {
-        let current = Current {
-            sha256: String::new(),
-            identity: None,
-            version: None,
-            rejected: Vec::new(),
-            requires_checksum: false,
-        };
+        // Nothing installed, no checksum required.
+        let current = Current::default();
         let mut f = GithubFetcher::new("o/r").unwrap().api_base("not a url");
         let e = f.check(&current).await.unwrap_err().to_string();
         assert!(e.contains("github:o/r") && e.contains("not a url"), "{e}");

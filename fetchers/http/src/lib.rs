@@ -636,13 +636,8 @@ mod tests {
         let mut f = HttpFetcher::new("https://example.com/app")
             .expect("valid")
             .header("X-Key", "line\nbreak-secret");
-        let current = Current {
-            sha256: String::new(),
-            identity: None,
-            version: None,
-            rejected: Vec::new(),
-            requires_checksum: false,
-        };
+        // Nothing installed, no checksum required.
+        let current = Current::default();
         let e = f
             .check(&current)
             .await

@@ -3,6 +3,7 @@
 
 use reqwest::header::{HeaderMap, CONTENT_DISPOSITION, CONTENT_TYPE};
 use reqwest::Url;
+pub(crate) use upshift::fetch::error_chain;
 use upshift::fetch::Format;
 
 use crate::body::Validators;
@@ -35,22 +36,6 @@ pub(crate) fn file_name(url: &Url) -> String {
     percent_encoding::percent_decode_str(last)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// `e` and its sources, `: `-separated (reqwest's own message is terse: "error sending
-/// request"). Call on an error whose URL was removed (`without_url`) or redacted.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !msg.contains(&next) {
-            msg.push_str(": ");
-            msg.push_str(&next);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// The innermost I/O error's kind in `e`'s chain, if any.

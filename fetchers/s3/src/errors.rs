@@ -6,7 +6,7 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use upshift::fetch::{retry, FetchError};
+use upshift::fetch::{error_chain, retry, FetchError};
 
 /// How long to back off when S3 throttles and says nothing more precise.
 const THROTTLE_DELAY: Duration = Duration::from_secs(5);
@@ -61,12 +61,12 @@ where
             });
             FetchError::Io {
                 what: format!("{what} (endpoint {endpoint})"),
-                source: io::Error::new(kind, chain(&err)),
+                source: io::Error::new(kind, error_chain(&err)),
             }
         }
         SdkError::TimeoutError(_) => FetchError::Io {
             what: format!("{what} (endpoint {endpoint})"),
-            source: io::Error::new(io::ErrorKind::TimedOut, chain(&err)),
+            source: io::Error::new(io::ErrorKind::TimedOut, error_chain(&err)),
         },
         _ => FetchError::Source(format!("{what}: {}", DisplayErrorContext(&err))),
     }
@@ -123,21 +123,6 @@ fn hint(code: &str) -> Option<&'static str> {
         "RequestTimeTooSkewed" => "this machine's clock is off",
         _ => return None,
     })
-}
-
-/// The error and its sources, `a: b: c`, without the repetitions of errors that include their
-/// source's text in their own.
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 /// The kind of the first `std::io::Error` in the error's chain (connection refused, reset...).
