@@ -9,12 +9,12 @@
 //!         [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH]
 //!         [--watch PATH] [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE]
 //!         [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH]
-//!         [--url URL] [--max-release-bytes N] [--download-deadline-ms N]
+//!         [--stream ADDR] [--max-release-bytes N] [--download-deadline-ms N]
 //!         [--test-run-fds PATH]
 //! ```
 //!
-//! `--url URL` adds the HTTP fetcher (checksum from `URL.sha256`; plain `http://` allowed: the
-//! tests' origins are on loopback). `--max-release-bytes` and `--download-deadline-ms` set
+//! `--stream ADDR` adds a fetcher reading releases streamed over raw TCP from `ADDR` (see
+//! `fixture_stream.rs`; no HTTP fetcher, so testing the core builds none). `--max-release-bytes` and `--download-deadline-ms` set
 //! [`upshift::Upgrader::max_release_bytes`] and [`upshift::Upgrader::download_deadline`].
 //!
 //! `--install-mode release-dirs` installs releases as [`upshift::InstallMode::ReleaseDirectories`].
@@ -39,6 +39,9 @@
 //! `/orphan?n=N&ms=M` (leaves N `sleep` processes of M ms behind: each is started in the background
 //! by an `sh` that exits at once, so it is re-parented to PID 1 or the nearest subreaper).
 
+#[path = "fixture_stream.rs"]
+mod stream;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +57,7 @@ const USAGE: &str =
 [--ready-timeout-ms N] [--drain-timeout-ms N] [--backoff-ms N] [--starts-file PATH] \
 [--probation-ms N] [--test-run-timeout-ms N] [--minisign-pubkey FILE] \
 [--install-mode in-place|release-dirs] [--veto-all] [--exec-log PATH] [--version V] \
-[--product NAME] [--url URL] [--max-release-bytes N] [--download-deadline-ms N] \
+[--product NAME] [--stream ADDR] [--max-release-bytes N] [--download-deadline-ms N] \
 [--test-run-fds PATH] [--no-signal-stream]";
 
 #[derive(Debug, Default)]
@@ -78,7 +81,7 @@ struct Args {
     version: Option<String>,
     /// The product signed releases must name (default: the binary's file name).
     product: Option<String>,
-    url: Option<String>,
+    stream: Option<String>,
     max_release_bytes: Option<u64>,
     download_deadline_ms: Option<u64>,
 }
@@ -114,7 +117,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-signal-stream" => args.no_signal_stream = true,
             "--version" => args.version = Some(value()?),
             "--product" => args.product = Some(value()?),
-            "--url" => args.url = Some(value()?),
+            "--stream" => args.stream = Some(value()?),
             "--max-release-bytes" => args.max_release_bytes = Some(number(value()?)?),
             "--download-deadline-ms" => args.download_deadline_ms = Some(number(value()?)?),
             // Acted on before parsing, by `log_exec` and `log_test_run_fds`.
@@ -296,14 +299,8 @@ fn main() -> ExitCode {
     if let Some(path) = &args.watch {
         upgrader = upgrader.fetcher(upshift::fetch::FileFetcher::new(path));
     }
-    if let Some(url) = &args.url {
-        match upshift_http::HttpFetcher::new(url.as_str()) {
-            Ok(http) => upgrader = upgrader.fetcher(http).allow_insecure_transport(true),
-            Err(e) => {
-                eprintln!("fixture: --url: {e}");
-                return ExitCode::from(2);
-            }
-        }
+    if let Some(addr) = &args.stream {
+        upgrader = upgrader.fetcher(stream::StreamFetcher::new(addr));
     }
     if let Some(bytes) = args.max_release_bytes {
         upgrader = upgrader.max_release_bytes(bytes);

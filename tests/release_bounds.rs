@@ -8,7 +8,7 @@ mod common;
 #[path = "../src/install/tests/crafted.rs"]
 mod crafted;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -104,8 +104,8 @@ fn refused_within_target(rig: &mut Rig, bomb: Bomb, says: &[&str]) {
     }
 }
 
-/// A loopback origin: `/app.sha256` at once, `/app` (any method) as headers announcing
-/// `announced` bytes and then one byte every `every`, until the client hangs up.
+/// A loopback origin for the fixture's `--stream` fetcher: each connection gets the head line
+/// (a checksum and `announced` bytes) and then one byte every `every`, until the client hangs up.
 struct Trickler {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -156,37 +156,7 @@ fn serve(
     bodies: &AtomicU32,
 ) {
     conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match conn.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    if path.ends_with(".sha256") {
-        let body = format!("{}  app\n", "ab".repeat(32));
-        let _ = write!(
-            conn,
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return;
-    }
-    if path != "/app" {
-        let _ = conn
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        return;
-    }
-    let _ = write!(
-        conn,
-        "HTTP/1.1 200 OK\r\ncontent-length: {announced}\r\netag: \"slow\"\r\nconnection: close\r\n\r\n"
-    );
-    if method != "GET" {
+    if writeln!(conn, "{} {announced}", "ab".repeat(32)).is_err() {
         return;
     }
     bodies.fetch_add(1, Ordering::Relaxed);
@@ -207,9 +177,9 @@ fn serve(
 fn a_trickling_origin_is_cut_at_the_download_deadline_while_the_old_worker_serves() {
     let _heavy = heavy_lock();
     let origin = Trickler::start(1 << 20, Duration::from_millis(50));
-    let url = format!("http://127.0.0.1:{}/app", origin.port);
+    let addr = format!("127.0.0.1:{}", origin.port);
     let mut rig = Rig::new("rb-slow");
-    rig.start(&["--url", &url, "--download-deadline-ms", "3000"]);
+    rig.start(&["--stream", &addr, "--download-deadline-ms", "3000"]);
     let traffic = rig.watch();
     let started = Instant::now();
     let line = rig.wait_log("did not finish within 3s", VERDICT);
@@ -222,7 +192,7 @@ fn a_trickling_origin_is_cut_at_the_download_deadline_while_the_old_worker_serve
         line.contains("not installed this time") && line.contains("it will be tried again"),
         format!("the verdict: {line}"),
     );
-    // Cut at the deadline, not at a stall timer or the HTTP fetcher's own 5 min timeout.
+    // Cut at the deadline (the stream fetcher has no timer of its own).
     rig.expect(
         took >= Duration::from_secs(3) && took < Duration::from_secs(30),
         format!("cut after {took:?}"),
@@ -245,9 +215,9 @@ fn a_trickling_origin_is_cut_at_the_download_deadline_while_the_old_worker_serve
 fn an_origin_dying_mid_download_is_a_failed_download_retried_not_a_rejected_release() {
     let _heavy = heavy_lock();
     let origin = Trickler::start_dying_after(1 << 20, Duration::from_millis(1), 2_000);
-    let url = format!("http://127.0.0.1:{}/app", origin.port);
+    let addr = format!("127.0.0.1:{}", origin.port);
     let mut rig = Rig::new("rb-dies");
-    rig.start(&["--url", &url]);
+    rig.start(&["--stream", &addr]);
     let traffic = rig.watch();
     let line = rig.wait_log("not installed this time", VERDICT);
     rig.expect(

@@ -6,8 +6,10 @@
 //! minisign signature), the packaging ([`Format`]) and a byte stream. Backends: [`FileFetcher`] in
 //! this crate; `upshift-http`, `upshift-github` and `upshift-s3` as separate crates.
 
+pub mod body;
 pub mod checksum;
 mod file;
+pub mod retry;
 pub mod transport;
 
 use std::fmt;
@@ -15,6 +17,30 @@ use std::time::Duration;
 
 pub use file::FileFetcher;
 pub(crate) use file::Stamp;
+
+/// An error and its sources, `: `-joined, each source left out when the text so far already
+/// says it (HTTP clients often repeat their source in their own message). For error messages
+/// that show the cause a user can act on ("connection refused", "certificate expired") rather
+/// than a client's terse "error sending request".
+///
+/// ```
+/// let inner = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// let outer = std::io::Error::new(std::io::ErrorKind::Other, inner);
+/// assert_eq!(upshift::fetch::error_chain(&outer), "connection refused");
+/// ```
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
 
 /// A boxed byte stream: a release's body.
 pub type ReleaseBody = Box<dyn tokio::io::AsyncRead + Send + Unpin>;

@@ -1,19 +1,18 @@
 //! Talking to the REST API through octocrab's client: raw requests (to see status, ETag and
 //! rate-limit headers), error mapping, bounded body reads and the streaming release body.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyDataStream, BodyExt};
 use octocrab::Octocrab;
-use tokio::io::{AsyncRead, ReadBuf};
-use upshift::fetch::{transport, FetchError, TrustPolicy};
+use tokio_util::io::StreamReader;
+use upshift::fetch::body::BoundedBody;
+use upshift::fetch::retry::{self, Retry};
+use upshift::fetch::{error_chain, transport, FetchError, TrustPolicy};
 
 use crate::transport::{followed_elsewhere, redirect_target, MAX_REDIRECTS};
 
@@ -23,6 +22,10 @@ pub(crate) type Body = BoxBody<Bytes, octocrab::Error>;
 /// How long to wait after a 429 or a secondary rate limit that says nothing more precise (GitHub:
 /// "wait for at least one minute").
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// The `User-Agent` every request sends: GitHub refuses requests without one and asks for one
+/// naming the application, so its logs and rate-limit support can tell upshift apart.
+pub(crate) const USER_AGENT: &str = concat!("upshift-github/", env!("CARGO_PKG_VERSION"));
 
 /// The client plus what every error message needs.
 #[derive(Clone)]
@@ -109,8 +112,14 @@ impl Api {
     async fn get_once(
         &self,
         target: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
     ) -> Result<http::Response<Body>, FetchError> {
+        // Per request: octocrab's builder has no setting for it. Its own `octocrab` value is
+        // appended after this one, which servers (GitHub, the fixture) read first.
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        );
         let on_api = target.starts_with('/') || same_origin(target, &self.base);
         let client = if on_api {
             &self.client
@@ -147,18 +156,22 @@ impl Api {
             .as_deref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
             .and_then(|v| v.get("message")?.as_str().map(str::to_string));
-        if let Some(delay) = rate_limit_delay(status, &headers, message.as_deref(), now_epoch()) {
-            if delay > MAX_RATE_LIMIT_WAIT {
-                return self.error(target, beyond_wait(status, delay, SystemTime::now()));
+        let now = SystemTime::now();
+        match rate_limit(status, &headers, message.as_deref(), now) {
+            Some(Retry::After(delay)) => {
+                tracing::warn!(
+                    fetcher = %self.name,
+                    url = %self.shown(target),
+                    status = status.as_u16(),
+                    retry_in = ?delay,
+                    "rate limited by the GitHub API"
+                );
+                return FetchError::RateLimited(delay);
             }
-            tracing::warn!(
-                fetcher = %self.name,
-                url = %self.shown(target),
-                status = status.as_u16(),
-                retry_in = ?delay,
-                "rate limited by the GitHub API"
-            );
-            return FetchError::RateLimited(delay);
+            Some(Retry::TooLong(delay)) => {
+                return self.error(target, beyond_wait(status, delay, now));
+            }
+            _ => {}
         }
         match message {
             Some(m) => self.error(target, format!("{status}: {m}")),
@@ -177,20 +190,13 @@ fn same_origin(a: &str, b: &str) -> bool {
     }
 }
 
-/// The longest rate-limit wait reported as [`FetchError::RateLimited`], as long as upshift's
-/// master waits one out: GitHub's hourly quota resets within the hour, so a longer wait comes from
-/// something else (a proxy, a skewed clock) and is an error instead, saying when the limit ends.
-pub(crate) const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60 * 60);
-
-/// The error for a rate limit that lasts longer than [`MAX_RATE_LIMIT_WAIT`].
+/// The error for a rate limit that lasts longer than upshift waits one out
+/// ([`retry::MAX_WAIT`]): GitHub's hourly quota resets within the hour, so a longer wait comes
+/// from something else (a proxy, a skewed clock).
 pub(crate) fn beyond_wait(status: StatusCode, delay: Duration, now: SystemTime) -> String {
-    let until = httpdate::fmt_http_date(now + delay);
     format!(
-        "{status}: rate limited until {until} ({}s from now), longer than the {}s upshift waits \
-         out a rate limit; the check is retried with the error backoff meanwhile (a GITHUB_TOKEN \
-         raises the limit from 60 to 5,000 requests an hour)",
-        delay.as_secs(),
-        MAX_RATE_LIMIT_WAIT.as_secs()
+        "{status}: {} (a GITHUB_TOKEN raises the limit from 60 to 5,000 requests an hour)",
+        retry::too_long(delay, now)
     )
 }
 
@@ -198,41 +204,27 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    header_str(headers, name)?.trim().parse().ok()
-}
-
-fn now_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// How long GitHub asks us to wait, if this response is a rate limit: `Retry-After` (seconds) if
-/// present; with `x-ratelimit-remaining: 0` until `x-ratelimit-reset` (epoch seconds); a minute
-/// for a 429 or a secondary rate limit that says neither. At least one second.
-pub(crate) fn rate_limit_delay(
+/// Whether this response is one of GitHub's rate limits, and how long it asks us to wait: the
+/// shared reading of `Retry-After` and `x-ratelimit-reset` ([`retry::classify`]); else a minute
+/// for a 429, an exhausted quota without a reset, or a secondary rate limit (said in the body's
+/// `message`). `None` for anything else (a 403 with quota left is a permission problem).
+pub(crate) fn rate_limit(
     status: StatusCode,
     headers: &HeaderMap,
     message: Option<&str>,
-    now: u64,
-) -> Option<Duration> {
+    now: SystemTime,
+) -> Option<Retry> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let at_least_1s = |secs: u64| Duration::from_secs(secs.max(1));
-    if let Some(secs) = header_u64(headers, "retry-after") {
-        return Some(at_least_1s(secs));
+    let said = retry::classify(status.as_u16(), |n| header_str(headers, n), now);
+    if matches!(said, Retry::After(_) | Retry::TooLong(_)) {
+        return Some(said);
     }
-    if header_u64(headers, "x-ratelimit-remaining") == Some(0) {
-        return Some(match header_u64(headers, "x-ratelimit-reset") {
-            Some(reset) => at_least_1s(reset.saturating_sub(now)),
-            None => DEFAULT_RATE_LIMIT_WAIT,
-        });
-    }
+    let exhausted = header_str(headers, "x-ratelimit-remaining").is_some_and(|v| v.trim() == "0");
     let secondary = message.is_some_and(|m| m.to_ascii_lowercase().contains("rate limit"));
-    (status == StatusCode::TOO_MANY_REQUESTS || secondary).then_some(DEFAULT_RATE_LIMIT_WAIT)
+    (status == StatusCode::TOO_MANY_REQUESTS || exhausted || secondary)
+        .then_some(Retry::After(DEFAULT_RATE_LIMIT_WAIT))
 }
 
 /// The `rel="next"` URL of a `Link` header.
@@ -255,147 +247,40 @@ pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// The error and its sources, `: `-joined, without repeats (octocrab's and hyper's errors repeat
-/// their source in their own message at times).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 impl Api {
     /// Reads a whole body, refusing more than `limit` bytes, within the timeout.
-    pub async fn collect(&self, mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
-        let read = async {
-            let mut out = Vec::new();
-            while let Some(frame) =
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            {
-                let frame = frame.map_err(|e| error_chain(&e))?;
-                if let Ok(data) = frame.into_data() {
-                    if out.len() + data.len() > limit {
-                        return Err(format!("the response is larger than {limit} bytes"));
-                    }
-                    out.extend_from_slice(&data);
-                }
-            }
-            Ok(out)
-        };
-        tokio::time::timeout(self.timeout, read)
+    pub async fn collect(&self, body: Body, limit: usize) -> Result<Vec<u8>, String> {
+        body_reader(body, "the response")
+            .total(self.timeout)
+            .max_bytes(limit as u64)
+            .read_to_vec()
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "the response was not read within {:?}",
-                    self.timeout
-                ))
-            })
+            .map_err(|e| e.to_string())
     }
 }
 
-/// A response body as `AsyncRead`, streamed as it arrives. A body that ends before `expected`
-/// bytes is an error, as are a transport error and a stall of more than `stall` with no data
-/// (all named after `what`).
-pub(crate) struct BodyReader {
-    body: Body,
-    chunk: Bytes,
-    done: bool,
-    received: u64,
-    expected: Option<u64>,
-    stall: Duration,
-    /// Armed while waiting for data.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    what: String,
-}
+/// A response body as the shared bounded reader reads it, streamed as it arrives.
+pub(crate) type Reader = BoundedBody<
+    StreamReader<
+        BodyDataStream<http_body_util::combinators::MapErr<Body, fn(octocrab::Error) -> io::Error>>,
+        Bytes,
+    >,
+>;
 
-impl BodyReader {
-    pub fn new(body: Body, expected: Option<u64>, stall: Duration, what: String) -> BodyReader {
-        BodyReader {
-            body,
-            chunk: Bytes::new(),
-            done: false,
-            received: 0,
-            expected,
-            stall,
-            timer: None,
-            what,
-        }
-    }
-}
-
-impl AsyncRead for BodyReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.chunk.is_empty() {
-                let n = this.chunk.len().min(out.remaining());
-                out.put_slice(&this.chunk.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.done || out.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            let polled = Pin::new(&mut this.body).poll_frame(cx);
-            if !polled.is_pending() {
-                this.timer = None;
-            }
-            match polled {
-                Poll::Pending => {
-                    let stall = this.stall;
-                    let timer = this
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        this.done = true;
-                        let msg = format!(
-                            "{}: no data for {stall:?} after {} bytes",
-                            this.what, this.received
-                        );
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, msg)));
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.received += data.len() as u64;
-                        this.chunk = data;
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    let msg = format!("{}: {}", this.what, error_chain(&e));
-                    return Poll::Ready(Err(io::Error::other(msg)));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if let Some(expected) = this.expected.filter(|&e| this.received < e) {
-                        let msg = format!(
-                            "{}: the transfer ended after {} of {expected} bytes",
-                            this.what, this.received
-                        );
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg)));
-                    }
-                }
-            }
-        }
-    }
+/// `body` as a [`BoundedBody`] about `what`, with no limits set yet.
+pub(crate) fn body_reader(body: Body, what: impl Into<String>) -> Reader {
+    let to_io: fn(octocrab::Error) -> io::Error = |e| io::Error::other(error_chain(&e));
+    BoundedBody::new(
+        StreamReader::new(BodyDataStream::new(body.map_err(to_io))),
+        what,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use std::time::UNIX_EPOCH;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -407,40 +292,63 @@ mod tests {
 
     #[test]
     fn rate_limits() {
-        let now = 1_000_000;
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let after = |s| Some(Retry::After(Duration::from_secs(s)));
         let exhausted = headers(&[
             ("x-ratelimit-remaining", "0"),
             ("x-ratelimit-reset", "1000120"),
         ]);
-        let d = rate_limit_delay(StatusCode::FORBIDDEN, &exhausted, None, now);
-        assert_eq!(d, Some(Duration::from_secs(120)));
-        let d = rate_limit_delay(StatusCode::TOO_MANY_REQUESTS, &exhausted, None, now);
-        assert_eq!(d, Some(Duration::from_secs(120)));
-        // A reset already past still waits a second.
+        assert_eq!(
+            rate_limit(StatusCode::FORBIDDEN, &exhausted, None, now),
+            after(120)
+        );
+        assert_eq!(
+            rate_limit(StatusCode::TOO_MANY_REQUESTS, &exhausted, None, now),
+            after(120)
+        );
+        // A reset already past still waits a second; an exhausted quota without a reset, a minute.
         let past = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5")]);
-        let d = rate_limit_delay(StatusCode::FORBIDDEN, &past, None, now);
-        assert_eq!(d, Some(Duration::from_secs(1)));
+        assert_eq!(
+            rate_limit(StatusCode::FORBIDDEN, &past, None, now),
+            after(1)
+        );
+        let no_reset = headers(&[("x-ratelimit-remaining", "0")]);
+        assert_eq!(
+            rate_limit(StatusCode::FORBIDDEN, &no_reset, None, now),
+            after(60)
+        );
         let retry = headers(&[("retry-after", "7"), ("x-ratelimit-remaining", "12")]);
-        let d = rate_limit_delay(StatusCode::FORBIDDEN, &retry, None, now);
-        assert_eq!(d, Some(Duration::from_secs(7)));
+        assert_eq!(
+            rate_limit(StatusCode::FORBIDDEN, &retry, None, now),
+            after(7)
+        );
         // A plain 403 (no permission) is not a rate limit; a 429 always is.
         let some_left = headers(&[("x-ratelimit-remaining", "12")]);
         assert_eq!(
-            rate_limit_delay(StatusCode::FORBIDDEN, &some_left, Some("Forbidden"), now),
+            rate_limit(StatusCode::FORBIDDEN, &some_left, Some("Forbidden"), now),
             None
         );
         assert_eq!(
-            rate_limit_delay(StatusCode::TOO_MANY_REQUESTS, &some_left, None, now),
-            Some(DEFAULT_RATE_LIMIT_WAIT)
+            rate_limit(StatusCode::TOO_MANY_REQUESTS, &some_left, None, now),
+            after(60)
         );
         let secondary = Some("You have exceeded a secondary rate limit.");
         assert_eq!(
-            rate_limit_delay(StatusCode::FORBIDDEN, &some_left, secondary, now),
-            Some(DEFAULT_RATE_LIMIT_WAIT)
+            rate_limit(StatusCode::FORBIDDEN, &some_left, secondary, now),
+            after(60)
         );
         assert_eq!(
-            rate_limit_delay(StatusCode::INTERNAL_SERVER_ERROR, &exhausted, None, now),
+            rate_limit(StatusCode::INTERNAL_SERVER_ERROR, &exhausted, None, now),
             None
+        );
+        // A day away: too long to wait out.
+        let day = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1086400"),
+        ]);
+        assert_eq!(
+            rate_limit(StatusCode::FORBIDDEN, &day, None, now),
+            Some(Retry::TooLong(Duration::from_secs(86_400)))
         );
     }
 

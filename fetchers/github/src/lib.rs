@@ -62,7 +62,7 @@ use octocrab::models::repos::Release as GhRelease;
 use semver::Version;
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy};
 
-use api::{Api, BodyReader};
+use api::Api;
 pub use select::TARGET;
 use select::{AssetMeta, Platform, TagPattern};
 
@@ -449,7 +449,7 @@ impl GithubFetcher {
             // Only the connect timeout: the connector's read timeout keeps running while a
             // pooled connection is idle, and would fail a request that reuses a connection idle
             // for almost that long. Responses are bounded here instead (`Api::get`, `collect`,
-            // `BodyReader`).
+            // `api::body_reader`).
             .set_connect_timeout(Some(self.timeout));
         if let Some(Token(token)) = &self.token {
             // octocrab would panic on a token that cannot be a header value: check first, and
@@ -858,12 +858,11 @@ impl Fetcher for GithubFetcher {
             size_hint: Some(asset.size),
             format: Format::from_name(&asset.name),
             origin: Origin::Remote,
-            body: Box::new(BodyReader::new(
-                response.into_body(),
-                Some(asset.size),
-                self.timeout,
-                what,
-            )),
+            body: Box::new(
+                api::body_reader(response.into_body(), what)
+                    .stall(self.timeout)
+                    .expect_len(Some(asset.size)),
+            ),
             local_file: None,
             rollout_percent: None,
             version,
@@ -1024,13 +1023,8 @@ mod tests {
 
     #[tokio::test]
     async fn bad_settings_are_errors_not_panics() {
-        let current = Current {
-            sha256: String::new(),
-            identity: None,
-            version: None,
-            rejected: Vec::new(),
-            requires_checksum: false,
-        };
+        // Nothing installed, no checksum required.
+        let current = Current::default();
         let mut f = GithubFetcher::new("o/r").unwrap().api_base("not a url");
         let e = f.check(&current).await.unwrap_err().to_string();
         assert!(e.contains("github:o/r") && e.contains("not a url"), "{e}");

@@ -182,3 +182,25 @@ async fn every_request_carries_a_user_agent() {
     );
     assert!(log.iter().all(|l| l.status != 403), "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_agent_names_upshift_github_and_its_version() {
+    let s = Setup::new(&[]);
+    s.release("v1.0.0", "2025-01-01T00:00:00Z", json!({}), b"one");
+    let mut f = s.fetcher();
+    let (current, _) = install(&s, &mut f).await;
+    none(&mut f, &current, "unchanged").await;
+    let log = s.fixture.log();
+    let expected = concat!("upshift-github/", env!("CARGO_PKG_VERSION"));
+    assert!(log.iter().any(|l| l.origin == "objects"), "{log:?}");
+    for l in &log {
+        assert_eq!(
+            l.user_agent.as_deref(),
+            Some(expected),
+            "{} {} {}",
+            l.origin,
+            l.method,
+            l.path
+        );
+    }
+}

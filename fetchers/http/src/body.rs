@@ -1,10 +1,8 @@
-//! The validators a fetcher remembers, and the release body that commits them once it has been
-//! read to its end.
+//! The validators a fetcher remembers, and the release body (the shared bounded reader) that
+//! commits them once it has been read to its end.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -12,8 +10,8 @@ use futures_util::stream::{BoxStream, StreamExt};
 use reqwest::header::{
     HeaderMap, HeaderValue, DATE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::StreamReader;
+use upshift::fetch::body::BoundedBody;
 
 /// What a response said about its version: sent back as `If-None-Match` / `If-Modified-Since`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -168,64 +166,30 @@ impl Commit {
         }
     }
 
-    fn apply(self) {
+    pub(crate) fn apply(self) {
         lock(&self.memory).commit(self.seq, self.checksum, self.file);
     }
 }
 
-/// A response body as `AsyncRead`. Dropping it aborts the transfer; reading it to a clean end
-/// (every byte `Content-Length` announced: hyper fails a shorter body) commits the validators.
-pub(crate) struct Body {
-    inner: StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>,
-    commit: Option<Commit>,
+/// A response body, read through the shared bounded reader. Dropping it aborts the transfer.
+pub(crate) type Body = BoundedBody<StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>>;
+
+/// `resp`'s body about `what` (`GET <url>`), no limits set yet; a transport error keeps its
+/// kind (a timeout is `TimedOut`) and its cause.
+pub(crate) fn reader(resp: reqwest::Response, what: String) -> Body {
+    let stream = resp
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(read_error))
+        .boxed();
+    BoundedBody::new(StreamReader::new(stream), what)
 }
 
-impl Body {
-    pub(crate) fn new(resp: reqwest::Response, url: String, commit: Commit) -> Body {
-        let stream = resp
-            .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| read_error(&url, e)))
-            .boxed();
-        Body {
-            inner: StreamReader::new(stream),
-            commit: Some(commit),
-        }
-    }
-}
-
-fn read_error(url: &str, e: reqwest::Error) -> io::Error {
+fn read_error(e: reqwest::Error) -> io::Error {
     let kind = match e.is_timeout() {
         true => io::ErrorKind::TimedOut,
         false => io::ErrorKind::Other,
     };
-    io::Error::new(
-        kind,
-        format!(
-            "reading the body of {url}: {}",
-            crate::meta::error_chain(&e.without_url())
-        ),
-    )
-}
-
-impl AsyncRead for Body {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(())))
-            && buf.filled().len() == before
-            && buf.remaining() > 0
-        {
-            if let Some(commit) = this.commit.take() {
-                commit.apply();
-            }
-        }
-        polled
-    }
+    io::Error::new(kind, crate::meta::error_chain(&e.without_url()))
 }
 
 #[cfg(test)]

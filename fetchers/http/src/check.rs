@@ -272,7 +272,14 @@ impl HttpFetcher {
                     checksum_validators,
                     file_validators,
                 );
-                Box::new(body::Body::new(resp, meta::redact(&final_url), commit))
+                let length = resp.content_length();
+                let what = format!("GET {}", meta::redact(&final_url));
+                Box::new(
+                    body::reader(resp, what)
+                        .stall(small_timeout)
+                        .expect_len(length)
+                        .on_complete(move || commit.apply()),
+                )
             }
         };
         Ok(Some(Release {

@@ -75,7 +75,8 @@
 //! # Errors and statuses
 //!
 //! `404` and `410` mean "nothing published" (`Ok(None)`, logged at debug level); `429` or `503`
-//! with `Retry-After` is [`FetchError::RateLimited`]; any other unexpected status, a connection
+//! with `Retry-After` (up to an hour; a longer one is an error saying until when) is
+//! [`FetchError::RateLimited`]; any other unexpected status, a connection
 //! error or a timeout is an error naming the URL (and the status). Userinfo and query strings are
 //! never shown: URLs in names, logs and errors read `https://host/path?…`.
 //!
@@ -422,7 +423,7 @@ impl HttpFetcher {
 
     /// How long the release download may take in total, from connecting (redirects included) to
     /// the body's last byte. Default 5 min. The small requests (checksum, signature) get the
-    /// shorter of this and 30 s.
+    /// shorter of this and 30 s, and so does a stall of the download (no byte for that long).
     ///
     /// ```
     /// # fn main() -> Result<(), upshift::fetch::FetchError> {
@@ -635,13 +636,8 @@ mod tests {
         let mut f = HttpFetcher::new("https://example.com/app")
             .expect("valid")
             .header("X-Key", "line\nbreak-secret");
-        let current = Current {
-            sha256: String::new(),
-            identity: None,
-            version: None,
-            rejected: Vec::new(),
-            requires_checksum: false,
-        };
+        // Nothing installed, no checksum required.
+        let current = Current::default();
         let e = f
             .check(&current)
             .await

@@ -1,16 +1,12 @@
 //! What a URL or a response says about a release: names fit to show, file names, formats,
-//! identities, `Retry-After`.
-
-use std::time::{Duration, SystemTime};
+//! identities.
 
 use reqwest::header::{HeaderMap, CONTENT_DISPOSITION, CONTENT_TYPE};
 use reqwest::Url;
+pub(crate) use upshift::fetch::error_chain;
 use upshift::fetch::Format;
 
 use crate::body::Validators;
-
-/// The longest `Retry-After` honoured: a server asking for more still gets polled daily.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// `url` fit for logs and errors: no userinfo, no fragment, and a query string (which may hold
 /// a signature or token) shown as `?…`.
@@ -40,22 +36,6 @@ pub(crate) fn file_name(url: &Url) -> String {
     percent_encoding::percent_decode_str(last)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// `e` and its sources, `: `-separated (reqwest's own message is terse: "error sending
-/// request"). Call on an error whose URL was removed (`without_url`) or redacted.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !msg.contains(&next) {
-            msg.push_str(": ");
-            msg.push_str(&next);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// The innermost I/O error's kind in `e`'s chain, if any.
@@ -184,24 +164,6 @@ pub(crate) fn guess_format(final_url: &Url, headers: &HeaderMap, configured: &Ur
         .unwrap_or(Format::Raw)
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date (capped at a day; a past date is no delay).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let delay = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = httpdate::parse_http_date(value).ok()?;
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(delay.min(MAX_RETRY_AFTER))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,22 +252,6 @@ mod tests {
             guess_format(&url("https://h.example/a.gz"), &h, &plain),
             Format::Gzip
         );
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "7")])),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "99999999")])),
-            Some(MAX_RETRY_AFTER)
-        );
-        let past = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]);
-        assert_eq!(retry_after(&past), Some(Duration::ZERO));
-        assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
-        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::time::Instant;
+use upshift::fetch::body::BodyError;
+use upshift::fetch::retry::{self, Retry};
 use upshift::fetch::{transport, FetchError, TrustPolicy};
 
 use crate::body::Validators;
@@ -196,7 +198,7 @@ impl Getter<'_> {
         timeout: Duration,
         limit: usize,
     ) -> Result<Doc, FetchError> {
-        let (mut resp, at) = self.send(Method::GET, url, validators, timeout).await?;
+        let (resp, at) = self.send(Method::GET, url, validators, timeout).await?;
         match classify(Method::GET, &resp, url, &at, validators.is_some())? {
             Class::NotModified => return Ok(Doc::NotModified),
             Class::Missing => return Ok(Doc::Missing),
@@ -204,21 +206,16 @@ impl Getter<'_> {
         }
         let what = describe(url, &at);
         let validators = Validators::of(resp.headers());
-        let mut bytes = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if bytes.len() + chunk.len() > limit {
-                        return Err(FetchError::Source(format!(
-                            "{what}: larger than {limit} bytes; not a checksum or signature file"
-                        )));
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(send_error(&format!("{what}: reading the body"), e, timeout)),
-            }
-        }
+        let bytes = crate::body::reader(resp, what.clone())
+            .max_bytes(limit as u64)
+            .read_to_vec()
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { cap, .. } => FetchError::Source(format!(
+                    "{what}: larger than {cap} bytes; not a checksum or signature file"
+                )),
+                e => FetchError::from(e),
+            })?;
         let text = String::from_utf8(bytes)
             .map_err(|_| FetchError::Source(format!("{what}: not UTF-8 text")))?;
         Ok(Doc::Found { text, validators })
@@ -247,13 +244,16 @@ fn classify(
             Ok(Class::Missing)
         }
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-            match meta::retry_after(resp.headers()) {
-                Some(d) => {
-                    tracing::debug!(url = %redact(at), status = status.as_u16(), retry_after = ?d, "rate limited");
-                    Err(FetchError::RateLimited(d))
-                }
-                None => Err(bad_status(&method, url, at, status)),
+            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+            let now = std::time::SystemTime::now();
+            let retry = retry::classify(status.as_u16(), header, now);
+            if let Retry::After(d) = retry {
+                tracing::debug!(url = %redact(at), status = status.as_u16(), retry_after = ?d, "rate limited");
             }
+            let what = format!("{}: HTTP {status}", describe_method(&method, url, at));
+            Err(retry
+                .into_error(&what, now)
+                .unwrap_or_else(|| bad_status(&method, url, at, status)))
         }
         _ => Err(bad_status(&method, url, at, status)),
     }

@@ -3,14 +3,13 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use upshift::fetch::FetchError;
+use upshift::fetch::{error_chain, retry, FetchError};
 
 /// How long to back off when S3 throttles and says nothing more precise.
 const THROTTLE_DELAY: Duration = Duration::from_secs(5);
-const MAX_THROTTLE_DELAY: Duration = Duration::from_secs(300);
 
 /// Error codes S3 and S3-compatible stores use for "slow down".
 const THROTTLE_CODES: &[&str] = &[
@@ -62,12 +61,12 @@ where
             });
             FetchError::Io {
                 what: format!("{what} (endpoint {endpoint})"),
-                source: io::Error::new(kind, chain(&err)),
+                source: io::Error::new(kind, error_chain(&err)),
             }
         }
         SdkError::TimeoutError(_) => FetchError::Io {
             what: format!("{what} (endpoint {endpoint})"),
-            source: io::Error::new(io::ErrorKind::TimedOut, chain(&err)),
+            source: io::Error::new(io::ErrorKind::TimedOut, error_chain(&err)),
         },
         _ => FetchError::Source(format!("{what}: {}", DisplayErrorContext(&err))),
     }
@@ -82,20 +81,17 @@ where
     let throttled = matches!(status, Some(429 | 503))
         || code.as_deref().is_some_and(|c| THROTTLE_CODES.contains(&c));
     if throttled {
-        let delay = err
-            .raw_response()
-            .and_then(|r| r.headers().get("retry-after"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(THROTTLE_DELAY)
-            .clamp(Duration::from_secs(1), MAX_THROTTLE_DELAY);
+        let headers = err.raw_response().map(|r| r.headers());
+        let header = |name: &str| headers.and_then(|h| h.get(name));
+        let retry = retry::classify(status.unwrap_or(503), header, SystemTime::now());
+        let said = retry.into_error(&format!("{what}: S3 asks to slow down"), SystemTime::now());
         tracing::warn!(
             operation = what,
             code = code.as_deref().unwrap_or("-"),
-            ?delay,
+            ?retry,
             "S3 asks to slow down"
         );
-        return FetchError::RateLimited(delay);
+        return said.unwrap_or(FetchError::RateLimited(THROTTLE_DELAY));
     }
     let status = status.map_or_else(String::new, |s| format!("HTTP {s} "));
     let hint = code
@@ -127,21 +123,6 @@ fn hint(code: &str) -> Option<&'static str> {
         "RequestTimeTooSkewed" => "this machine's clock is off",
         _ => return None,
     })
-}
-
-/// The error and its sources, `a: b: c`, without the repetitions of errors that include their
-/// source's text in their own.
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 /// The kind of the first `std::io::Error` in the error's chain (connection refused, reset...).

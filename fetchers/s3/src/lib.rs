@@ -89,7 +89,6 @@
 
 #![warn(missing_docs)]
 
-mod body;
 mod digest;
 mod errors;
 
@@ -103,6 +102,7 @@ use aws_sdk_s3::config::{Credentials, Region, ResponseChecksumValidation};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 use aws_smithy_http_client::tls;
+use upshift::fetch::body::{BodyError, BoundedBody};
 use upshift::fetch::{
     transport, Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy,
 };
@@ -670,26 +670,13 @@ impl S3Fetcher {
         }
         // Read as it streams, stopping at the limit: a body without Content-Length (chunked)
         // is never held whole before it is measured. Within `timeout` in all.
-        let mut body = out.body;
-        let read = async {
-            let mut bytes = Vec::new();
-            while let Some(chunk) = body.try_next().await.map_err(|e| FetchError::Io {
-                what: what.clone(),
-                source: std::io::Error::from(e),
-            })? {
-                let len = (bytes.len() + chunk.len()) as u64;
-                if len > SIDE_OBJECT_LIMIT {
-                    return Err(too_big(len));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(bytes)
-        };
-        let bytes = tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| {
-                FetchError::Source(format!("{what}: not read within {:?}", self.timeout))
-            })??;
+        let body = BoundedBody::new(Box::pin(out.body.into_async_read()), what.clone())
+            .total(self.timeout)
+            .max_bytes(SIDE_OBJECT_LIMIT);
+        let bytes = body.read_to_vec().await.map_err(|e| match e {
+            BodyError::TooLarge { cap, .. } => too_big(cap.saturating_add(1)),
+            e => FetchError::from(e),
+        })?;
         String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| FetchError::Source(format!("{what}: not UTF-8 text")))
@@ -872,13 +859,12 @@ impl S3Fetcher {
         }
         let size_hint = out.content_length().and_then(|l| u64::try_from(l).ok());
         let settled_flag = Arc::new(AtomicBool::new(false));
-        let body = body::Body::new(
-            out.body.into_async_read(),
-            what,
-            self.timeout,
-            size_hint,
-            settled_flag.clone(),
-        );
+        // Raised when the body was read to its end, complete.
+        let delivered = settled_flag.clone();
+        let body = BoundedBody::new(Box::pin(out.body.into_async_read()), what)
+            .stall(self.timeout)
+            .expect_len(size_hint)
+            .on_complete(move || delivered.store(true, Ordering::Release));
         tracing::debug!(
             fetcher = %self.name,
             identity = %head.identity,

@@ -17,6 +17,7 @@ use octocrab::{OctoBody, Octocrab};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use upshift::fetch::error_chain;
 
 use crate::progress::Counter;
 use crate::Error;
@@ -38,21 +39,6 @@ pub(crate) struct Api {
     timeout: Duration,
     /// `owner/repo`, for hints.
     repo: String,
-}
-
-/// The error chain, `: `-joined without repeats (hyper repeats its source in its message).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 impl Api {
@@ -82,11 +68,11 @@ impl Api {
         let anonymous = octocrab::OctocrabBuilder::new()
             .set_connect_timeout(Some(timeout))
             .build()
-            .map_err(|e| Error::Github(format!("building the API client: {}", chain(&e))))?;
+            .map_err(|e| Error::Github(format!("building the API client: {}", error_chain(&e))))?;
         let client = builder
             .personal_token(token.to_string())
             .build()
-            .map_err(|e| Error::Github(format!("building the API client: {}", chain(&e))))?;
+            .map_err(|e| Error::Github(format!("building the API client: {}", error_chain(&e))))?;
         Ok(Api {
             client,
             anonymous,
@@ -123,7 +109,11 @@ impl Api {
                 _ => return Err(Error::Github(format!("unsupported method {method}"))),
             };
             let response = response.map_err(|e| {
-                Error::Github(format!("{method} {}: {}", self.shown(target), chain(&e)))
+                Error::Github(format!(
+                    "{method} {}: {}",
+                    self.shown(target),
+                    error_chain(&e)
+                ))
             })?;
             let status = response.status();
             let body = read_limited(response.into_body(), READ_LIMIT)
@@ -160,7 +150,9 @@ impl Api {
             let response = client
                 ._get_with_headers(&url, Some(headers.clone()))
                 .await
-                .map_err(|e| Error::Github(format!("GET {}: {}", self.shown(&url), chain(&e))))?;
+                .map_err(|e| {
+                    Error::Github(format!("GET {}: {}", self.shown(&url), error_chain(&e)))
+                })?;
             let status = response.status();
             let location = (response.headers().get(http::header::LOCATION))
                 .and_then(|v| v.to_str().ok())
@@ -213,7 +205,7 @@ impl Api {
             .client
             .execute(request)
             .await
-            .map_err(|e| Error::Github(format!("POST {shown}: {}", chain(&e))))?;
+            .map_err(|e| Error::Github(format!("POST {shown}: {}", error_chain(&e))))?;
         let status = response.status();
         let body =
             tokio::time::timeout(self.timeout, read_limited(response.into_body(), READ_LIMIT))
@@ -288,7 +280,7 @@ where
 {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| chain(&e))?;
+        let frame = frame.map_err(|e| error_chain(&e))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
                 return Err(format!("the answer is larger than {limit} bytes"));
