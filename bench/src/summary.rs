@@ -154,7 +154,7 @@ fn verdicts(s: &mut String, run: &Run) {
                     s,
                     "| {} | – | could not be performed: {} | **not run** | {cpu} |",
                     r.name,
-                    cell(e)
+                    cell(&clip(e, 160))
                 );
             }
         }
@@ -205,7 +205,11 @@ fn scenario(s: &mut String, r: &Ran) {
             }
         }
         Err(e) => {
-            let _ = writeln!(s, "**Could not be performed:** {e}\n");
+            let _ = writeln!(
+                s,
+                "**Could not be performed:**\n\n```text\n{}\n```\n",
+                clip(e, 2000)
+            );
         }
     }
 }
@@ -242,6 +246,18 @@ fn binaries(s: &mut String, run: &Run) {
         );
     }
     s.push('\n');
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary), marked when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} more bytes)", &text[..end], text.len() - end)
 }
 
 /// A table cell: no pipe or newline breaks the row.
