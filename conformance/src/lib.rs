@@ -31,10 +31,10 @@
 //! Every call into the fetcher runs in its own task, bounded by [`CHECK_BOUND`]: a panic or a hang
 //! is a test failure with a message, never a stuck test.
 
-pub mod hello;
 mod loopback;
-pub mod skip;
-pub mod startup;
+
+// Moved to the test kit; re-exported while their users move over.
+pub use upshift_testkit::{hello, skip, startup};
 
 pub use loopback::{Loopback, LOOPBACK_POLICY};
 

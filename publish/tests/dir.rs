@@ -5,20 +5,16 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../../fetchers/http/tests/common/nginx.rs"]
-mod nginx;
-
 use std::os::unix::fs::PermissionsExt;
 
 use common::{
     assert_verifies, dir_names, fetch, fresh_current, keypair, payload, publish, sha256_hex, untar,
     write_binary, Scratch,
 };
-use nginx::Nginx;
 use upshift::fetch::{FileFetcher, Format};
 use upshift_fetcher_conformance::Loopback;
 use upshift_http::HttpFetcher;
+use upshift_testkit::servers::nginx::Nginx;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_signed_release_reaches_the_file_and_http_fetchers() {

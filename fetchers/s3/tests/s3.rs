@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::Exchange;
-use common::{Bed, Mode, Vouch, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
+use common::{Bed, BedFetcher, Mode, Vouch, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy};
 use upshift_fetcher_conformance::{payload, read_body, sha256_hex, Loopback, LOOPBACK_POLICY};
 use upshift_s3::S3Fetcher;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, Fetcher, Format};
 
-pub use upshift_fetcher_conformance::hello::Scratch;
+pub use upshift_testkit::hello::Scratch;
 
 /// How long one run of the tool may take (a debug build uploading a debug `hello`).
 const RUN_LIMIT: Duration = Duration::from_secs(180);
