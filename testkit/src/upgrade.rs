@@ -150,3 +150,99 @@ pub fn upgrade_to(
         report,
     }
 }
+
+/// What a refused release looked like.
+#[derive(Debug)]
+pub struct Rejection {
+    /// Generation 1, which kept serving.
+    pub before: Greeting,
+    /// The master's log line saying why it refused.
+    pub line: String,
+    /// From the start of publishing to that line.
+    pub took: Duration,
+    /// Greetings in the 2 s after it.
+    pub since_rejection: usize,
+}
+
+/// Publishes a release with a checksum that does not match it with `publish` (which returns the
+/// release's identity as the master logs it) to the master `hello` serves generation 1 of, and
+/// asserts the refusal: `release <identity> rejected: checksum mismatch` logged once within
+/// `bound`, no release serving, generation 1 still answering every request of a polling client
+/// (at least 20 in the 2 s after), the same master with the same one child, the binary on disk
+/// unchanged (`current`) with nothing left beside it.
+pub fn rejected(
+    hello: &mut Hello,
+    current: &[u8],
+    bound: Duration,
+    via: &str,
+    publish: impl FnOnce() -> String,
+) -> Rejection {
+    let master = hello.pid();
+    let before = hello.greeting();
+    let poller = Poller::start(hello.addr, CLIENT_PAUSE);
+    let t0 = Instant::now();
+    let identity = publish();
+    let rejected = format!("release {identity} rejected: checksum mismatch");
+    let Some(line) = hello.wait_log(&rejected, bound) else {
+        hello.fail(format!(
+            "the master did not log {rejected:?} within {bound:?}"
+        ))
+    };
+    let took = t0.elapsed();
+    let rejected_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let report = poller.finish();
+
+    if !report.failures.is_empty() {
+        hello.fail(format!(
+            "requests failed around the rejection: {:#?}",
+            report.failures
+        ));
+    }
+    let since_rejection = report
+        .answers
+        .iter()
+        .filter(|(at, _)| *at >= rejected_at)
+        .count();
+    assert!(
+        since_rejection >= 20,
+        "only {since_rejection} answers in the 2 s after the rejection"
+    );
+    assert_eq!(
+        report.workers(),
+        [(before.pid, 1)],
+        "who answered while the bad release was published"
+    );
+    assert_eq!(hello.greeting(), before);
+    assert!(hello.is_running(), "the master exited");
+    assert_eq!(hello.pid(), master);
+    assert_eq!(hello.live_children(), [before.pid], "the master's children");
+    assert!(
+        hello.installed() == current,
+        "the binary on disk changed after a rejected release"
+    );
+    assert_eq!(
+        hello.bin_dir_entries(),
+        ["hello", "hello.upshift-lock", "hello.upshift-state"],
+        "left next to the binary after the rejection"
+    );
+    let log = hello.log();
+    if log.contains(" is serving (")
+        || log.lines().filter(|l| l.contains(" rejected: ")).count() != 1
+    {
+        hello.fail("expected exactly one rejection and no release serving");
+    }
+    eprintln!(
+        "REJECTED via {via} {took:?} after publishing: {}; generation 1 (pid {}) answered {} \
+         requests in the next 2 s, 0 failed",
+        line.trim(),
+        before.pid,
+        since_rejection
+    );
+    Rejection {
+        before,
+        line,
+        took,
+        since_rejection,
+    }
+}
