@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::types::ChecksumMode;
 use common::{
-    assert_verifies, fetch, fresh_current, keypair, payload, publish, sha256_hex, write_binary,
+    fetch, fetch_signed, fresh_current, keypair, payload, publish, sha256_hex, write_binary,
     Scratch,
 };
 use upshift_fetcher_conformance::Loopback;
@@ -116,16 +116,7 @@ async fn a_signed_object_reaches_the_s3_fetcher() {
     assert_eq!(checksum, Some(aws_smithy_types::base64::encode(raw)));
 
     let mut f = fetcher_for(&bed.endpoint());
-    let got = fetch(&mut f, &fresh_current(None))
-        .await
-        .expect("a release");
-    assert_eq!(got.bytes, bytes);
-    assert_eq!(got.sha256.as_deref(), Some(sha.as_str()));
-    assert_verifies(
-        &public_key,
-        got.signature.as_deref().expect("signed"),
-        &got.bytes,
-    );
+    fetch_signed(&mut f, &bytes, &sha, &public_key).await;
     // The sidecar went up too (for clients that read it, like the HTTP fetcher on a bucket).
     let sidecar = bed.block({
         let c = bed.publisher.clone();

@@ -232,6 +232,24 @@ pub async fn fetch(fetcher: &mut dyn Fetcher, current: &Current) -> Option<Fetch
     })
 }
 
+/// One check of `fetcher`, which must offer exactly `bytes`, vouched for by `sha256` and signed
+/// by the key of `public_key`; the release.
+pub async fn fetch_signed(
+    fetcher: &mut dyn Fetcher,
+    bytes: &[u8],
+    sha256: &str,
+    public_key: &str,
+) -> Fetched {
+    let got = fetch(fetcher, &fresh_current(None))
+        .await
+        .unwrap_or_else(|| panic!("{} offered no release", fetcher.name()));
+    assert!(got.bytes == bytes, "{} offered other bytes", fetcher.name());
+    assert_eq!(got.sha256.as_deref(), Some(sha256));
+    let signature = got.signature.as_deref().expect("signed");
+    assert_verifies(public_key, signature, &got.bytes);
+    got
+}
+
 /// The only file in a `.tar.gz`, as upshift's installer reads it: (path, mode, bytes).
 pub fn untar(archive: &[u8]) -> (String, u32, Vec<u8>) {
     let gz = flate2::read::MultiGzDecoder::new(archive);

@@ -16,12 +16,5 @@ pub use upshift_testkit::servers::nginx;
 pub use upshift_testkit::servers::nginx::{nginx_or_skip, start_tls, Hit, Nginx, Options, TOKEN};
 
 /// What a fetcher is told on a host where nothing it could find is installed yet.
-pub fn nothing_installed() -> upshift::fetch::Current {
-    upshift::fetch::Current {
-        sha256: sha256_hex(b"the installed binary, never published"),
-        identity: None,
-        version: None,
-        rejected: Vec::new(),
-        requires_checksum: false,
-    }
-}
+#[allow(unused_imports)]
+pub use upshift_fetcher_conformance::unrelated_current as nothing_installed;
