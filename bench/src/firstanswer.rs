@@ -3,12 +3,10 @@
 //! build. A new worker has a new pid, so "the first answer from the new build after the publish"
 //! is well defined even when releases reuse a BUILD_ID.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::httpget;
+use crate::prober::{self, Probing, Record};
 
 /// One worker's first answer.
 #[derive(Clone, Debug)]
@@ -28,91 +26,45 @@ pub struct Log {
     pub firsts: Vec<First>,
 }
 
-pub struct FirstAnswers {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Log>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// Each worker's first answer, and the failures.
+pub type FirstAnswers = Probing<Log>;
 
-impl FirstAnswers {
-    pub fn start(addr: SocketAddr, interval: Duration) -> Result<FirstAnswers, String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Log::default()));
-        let (s, l) = (stop.clone(), log.clone());
-        let thread = std::thread::Builder::new()
-            .name("first-answers".into())
-            .spawn(move || probe_loop(addr, interval, &s, &l))
-            .map_err(|e| format!("cannot start the prober thread: {e}"))?;
-        Ok(FirstAnswers {
-            stop,
-            log,
-            thread: Some(thread),
-        })
-    }
-
+impl Probing<Log> {
     /// When a worker of `build` first answered at or after `since`, if one has.
     pub fn first(&self, build: &str, since: Instant) -> Option<Instant> {
-        let log = self.log.lock().ok()?;
-        log.firsts
+        self.snapshot()
+            .firsts
             .iter()
             .filter(|f| f.build == build && f.at >= since)
             .map(|f| f.at)
             .min()
     }
-
-    pub fn finish(mut self) -> Log {
-        self.halt();
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
-impl Drop for FirstAnswers {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
+impl Record for Log {
+    const THREAD: &'static str = "first-answers";
 
-fn probe_loop(addr: SocketAddr, interval: Duration, stop: &AtomicBool, log: &Mutex<Log>) {
-    let started = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        let reply = httpget::get(addr, "/", Duration::from_secs(5));
-        let now = Instant::now();
-        let Ok(mut l) = log.lock() else { return };
-        l.probes += 1;
-        let greeting = match &reply {
-            Ok(r) if r.status == 200 => httpget::parse_greeting(&r.body),
-            _ => None,
-        };
-        match greeting {
-            Some(g) => {
-                if !l.firsts.iter().any(|f| f.pid == g.pid) {
-                    l.firsts.push(First {
+    fn record(
+        &mut self,
+        now: Instant,
+        since: Duration,
+        outcome: Result<httpget::Greeting, String>,
+    ) {
+        self.probes += 1;
+        match outcome {
+            Ok(g) => {
+                if !self.firsts.iter().any(|f| f.pid == g.pid) {
+                    self.firsts.push(First {
                         build: g.build,
                         pid: g.pid,
                         at: now,
                     });
                 }
             }
-            None => {
-                l.failures += 1;
-                if l.samples.len() < 5 {
-                    let what = match reply {
-                        Ok(r) => format!("status {}: {:?}", r.status, r.body.trim()),
-                        Err(e) => e.to_string(),
-                    };
-                    let at = (now - started).as_secs_f64();
-                    l.samples.push(format!("at {at:.3} s: {what}"));
-                }
+            Err(what) => {
+                self.failures += 1;
+                prober::sample(&mut self.samples, since, what);
             }
         }
-        drop(l);
-        std::thread::sleep(interval);
     }
 }

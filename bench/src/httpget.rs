@@ -6,34 +6,26 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use upshift_testkit::get;
+
 pub struct Reply {
     pub status: u16,
     pub body: String,
 }
 
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.set_nodelay(true)?;
+    let mut s = get::connect(addr, timeout)?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: upshift-bench\r\nConnection: close\r\n\r\n"
     )?;
-    let mut raw = Vec::with_capacity(512);
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let reply = get::read_response(&mut s, "GET")?
+        .ok_or_else(|| std::io::Error::other("connection closed before a response"))?;
+    // Wait for the server's close, so that it, not this client, holds the TIME_WAIT.
+    let _ = s.read_to_end(&mut Vec::new());
     Ok(Reply {
-        status,
-        body: body.to_string(),
+        status: reply.status,
+        body: reply.text(),
     })
 }
 
@@ -75,30 +67,14 @@ pub fn keep_alive(addr: SocketAddr) -> Result<(u32, TcpStream), String> {
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: upshift-bench\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 1024];
-    // Read the head, then exactly Content-Length bytes of body: the connection stays open.
-    loop {
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the connection closed before a full response".into());
-        }
-        raw.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
-        if body.len() >= len {
-            let g = parse_greeting(body).ok_or_else(|| format!("unexpected answer {body:?}"))?;
-            return Ok((g.pid, s));
-        }
+    // The head, then exactly Content-Length bytes of body: the connection stays open.
+    let reply = get::read_response(&mut s, "GET")
+        .map_err(|e| e.to_string())?
+        .ok_or("the connection closed before a full response")?;
+    if reply.header("content-length").is_none() {
+        return Err(format!("no Content-Length in {:?}", reply.headers));
     }
+    let body = reply.text();
+    let g = parse_greeting(&body).ok_or_else(|| format!("unexpected answer {body:?}"))?;
+    Ok((g.pid, s))
 }

@@ -5,14 +5,12 @@
 //!
 //! Locations: `/` at full speed; `/slow/` (same files, `www/slow/`) throttled with `limit_rate`.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use upshift_testkit::servers::nginx;
 
 use crate::procs::Guard;
-
-const BINARY: &str = "/usr/sbin/nginx";
 
 pub struct Nginx {
     dir: PathBuf,
@@ -47,31 +45,21 @@ impl Nginx {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let d = self.dir.display().to_string();
-        let mut cmd = Command::new(BINARY);
-        cmd.args(["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf")])
-            .args(["-e", &format!("{d}/error.log")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let guard = Guard::spawn(&mut cmd, "nginx", Duration::from_secs(5))
-            .map_err(|e| format!("{e} (nginx is the Debian package nginx-light)"))?;
+        let guard = Guard::spawn(
+            &mut nginx::command(&self.dir),
+            "nginx",
+            Duration::from_secs(5),
+        )
+        .map_err(|e| format!("{e} (nginx is the Debian package nginx-light)"))?;
         self.guard = Some(guard);
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = self.guard.as_mut().and_then(|g| g.try_wait()) {
-                self.guard = None;
-                let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
-                return Err(format!("nginx exited with {st}: {log}"));
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > until {
-                return Err("nginx did not answer within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let ready = nginx::wait_ready(&self.dir, &[self.port], || {
+            self.guard.as_mut().and_then(|g| g.try_wait())
+        });
+        if ready.is_err() {
+            // Exited (then reaped), or not answering: either way, not ours to keep.
+            self.kill();
         }
+        ready
     }
 
     /// SIGKILL: connections in progress are cut, new ones refused until [`Nginx::restart`].
@@ -127,22 +115,9 @@ impl Nginx {
 
 fn config(dir: &Path, port: u16, slow_rate: &str) -> String {
     let d = dir.display();
+    let head = nginx::config_head(dir);
     format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    default_type application/octet-stream;
-    client_body_temp_path {d}/tmp/client_body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    sendfile on;
-    etag on;
+        r#"{head}
     access_log {d}/access.log;
     server {{
         listen 127.0.0.1:{port};

@@ -32,6 +32,8 @@ pub struct ProbeLog {
     pub seen: Vec<Seen>,
     /// The longest time between two consecutive answered probes.
     pub longest_gap: Duration,
+    /// When the last answered probe ended.
+    last_ok: Option<Instant>,
 }
 
 impl ProbeLog {
@@ -57,22 +59,37 @@ impl ProbeLog {
     }
 }
 
-pub struct Prober {
+/// What a probing thread records: one probe's outcome at a time.
+pub trait Record: Clone + Default + Send + 'static {
+    /// The thread's name.
+    const THREAD: &'static str;
+
+    /// Records one probe that ended at `now`, `since` the prober started: the greeting, or what
+    /// came back instead.
+    fn record(&mut self, now: Instant, since: Duration, outcome: Result<httpget::Greeting, String>);
+}
+
+/// A thread sending `GET /` on a fresh connection every `interval` into an `L`, stopped (and
+/// joined) by [`Probing::finish`] or on drop.
+pub struct Probing<L: Record> {
     stop: Arc<AtomicBool>,
-    log: Arc<Mutex<ProbeLog>>,
+    log: Arc<Mutex<L>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Prober {
-    pub fn start(addr: SocketAddr, interval: Duration) -> Result<Prober, String> {
+/// Every probe, every failure, who answered and when.
+pub type Prober = Probing<ProbeLog>;
+
+impl<L: Record> Probing<L> {
+    pub fn start(addr: SocketAddr, interval: Duration) -> Result<Probing<L>, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(ProbeLog::default()));
+        let log = Arc::new(Mutex::new(L::default()));
         let (s, l) = (stop.clone(), log.clone());
         let thread = std::thread::Builder::new()
-            .name("prober".into())
+            .name(L::THREAD.into())
             .spawn(move || probe_loop(addr, interval, &s, &l))
             .map_err(|e| format!("cannot start the prober thread: {e}"))?;
-        Ok(Prober {
+        Ok(Probing {
             stop,
             log,
             thread: Some(thread),
@@ -80,11 +97,11 @@ impl Prober {
     }
 
     /// A copy of what it has seen so far.
-    pub fn snapshot(&self) -> ProbeLog {
+    pub fn snapshot(&self) -> L {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    pub fn finish(mut self) -> ProbeLog {
+    pub fn finish(mut self) -> L {
         self.halt();
         self.snapshot()
     }
@@ -97,37 +114,59 @@ impl Prober {
     }
 }
 
-impl Drop for Prober {
+impl<L: Record> Drop for Probing<L> {
     fn drop(&mut self) {
         self.halt();
     }
 }
 
-fn probe_loop(addr: SocketAddr, interval: Duration, stop: &AtomicBool, log: &Mutex<ProbeLog>) {
+fn probe_loop<L: Record>(addr: SocketAddr, interval: Duration, stop: &AtomicBool, log: &Mutex<L>) {
     let started = Instant::now();
-    let mut last_ok: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
-        let reply = httpget::get(addr, "/", Duration::from_secs(5));
+        let outcome = match httpget::get(addr, "/", Duration::from_secs(5)) {
+            Ok(r) if r.status == 200 => httpget::parse_greeting(&r.body)
+                .ok_or_else(|| format!("status 200: {:?}", r.body.trim())),
+            Ok(r) => Err(format!("status {}: {:?}", r.status, r.body.trim())),
+            Err(e) => Err(e.to_string()),
+        };
         let now = Instant::now();
         let Ok(mut l) = log.lock() else { return };
-        l.probes += 1;
-        l.ended_at.push(now);
-        let greeting = match &reply {
-            Ok(r) if r.status == 200 => httpget::parse_greeting(&r.body),
-            _ => None,
-        };
-        match greeting {
-            Some(g) => {
-                if let Some(prev) = last_ok {
-                    l.longest_gap = l.longest_gap.max(now - prev);
+        l.record(now, now - started, outcome);
+        drop(l);
+        std::thread::sleep(interval);
+    }
+}
+
+/// Keeps the first few failures, with the time since the prober started.
+pub fn sample(samples: &mut Vec<String>, since: Duration, what: String) {
+    if samples.len() < 5 {
+        samples.push(format!("at {:.3} s: {what}", since.as_secs_f64()));
+    }
+}
+
+impl Record for ProbeLog {
+    const THREAD: &'static str = "prober";
+
+    fn record(
+        &mut self,
+        now: Instant,
+        since: Duration,
+        outcome: Result<httpget::Greeting, String>,
+    ) {
+        self.probes += 1;
+        self.ended_at.push(now);
+        match outcome {
+            Ok(g) => {
+                if let Some(prev) = self.last_ok {
+                    self.longest_gap = self.longest_gap.max(now - prev);
                 }
-                last_ok = Some(now);
-                match l.seen.iter_mut().find(|s| s.pid == g.pid) {
+                self.last_ok = Some(now);
+                match self.seen.iter_mut().find(|s| s.pid == g.pid) {
                     Some(s) => {
                         s.last = now;
                         s.count += 1;
                     }
-                    None => l.seen.push(Seen {
+                    None => self.seen.push(Seen {
                         build: g.build,
                         pid: g.pid,
                         last: now,
@@ -135,20 +174,11 @@ fn probe_loop(addr: SocketAddr, interval: Duration, stop: &AtomicBool, log: &Mut
                     }),
                 }
             }
-            None => {
-                l.failures += 1;
-                l.failed_at.push(now);
-                if l.samples.len() < 5 {
-                    let what = match reply {
-                        Ok(r) => format!("status {}: {:?}", r.status, r.body.trim()),
-                        Err(e) => e.to_string(),
-                    };
-                    let at = (now - started).as_secs_f64();
-                    l.samples.push(format!("at {at:.3} s: {what}"));
-                }
+            Err(what) => {
+                self.failures += 1;
+                self.failed_at.push(now);
+                sample(&mut self.samples, since, what);
             }
         }
-        drop(l);
-        std::thread::sleep(interval);
     }
 }

@@ -3,44 +3,21 @@
 //! one `PUT` each, the sha256 in `x-amz-meta-sha256` (one of the ways the S3 fetcher accepts, and
 //! the only one that publishes object and checksum in a single atomic request).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+use upshift_testkit::servers::s3s_fs;
 
 use crate::procs::Guard;
 
 pub const ACCESS_KEY: &str = "upshift-bench-access-key";
 pub const SECRET_KEY: &str = "upshift-bench-secret-key-0123456789";
 pub const REGION: &str = "us-east-1";
-
-/// The s3s-fs binary: `$S3S_FS`, else `s3s-fs` on the PATH, else `~/.cargo/bin/s3s-fs`.
-fn binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("S3S_FS") {
-        return Ok(PathBuf::from(p));
-    }
-    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("s3s-fs"))
-                .collect()
-        })
-        .unwrap_or_default();
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([Path::new(&home).join(".cargo/bin/s3s-fs")])
-        .find(|c| c.is_file())
-        .ok_or_else(|| {
-            "s3s-fs not found: install it with `cargo install s3s-fs --version 0.14.1 \
-             --features binary --locked`, or set S3S_FS"
-                .to_string()
-        })
-}
 
 /// s3s-fs serving `<dir>/root`, its output in `<dir>/s3s-fs.log`; stopped by pid when dropped.
 pub struct S3sFs {
@@ -52,16 +29,9 @@ impl S3sFs {
     pub fn start(dir: &Path) -> Result<S3sFs, String> {
         let root = dir.join("root");
         std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-        let bin = binary()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--host", "127.0.0.1", "--port", "0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(&root)
-            .env("RUST_LOG", "s3s_fs=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        let bin = s3s_fs::find()
+            .ok_or_else(|| format!("s3s-fs not found: install it with `{}`", s3s_fs::INSTALL))?;
+        let mut cmd = s3s_fs::command(&bin, &root, ACCESS_KEY, SECRET_KEY);
         let mut guard =
             Guard::spawn(&mut cmd, "s3s-fs", Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let stdout = guard
@@ -69,35 +39,12 @@ impl S3sFs {
             .stdout
             .take()
             .ok_or("s3s-fs has no stdout pipe")?;
-        // s3s-fs prints "server is running at http://ADDR" once it listens; the rest of its output
-        // goes to the log, read to the end so that it never blocks on a full pipe.
+        // Its output goes to the log, read to the end so that it never blocks on a full pipe.
         let log_path = dir.join("s3s-fs.log");
-        let mut log = std::fs::File::create(&log_path)
+        let log = std::fs::File::create(&log_path)
             .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                if let Some(rest) = line.split("server is running at http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
-            format!(
-                "{} did not report its address within 30 s (see {})",
-                bin.display(),
-                log_path.display()
-            )
-        })?;
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| format!("s3s-fs reported the address {addr:?}: {e}"))?;
+        let addr = s3s_fs::read_address(stdout, Some(log))
+            .map_err(|e| format!("{e} (see {})", log_path.display()))?;
         Ok(S3sFs {
             _guard: guard,
             addr,

@@ -31,10 +31,10 @@
 //! Every call into the fetcher runs in its own task, bounded by [`CHECK_BOUND`]: a panic or a hang
 //! is a test failure with a message, never a stuck test.
 
-pub mod hello;
 mod loopback;
-pub mod skip;
-pub mod startup;
+
+// Moved to the test kit; re-exported while their users move over.
+pub use upshift_testkit::{hello, skip, startup};
 
 pub use loopback::{Loopback, LOOPBACK_POLICY};
 
@@ -132,7 +132,11 @@ pub fn payload(tag: &str, len: usize) -> Vec<u8> {
 const PAYLOAD_LEN: usize = 300 * 1024;
 
 /// What is installed when the source's releases are all new: nothing the source ever serves.
-fn unrelated_current() -> Current {
+///
+/// ```
+/// assert!(upshift_fetcher_conformance::unrelated_current().identity.is_none());
+/// ```
+pub fn unrelated_current() -> Current {
     Current {
         sha256: sha256_hex(b"the binary that is installed, never published"),
         identity: None,
@@ -142,7 +146,14 @@ fn unrelated_current() -> Current {
     }
 }
 
-fn installed(sha256: &str, identity: Option<&str>) -> Current {
+/// What is installed after the release with `sha256` (and `identity`, as the fetcher named it)
+/// was installed.
+///
+/// ```
+/// let c = upshift_fetcher_conformance::installed("ab", Some("v1"));
+/// assert_eq!((c.sha256.as_str(), c.identity.as_deref()), ("ab", Some("v1")));
+/// ```
+pub fn installed(sha256: &str, identity: Option<&str>) -> Current {
     Current {
         sha256: sha256.to_string(),
         identity: identity.map(str::to_string),

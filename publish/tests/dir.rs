@@ -5,20 +5,16 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../../fetchers/http/tests/common/nginx.rs"]
-mod nginx;
-
 use std::os::unix::fs::PermissionsExt;
 
 use common::{
-    assert_verifies, dir_names, fetch, fresh_current, keypair, payload, publish, sha256_hex, untar,
-    write_binary, Scratch,
+    assert_verifies, dir_names, fetch, fetch_signed, fresh_current, keypair, payload, publish,
+    sha256_hex, untar, write_binary, Scratch,
 };
-use nginx::Nginx;
 use upshift::fetch::{FileFetcher, Format};
 use upshift_fetcher_conformance::Loopback;
 use upshift_http::HttpFetcher;
+use upshift_testkit::servers::nginx::Nginx;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_signed_release_reaches_the_file_and_http_fetchers() {
@@ -59,29 +55,11 @@ async fn a_raw_signed_release_reaches_the_file_and_http_fetchers() {
     assert_eq!(mode & 0o777, 0o755);
 
     let mut file = FileFetcher::new(www.join("next"));
-    let got = fetch(&mut file, &fresh_current(None))
-        .await
-        .expect("a release");
-    assert_eq!(got.bytes, bytes);
-    assert_eq!(got.sha256.as_deref(), Some(sha.as_str()));
+    let got = fetch_signed(&mut file, &bytes, &sha, &public_key).await;
     assert_eq!(got.format, Format::Raw);
-    assert_verifies(
-        &public_key,
-        got.signature.as_deref().expect("signed"),
-        &got.bytes,
-    );
 
     let mut http = HttpFetcher::new(nginx.url("next")).unwrap().loopback();
-    let got = fetch(&mut http, &fresh_current(None))
-        .await
-        .expect("a release");
-    assert_eq!(got.bytes, bytes);
-    assert_eq!(got.sha256.as_deref(), Some(sha.as_str()));
-    assert_verifies(
-        &public_key,
-        got.signature.as_deref().expect("signed"),
-        &got.bytes,
-    );
+    fetch_signed(&mut http, &bytes, &sha, &public_key).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::github::Fixture;
+use common::github::{self, Fixture};
 use common::{
     assert_verifies, dir_names, fetch, fresh_current, keypair, payload, publish, sha256_hex, untar,
     write_binary, Scratch,
@@ -33,7 +33,7 @@ fn release_dir(data: &Scratch, tag: &str) -> std::path::PathBuf {
 async fn a_new_release_is_created_uploaded_and_found_by_the_github_fetcher() {
     let scratch = Scratch::new("gh-new");
     let data = Scratch::new("gh-new-data");
-    let fixture = Fixture::start(data.path(), &["acme/app"], &["--token", TOKEN]);
+    let fixture = github::start(data.path(), &["acme/app"], &["--token", TOKEN]);
     let bytes = payload("gh-v1.2.0", 400_000);
     let bin = write_binary(scratch.path(), "app", &bytes);
     let (key, public_key) = keypair(scratch.path(), None);
@@ -142,7 +142,7 @@ async fn a_new_release_is_created_uploaded_and_found_by_the_github_fetcher() {
 async fn a_draft_stays_hidden_and_takes_a_second_platform() {
     let scratch = Scratch::new("gh-draft");
     let data = Scratch::new("gh-draft-data");
-    let fixture = Fixture::start(data.path(), &["acme/app"], &[]);
+    let fixture = github::start(data.path(), &["acme/app"], &[]);
     let bin = write_binary(scratch.path(), "app", &payload("draft", 50_000));
     let bin = bin.to_str().unwrap();
     let common = [
@@ -190,7 +190,7 @@ async fn a_draft_stays_hidden_and_takes_a_second_platform() {
 async fn an_existing_asset_is_refused_unless_replaced() {
     let scratch = Scratch::new("gh-replace");
     let data = Scratch::new("gh-replace-data");
-    let fixture = Fixture::start(data.path(), &["acme/app"], &[]);
+    let fixture = github::start(data.path(), &["acme/app"], &[]);
     let v1 = payload("replace-1", 30_000);
     let v2 = payload("replace-2", 31_000);
     let bin = write_binary(scratch.path(), "app", &v1);
@@ -239,7 +239,7 @@ async fn an_existing_asset_is_refused_unless_replaced() {
 async fn failures_leave_the_release_as_it_was() {
     let scratch = Scratch::new("gh-fail");
     let data = Scratch::new("gh-fail-data");
-    let fixture = Fixture::start(data.path(), &["acme/app"], &[]);
+    let fixture = github::start(data.path(), &["acme/app"], &[]);
     let v1 = payload("fail-1", 20_000);
     let bin = write_binary(scratch.path(), "app", &v1);
     let bin = bin.to_str().unwrap();
@@ -300,7 +300,7 @@ async fn failures_leave_the_release_as_it_was() {
 fn tokens_and_repositories_are_checked() {
     let scratch = Scratch::new("gh-auth");
     let data = Scratch::new("gh-auth-data");
-    let fixture = Fixture::start(data.path(), &["acme/app"], &["--token", TOKEN]);
+    let fixture = github::start(data.path(), &["acme/app"], &["--token", TOKEN]);
     let bin = write_binary(scratch.path(), "app", &payload("auth", 1_000));
     let bin = bin.to_str().unwrap();
     let args = [

@@ -13,9 +13,10 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::github::Fixture;
+use common::github::{self, Fixture};
 use common::{publish, sha256_hex, write_binary, Scratch};
-use upshift_fetcher_conformance::hello::{hello_binary, new_build, Greeting, Hello, Poller};
+use upshift_testkit::hello::{hello_binary, new_build, Hello};
+use upshift_testkit::upgrade;
 
 /// From publishing to generation 2 answering (a debug `hello` is a few hundred MB).
 const UPGRADE: Duration = Duration::from_secs(60);
@@ -26,44 +27,22 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Publishes with `publish_args` while polling, then checks that generation 2 of the same
-/// master serves the new build, installed byte for byte, and that no request failed.
-fn upgrade_to(hello: &mut Hello, build: &[u8], publish_args: &[&str], env: &[(&str, &str)]) {
-    let master = hello.pid();
-    let before: Greeting = hello.greeting();
-    assert_eq!(before.generation, 1, "{before:?}");
-    let poller = Poller::start(hello.addr, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_millis(200));
-    let run = publish(publish_args, env);
-    if run.code != Some(0) {
-        hello.fail(format!("upshift-publish failed: {run:#?}"));
-    }
-    assert_eq!(run.sha256(), sha256_hex(build));
-    let Some(after) = hello.wait_greeting(UPGRADE, |g| g.pid != before.pid) else {
-        hello.fail(format!(
-            "no new worker within {UPGRADE:?} of publishing: {run:#?}"
-        ));
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let report = poller.finish();
-    if after.generation != 2 || hello.pid() != master || !hello.is_running() {
-        hello.fail(format!("after publishing: {after:?} (before {before:?})"));
-    }
-    if !report.failures.is_empty() {
-        hello.fail(format!(
-            "requests failed during the upgrade: {:#?}",
-            report.failures
-        ));
-    }
-    if report.answers.is_empty() {
-        hello.fail("the polling client got no answer");
-    }
-    let installed = sha256_hex(&hello.installed());
-    if installed != sha256_hex(build) {
-        hello.fail(format!(
-            "the installed binary is {installed}, not the published build"
-        ));
-    }
+/// Publishes with `publish_args` while polling, and checks the upgrade (the test kit's check):
+/// generation 2 of the same master serves the new build, installed byte for byte, logged as
+/// release `identity`, and no request failed.
+fn upgrade_to(
+    hello: &mut Hello,
+    build: &[u8],
+    identity: &str,
+    publish_args: &[&str],
+    env: &[(&str, &str)],
+) {
+    upgrade::upgrade_to(hello, build, UPGRADE, "upshift-publish", || {
+        let run = publish(publish_args, env);
+        assert_eq!(run.code, Some(0), "upshift-publish failed: {run:#?}");
+        assert_eq!(run.sha256(), sha256_hex(build), "{run:#?}");
+        Some(identity.to_string())
+    });
 }
 
 /// hello polling the fixture's `acme/hello` releases, with `extra` flags.
@@ -99,14 +78,14 @@ fn upgrade_from_github(
     ];
     args.extend_from_slice(extra);
     let env = [("GITHUB_TOKEN", "any-token-the-fixture-takes")];
-    upgrade_to(hello, build, &args, &env);
+    upgrade_to(hello, build, tag, &args, &env);
 }
 
 #[test]
 fn hello_upgrades_from_a_github_release_the_tool_published() {
     let _serial = serial();
     let data = Scratch::new("hello-gh-data");
-    let fixture = Fixture::start(data.path(), &["acme/hello"], &[]);
+    let fixture = github::start(data.path(), &["acme/hello"], &[]);
     let original = std::fs::read(hello_binary()).expect("read hello");
     // The fixture on 127.0.0.1 speaks plain http: the opt-in (no key here).
     let mut hello = start_github_hello(&fixture, &["--allow-insecure-transport"]);
@@ -145,6 +124,7 @@ fn hello_upgrades_from_a_directory_the_tool_published() {
     upgrade_to(
         &mut hello,
         &build,
+        &format!("sha256:{}", sha256_hex(&build)),
         &[
             bin.to_str().unwrap(),
             "--dir",
@@ -164,7 +144,7 @@ fn hello_upgrades_from_a_directory_the_tool_published() {
 fn hello_with_a_key_upgrades_to_a_release_the_tool_signed() {
     let _serial = serial();
     let data = Scratch::new("hello-gh-signed-data");
-    let fixture = Fixture::start(data.path(), &["acme/hello"], &[]);
+    let fixture = github::start(data.path(), &["acme/hello"], &[]);
     let scratch = Scratch::new("hello-gh-signed-build");
     let (key, public_key) = common::keypair(scratch.path(), None);
     let pub_file = scratch.path().join("minisign.pub");

@@ -7,16 +7,28 @@
 
 mod common;
 
-#[path = "../../fetchers/s3/tests/common/mod.rs"]
-mod bed;
+use std::time::Duration;
 
 use aws_sdk_s3::types::ChecksumMode;
-use bed::moto::Moto;
-use bed::{Bed, Mode, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
 use common::{
-    assert_verifies, fetch, fresh_current, keypair, payload, publish, sha256_hex, write_binary,
+    fetch, fetch_signed, fresh_current, keypair, payload, publish, sha256_hex, write_binary,
     Scratch,
 };
+use upshift_fetcher_conformance::Loopback;
+use upshift_s3::S3Fetcher;
+use upshift_testkit::s3::moto::Moto;
+use upshift_testkit::s3::{Bed, Mode, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
+
+/// The real S3 fetcher for [`KEY`] at `endpoint` (a loopback server), with the test credentials
+/// and a short request timeout.
+fn fetcher_for(endpoint: &str) -> S3Fetcher {
+    let f = S3Fetcher::new(BUCKET, KEY)
+        .endpoint(endpoint)
+        .region("us-east-1");
+    f.credentials(ACCESS_KEY, SECRET_KEY, None)
+        .timeout(Duration::from_secs(5))
+        .loopback()
+}
 
 /// Three parts of `--part-size 5`.
 const MULTIPART_LEN: usize = 11 * 1024 * 1024 + 123;
@@ -103,17 +115,8 @@ async fn a_signed_object_reaches_the_s3_fetcher() {
     let raw = hex::decode(&sha).unwrap();
     assert_eq!(checksum, Some(aws_smithy_types::base64::encode(raw)));
 
-    let mut f = bed.fetcher();
-    let got = fetch(&mut f, &fresh_current(None))
-        .await
-        .expect("a release");
-    assert_eq!(got.bytes, bytes);
-    assert_eq!(got.sha256.as_deref(), Some(sha.as_str()));
-    assert_verifies(
-        &public_key,
-        got.signature.as_deref().expect("signed"),
-        &got.bytes,
-    );
+    let mut f = fetcher_for(&bed.endpoint());
+    fetch_signed(&mut f, &bytes, &sha, &public_key).await;
     // The sidecar went up too (for clients that read it, like the HTTP fetcher on a bucket).
     let sidecar = bed.block({
         let c = bed.publisher.clone();
@@ -152,7 +155,7 @@ async fn a_multipart_upload_carries_its_sha256_in_the_metadata() {
     assert_eq!(sha, sha256_hex(&bytes));
     let (meta, _) = head(&bed, KEY).expect("the object");
     assert_eq!(meta.as_deref(), Some(sha.as_str()));
-    let mut f = bed.fetcher();
+    let mut f = fetcher_for(&bed.endpoint());
     let got = fetch(&mut f, &fresh_current(None))
         .await
         .expect("a release");
@@ -170,7 +173,7 @@ async fn publish_to_moto(moto: &Moto, tag: &str, bytes: &[u8]) -> Head {
     let run = publish(&args, &SECRET).ok();
     let sha = sha256_hex(bytes);
     assert_eq!(run.sha256(), sha, "{run:#?}");
-    let client = bed::client(&url, ACCESS_KEY, SECRET_KEY);
+    let client = upshift_testkit::s3::client(&url, ACCESS_KEY, SECRET_KEY);
     let head = head_with(&client, KEY).await.expect("the object");
     assert_eq!(head.meta.as_deref(), Some(sha.as_str()), "{head:?}");
     assert_eq!(head.size, Some(bytes.len() as i64), "{head:?}");
@@ -191,7 +194,7 @@ async fn publish_to_moto(moto: &Moto, tag: &str, bytes: &[u8]) -> Head {
         .expect("list multipart uploads");
     assert!(open.uploads().is_empty(), "uploads left open: {open:?}");
 
-    let mut f = bed::fetcher_for(&url);
+    let mut f = fetcher_for(&url);
     let got = fetch(&mut f, &fresh_current(None))
         .await
         .expect("a release");

@@ -49,7 +49,7 @@ async fn a_worker_not_ready_in_time_is_killed_and_the_old_one_keeps_serving() {
     assert_eq!(h.serving_generation(), Some(1));
     assert_eq!(
         h.drained(),
-        vec![],
+        Vec::<u64>::new(),
         "the old worker was never told to drain"
     );
     assert_eq!(h.kills(), vec![(2, Signal::SIGKILL)]);

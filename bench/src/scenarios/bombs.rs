@@ -15,11 +15,7 @@ use crate::opts::{OptSpec, Opts};
 use crate::procfs;
 use crate::report::{yes, Report, Status, Table};
 use crate::{procs, release};
-
-#[path = "../../../src/install/tests/crafted.rs"]
-mod crafted;
-
-use crafted::Bomb;
+use upshift_testkit::crafted::Bomb;
 
 pub static SPEC: Scenario = Scenario {
     name: "bombs",

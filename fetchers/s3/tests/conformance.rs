@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Mutex;
 
-use common::{Bed, Mode, Vouch, KEY};
+use common::{Bed, BedFetcher, Mode, Vouch, KEY};
 use upshift::fetch::Fetcher;
 use upshift_fetcher_conformance::{Failure, Source};
 

@@ -10,19 +10,18 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::hello::{hello_binary, is_alive, new_build, proc_stat, Greeting, Hello, Poller};
 use common::proxy::Exchange;
 use common::{Bed, Vouch, BUCKET, KEY};
 use upshift_fetcher_conformance::sha256_hex;
+use upshift_testkit::hello::{hello_binary, new_build, Hello};
+use upshift_testkit::upgrade::{self, Upgrade};
 
 /// From publishing to generation 2 answering. Alone, about 4 s for a debug build of `hello`
 /// (270 MB: the two PUTs take 2.5 s, the download and hash 1.4 s); with the three tests of this
 /// file at once on two cores, up to 14 s.
 const UPGRADE: Duration = Duration::from_secs(30);
-/// Between two requests of the polling client.
-const CLIENT_PAUSE: Duration = Duration::from_millis(20);
 /// The master's log filter when the test counts its polls: the pipeline's `checking` events are
 /// at debug level.
 const POLLS_LOG: &str = "info,upshift::master::updater=debug";
@@ -45,121 +44,14 @@ fn etag(bed: &Bed) -> String {
         .to_string()
 }
 
-/// What an upgrade looked like.
-struct Upgrade {
-    before: Greeting,
-    after: Greeting,
-    /// From the start of publishing to generation 2 answering.
-    took: Duration,
-    /// How long publishing itself took (the two PUTs).
-    publishing: Duration,
-}
-
 /// Publishes `release` with its correct sha256 in the sidecar object (written first) to the
-/// master `hello` serves generation 1 of, and asserts the upgrade: a new worker answers as
-/// generation 2 within [`UPGRADE`], the master (same pid) logs the release as serving, the old
-/// worker goes away, the binary on disk is the published one, and a client polling all along saw
-/// no failure.
+/// master `hello` serves generation 1 of, and asserts the upgrade (the test kit's check),
+/// generation 2 answering within [`UPGRADE`]. The master names the release by its ETag.
 fn upgrade_to(hello: &mut Hello, bed: &Bed, release: &[u8]) -> Upgrade {
-    let master = hello.pid();
-    let before = hello.greeting();
-    assert_eq!(before.generation, 1, "before publishing: {before:?}");
-    assert_ne!(before.pid, master, "the master itself answers");
-
-    let poller = Poller::start(hello.addr, CLIENT_PAUSE);
-    std::thread::sleep(Duration::from_millis(100));
-    let sha256 = sha256_hex(release);
-    let t0 = Instant::now();
-    bed.publish(release, Some(&sha256), Vouch::Sidecar);
-    let publishing = t0.elapsed();
-    let identity = etag(bed);
-    let Some(after) = hello.wait_greeting(UPGRADE, |g| g.pid != before.pid) else {
-        hello.fail(format!(
-            "no new worker answered within {UPGRADE:?} of publishing {identity} (sha256 {sha256})"
-        ))
-    };
-    let took = t0.elapsed();
-
-    let serving = format!("release {identity} is serving (generation 2)");
-    if hello.wait_log(&serving, Duration::from_secs(5)).is_none() {
-        hello.fail(format!("the master did not log {serving:?}"));
-    }
-    if after.generation != 2 || after.build_id != before.build_id {
-        hello.fail(format!(
-            "after the upgrade {after:?} answers, expected generation 2 of the same build id as {before:?}"
-        ));
-    }
-    if !hello.is_running() {
-        hello.fail("the master exited during the upgrade");
-    }
-    assert_eq!(
-        proc_stat(after.pid).map(|s| s.ppid),
-        Some(master),
-        "the new worker {} is not the child of the master {master}",
-        after.pid
-    );
-    // The client keeps polling while the old worker drains.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while is_alive(before.pid) {
-        if Instant::now() >= deadline {
-            hello.fail(format!(
-                "the old worker {} was still alive 15 s after the upgrade",
-                before.pid
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let report = poller.finish();
-
-    if !report.failures.is_empty() {
-        let failures: Vec<String> = report
-            .failures
-            .iter()
-            .map(|(at, e)| {
-                format!(
-                    "{:?} after publishing: {e}",
-                    at.saturating_duration_since(t0)
-                )
-            })
-            .collect();
-        hello.fail(format!(
-            "{} of {} requests failed during the upgrade: {failures:#?}",
-            failures.len(),
-            failures.len() + report.answers.len()
-        ));
-    }
-    assert_eq!(
-        report.workers(),
-        [(before.pid, 1), (after.pid, 2)],
-        "the polling client saw these (pid, generation) answer"
-    );
-    let installed = hello.installed();
-    assert!(
-        installed == release,
-        "{} is not the published release: {} bytes, sha256 {}, expected {} bytes, sha256 {sha256}",
-        hello.exe().display(),
-        installed.len(),
-        sha256_hex(&installed),
-        release.len()
-    );
-    assert_eq!(hello.pid(), master);
-    assert_eq!(hello.live_children(), [after.pid], "the master's children");
-    eprintln!(
-        "UPGRADE via s3s-fs: published {} bytes in {publishing:?}; generation 2 (pid {}) \
-         answered {took:?} after publishing began; {} requests by the client, {} connections, \
-         0 failed",
-        release.len(),
-        after.pid,
-        report.answers.len(),
-        report.connections
-    );
-    Upgrade {
-        before,
-        after,
-        took,
-        publishing,
-    }
+    upgrade::upgrade_to(hello, release, UPGRADE, "s3s-fs", || {
+        bed.publish(release, Some(&sha256_hex(release)), Vouch::Sidecar);
+        Some(etag(bed))
+    })
 }
 
 /// Starts from the running build published (as after a deploy), then publishes a new one.
@@ -188,66 +80,13 @@ fn hello_rejects_a_bad_release_from_s3() {
         return;
     };
     let mut hello = start(&bed, "info");
-    let master = hello.pid();
     let current = std::fs::read(hello.exe()).expect("read the installed binary");
-    let before = hello.greeting();
-
-    let poller = Poller::start(hello.addr, CLIENT_PAUSE);
     let bad = new_build(&current, "bad");
     let wrong = sha256_hex(b"the checksum of some other file");
-    let t0 = Instant::now();
-    bed.publish(&bad, Some(&wrong), Vouch::Sidecar);
-    let identity = etag(&bed);
-    let rejected = format!("release {identity} rejected: checksum mismatch");
-    let Some(line) = hello.wait_log(&rejected, UPGRADE) else {
-        hello.fail(format!(
-            "the master did not log {rejected:?} within {UPGRADE:?}"
-        ))
-    };
-    let took = t0.elapsed();
-    let rejected_at = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
-    let report = poller.finish();
-
-    if !report.failures.is_empty() {
-        hello.fail(format!(
-            "requests failed around the rejection: {:#?}",
-            report.failures
-        ));
-    }
-    let since_rejection = report
-        .answers
-        .iter()
-        .filter(|(at, _)| *at >= rejected_at)
-        .count();
-    assert!(
-        since_rejection >= 20,
-        "only {since_rejection} answers in the 2 s after the rejection"
-    );
-    assert_eq!(
-        report.workers(),
-        [(before.pid, 1)],
-        "who answered while the bad release was published"
-    );
-    assert_eq!(hello.greeting(), before);
-    assert!(hello.is_running(), "the master exited");
-    assert_eq!(hello.pid(), master);
-    assert_eq!(hello.live_children(), [before.pid], "the master's children");
-    assert!(
-        hello.installed() == current,
-        "the binary on disk changed after a rejected release"
-    );
-    assert_eq!(
-        hello.bin_dir_entries(),
-        ["hello", "hello.upshift-lock", "hello.upshift-state"],
-        "left next to the binary after the rejection"
-    );
-    let log = hello.log();
-    if log.contains(" is serving (")
-        || log.lines().filter(|l| l.contains(" rejected: ")).count() != 1
-    {
-        hello.fail("expected exactly one rejection and no release serving");
-    }
+    upgrade::rejected(&mut hello, &current, UPGRADE, "s3s-fs", || {
+        bed.publish(&bad, Some(&wrong), Vouch::Sidecar);
+        etag(&bed)
+    });
     let body = bed.proxy.release_body_bytes();
     assert_eq!(
         body,
@@ -255,13 +94,7 @@ fn hello_rejects_a_bad_release_from_s3() {
         "body bytes of the release's GETs: a refused release is downloaded once, and not again \
          while neither it nor its checksum changes"
     );
-    eprintln!(
-        "REJECTED via s3s-fs {took:?} after publishing: {}; generation 1 (pid {}) answered {} \
-         requests in the next 2 s, 0 failed; {body} release body bytes in all",
-        line.trim(),
-        before.pid,
-        since_rejection
-    );
+    eprintln!("REJECTED via s3s-fs: {body} release body bytes in all");
 }
 
 /// Waits for the start of a poll and for its requests to be done (a poll is one small request on

@@ -6,30 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::Exchange;
-use common::{Bed, Mode, Vouch, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
+use common::{Bed, BedFetcher, Mode, Vouch, ACCESS_KEY, BUCKET, KEY, SECRET_KEY};
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy};
-use upshift_fetcher_conformance::{payload, read_body, sha256_hex, Loopback, LOOPBACK_POLICY};
+use upshift_fetcher_conformance::unrelated_current as unrelated;
+use upshift_fetcher_conformance::{
+    installed, payload, read_body, sha256_hex, Loopback, LOOPBACK_POLICY,
+};
 use upshift_s3::S3Fetcher;
-
-fn unrelated() -> Current {
-    Current {
-        sha256: sha256_hex(b"the running binary"),
-        identity: None,
-        version: None,
-        rejected: Vec::new(),
-        requires_checksum: false,
-    }
-}
-
-fn installed(sha256: &str, identity: Option<&str>) -> Current {
-    Current {
-        sha256: sha256.to_string(),
-        identity: identity.map(str::to_string),
-        version: None,
-        rejected: Vec::new(),
-        requires_checksum: false,
-    }
-}
 
 async fn found(f: &mut S3Fetcher, current: &Current) -> Release {
     match f.check(current).await {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use upshift::fetch::{Current, Fetcher, Format};
 
-pub use upshift_fetcher_conformance::hello::Scratch;
+pub use upshift_testkit::hello::Scratch;
 
 /// How long one run of the tool may take (a debug build uploading a debug `hello`).
 const RUN_LIMIT: Duration = Duration::from_secs(180);
@@ -230,6 +230,24 @@ pub async fn fetch(fetcher: &mut dyn Fetcher, current: &Current) -> Option<Fetch
         format: release.format,
         bytes,
     })
+}
+
+/// One check of `fetcher`, which must offer exactly `bytes`, vouched for by `sha256` and signed
+/// by the key of `public_key`; the release.
+pub async fn fetch_signed(
+    fetcher: &mut dyn Fetcher,
+    bytes: &[u8],
+    sha256: &str,
+    public_key: &str,
+) -> Fetched {
+    let got = fetch(fetcher, &fresh_current(None))
+        .await
+        .unwrap_or_else(|| panic!("{} offered no release", fetcher.name()));
+    assert!(got.bytes == bytes, "{} offered other bytes", fetcher.name());
+    assert_eq!(got.sha256.as_deref(), Some(sha256));
+    let signature = got.signature.as_deref().expect("signed");
+    assert_verifies(public_key, signature, &got.bytes);
+    got
 }
 
 /// The only file in a `.tar.gz`, as upshift's installer reads it: (path, mode, bytes).

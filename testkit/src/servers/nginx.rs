@@ -9,7 +9,7 @@
 //!
 //! Faults are marker files under `faults/`, tested by `if (-f …)` on every request: `faults/500`
 //! answers 500, `faults/404` answers 404, `faults/truncate<uri>` proxies that URI to the
-//! truncating upstream (see `truncating.rs`). [`Nginx::stop`] / [`Nginx::restart`] refuse
+//! truncating upstream (the HTTP fetcher's tests run it). [`Nginx::stop`] / [`Nginx::restart`] refuse
 //! connections, [`Nginx::pause`] / [`Nginx::resume`] (SIGSTOP / SIGCONT) stall them: the kernel
 //! still accepts, nothing answers.
 //!
@@ -26,7 +26,9 @@ use std::fs;
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::procs::ChildGuard;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -66,10 +68,11 @@ pub struct Nginx {
     pub port: u16,
     pub alt_port: u16,
     pub tls_port: Option<u16>,
-    child: Mutex<Option<Child>>,
+    child: Mutex<Option<ChildGuard>>,
 }
 
-fn binary() -> PathBuf {
+/// The nginx binary: `/usr/sbin/nginx` where Debian puts it, else `nginx` on the `PATH`.
+pub fn binary() -> PathBuf {
     let sbin = Path::new("/usr/sbin/nginx");
     match sbin.exists() {
         true => sbin.to_path_buf(),
@@ -126,11 +129,7 @@ pub fn nginx_or_skip() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !runs {
-        upshift_fetcher_conformance::skip::skip_without(
-            "nginx",
-            "apt-get install nginx-light",
-            None,
-        );
+        crate::skip::skip_without("nginx", "apt-get install nginx-light", None);
     }
     runs
 }
@@ -203,22 +202,8 @@ impl Nginx {
             None => String::new(),
         };
         format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    default_type application/octet-stream;
+            r#"{head}
     types {{ application/gzip gz; application/zip zip; }}
-    client_body_temp_path {dir}/tmp/client_body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    sendfile on;
-    etag on;
     if_modified_since exact;
     keepalive_timeout 30s;
     map $http_authorization $has_authorization {{ "" no; default yes; }}
@@ -265,54 +250,34 @@ http {{
     {tls}
 }}
 "#,
+            head = config_head(&self.dir),
             port = self.port,
             alt = self.alt_port,
         )
     }
 
     fn spawn(&self) -> Result<(), String> {
-        let dir = self.dir.display().to_string();
-        let child = Command::new(binary())
-            .args(["-p", &format!("{dir}/"), "-c", &format!("{dir}/nginx.conf")])
-            .args(["-e", &format!("{dir}/error.log")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot run {}: {e} (install nginx-light)",
-                    binary().display()
-                )
-            })?;
-        *self.child.lock().expect("child lock") = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let child = command(&self.dir).spawn().map_err(|e| {
+            format!(
+                "cannot run {}: {e} (install nginx-light)",
+                binary().display()
+            )
+        })?;
+        *self.child.lock().expect("child lock") = Some(ChildGuard::new(child));
         let ports: Vec<u16> = [Some(self.port), Some(self.alt_port), self.tls_port]
             .into_iter()
             .flatten()
             .collect();
-        loop {
-            if let Some(status) = self.try_wait() {
-                let log = fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
-                return Err(format!("nginx exited with {status}: {log}"));
-            }
-            if ports
-                .iter()
-                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err("nginx did not answer within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let ready = wait_ready(&self.dir, &ports, || self.try_wait());
+        if ready.is_err() {
+            self.kill();
         }
+        ready
     }
 
     fn try_wait(&self) -> Option<std::process::ExitStatus> {
         let mut guard = self.child.lock().expect("child lock");
-        let status = guard.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let status = guard.as_mut().and_then(ChildGuard::try_wait);
         if status.is_some() {
             *guard = None;
         }
@@ -320,19 +285,19 @@ http {{
     }
 
     fn kill(&self) {
-        if let Some(mut child) = self.child.lock().expect("child lock").take() {
-            // SIGKILL works on a stopped process too.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Dropping the guard SIGKILLs, which ends a stopped process too.
+        drop(self.child.lock().expect("child lock").take());
     }
 
     fn signal(&self, sig: libc::c_int) {
         let guard = self.child.lock().expect("child lock");
-        let child = guard.as_ref().expect("nginx is not running");
+        let pid = guard
+            .as_ref()
+            .and_then(ChildGuard::pid)
+            .expect("nginx is not running");
         // SAFETY: kill(2) on the PID of our own child, which we have not reaped.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", child.id());
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
     }
 
     /// Stops nginx: connections to its ports are refused until [`Nginx::restart`].
@@ -520,7 +485,7 @@ pub fn start_tls() -> Option<Nginx> {
     }
     if !have_openssl() {
         // CI installs openssl: there, a skip would hide that no TLS handshake was tested.
-        upshift_fetcher_conformance::skip::skip_without(
+        crate::skip::skip_without(
             "openssl (to make a test certificate)",
             "apt-get install openssl",
             Some("UPSHIFT_REQUIRE_OPENSSL"),
@@ -541,6 +506,75 @@ pub fn have_openssl() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The head of an nginx configuration living in `dir`: in the foreground without a master
+/// process (the PID its launcher holds is the one that serves), its pid file, error log and temp
+/// paths inside `dir` (whose `tmp/` must exist), and the opening of the `http` block with the
+/// settings every harness wants. The caller adds its servers and closes the block.
+///
+/// ```
+/// let conf = upshift_testkit::servers::nginx::config_head(std::path::Path::new("/t"));
+/// assert!(conf.contains("pid /t/nginx.pid;") && conf.ends_with("etag on;"));
+/// ```
+pub fn config_head(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    client_body_temp_path {d}/tmp/client_body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    sendfile on;
+    etag on;"
+    )
+}
+
+/// `nginx` run on `<dir>/nginx.conf` with `dir` as its prefix and `<dir>/error.log` as its
+/// startup log, standard streams closed.
+pub fn command(dir: &Path) -> Command {
+    let d = dir.display().to_string();
+    let mut cmd = Command::new(binary());
+    cmd.args(["-p", &format!("{d}/"), "-c", &format!("{d}/nginx.conf")])
+        .args(["-e", &format!("{d}/error.log")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Waits (at most 10 s) until every one of `ports` on 127.0.0.1 accepts a connection; an error
+/// with the end of `<dir>/error.log` if `exited` reports the process gone first.
+pub fn wait_ready(
+    dir: &Path,
+    ports: &[u16],
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = exited() {
+            let log = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            return Err(format!("nginx exited with {status}: {log}"));
+        }
+        if ports
+            .iter()
+            .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("nginx did not answer within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Drop for Nginx {

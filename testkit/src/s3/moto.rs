@@ -7,17 +7,18 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::procs::ChildGuard;
 
 /// How long one `aws` command may take: a 270 MB upload to moto takes about 10 s alone.
 const CLI_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// moto_server, killed (by PID) on drop.
+/// moto_server, killed (by PID) on drop (by its guard).
 pub struct Moto {
-    child: Child,
+    child: ChildGuard,
     pub addr: SocketAddr,
 }
 
@@ -29,17 +30,19 @@ impl Moto {
             return None;
         }
         let addr = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting moto_server: {e}"));
+        let child = ChildGuard::new(
+            Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting moto_server: {e}")),
+        );
         let mut moto = Moto { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = moto.child.try_wait() {
+            if let Some(status) = moto.child.try_wait() {
                 panic!("moto_server exited before listening on {addr}: {status}");
             }
             assert!(
@@ -54,13 +57,6 @@ impl Moto {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -89,7 +85,7 @@ fn present(tools: &[(&str, &str)]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    upshift_fetcher_conformance::skip::skip_without(
+    crate::skip::skip_without(
         &missing.join(" and "),
         "python3 -m pip install 'moto[server]==5.2.1' 'awscli==1.45.11'",
         Some("UPSHIFT_REQUIRE_MOTO"),

@@ -14,7 +14,7 @@ pub const REQUIRE_ALL: &str = "UPSHIFT_REQUIRE_ALL";
 /// returns without checking anything.
 ///
 /// ```
-/// # use upshift_fetcher_conformance::skip::skip_without;
+/// # use upshift_testkit::skip::skip_without;
 /// if std::process::Command::new("surely-not-installed").arg("--version").status().is_err() {
 ///     # std::env::remove_var("UPSHIFT_REQUIRE_ALL");
 ///     skip_without("surely-not-installed", "apt-get install surely", None);

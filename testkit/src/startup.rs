@@ -15,7 +15,7 @@ pub fn run_to_exit(
     envs: &[(String, String)],
     bound: Duration,
 ) -> (ExitStatus, String) {
-    let scratch = super::hello::Scratch::new("refused");
+    let scratch = crate::hello::Scratch::new("refused");
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
