@@ -5,9 +5,6 @@
 
 mod common;
 
-#[path = "../src/install/tests/crafted.rs"]
-mod crafted;
-
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -15,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crafted::Bomb;
+use upshift_testkit::crafted::Bomb;
 
 /// The target for the master's peak RSS while it refuses a crafted archive.
 const RSS_TARGET_KIB: u64 = 32 << 10;

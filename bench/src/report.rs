@@ -297,6 +297,16 @@ pub fn chrono_free_now() -> String {
 }
 
 fn utc(secs: i64) -> String {
+    let ((y, m, d), rem) = civil(secs);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// `((year, month, day), seconds into the day)` of a Unix time, UTC.
+pub fn civil(secs: i64) -> ((i64, i64, i64), i64) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil from days (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -308,11 +318,25 @@ fn utc(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    ((y, m, d), rem)
+}
+
+/// The server log's WARN / ERROR lines of the runs that had any: `(label, lines)` per run, at
+/// most 15 lines each.
+pub fn log_problems(r: &mut Report, runs: &[(String, &[String])]) {
+    if runs.iter().all(|(_, p)| p.is_empty()) {
+        return;
+    }
+    r.heading("Server log: WARN / ERROR lines");
+    let mut lines = Vec::new();
+    for (label, problems) in runs.iter().filter(|(_, p)| !p.is_empty()) {
+        lines.push(format!("# {label}: {} line(s)", problems.len()));
+        lines.extend(problems.iter().take(15).cloned());
+        if problems.len() > 15 {
+            lines.push(format!("  … {} more", problems.len() - 15));
+        }
+    }
+    r.raw(&lines);
 }
 
 #[cfg(test)]

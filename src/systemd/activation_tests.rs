@@ -173,14 +173,17 @@ fn unix_sockets_match_by_path_and_are_neither_changed_nor_unlinked() {
 #[test]
 fn a_dual_stack_socket_serves_an_ipv4_wildcard() {
     use socket2::{Domain, Socket, Type};
+    use upshift_testkit::skip::skip_unavailable;
     let Ok(s) = Socket::new(Domain::IPV6, Type::STREAM, None) else {
-        eprintln!("no IPv6 here: skipping the dual-stack match");
-        return;
+        return skip_unavailable("IPv6", "no AF_INET6 socket", "UPSHIFT_REQUIRE_IPV6");
     };
     let any: SocketAddr = "[::]:0".parse().unwrap();
     if s.set_only_v6(false).is_err() || s.bind(&any.into()).is_err() || s.listen(8).is_err() {
-        eprintln!("no dual-stack IPv6 here: skipping the dual-stack match");
-        return;
+        return skip_unavailable(
+            "dual-stack IPv6",
+            "cannot listen on [::] with IPV6_V6ONLY off",
+            "UPSHIFT_REQUIRE_IPV6",
+        );
     }
     let port = s.local_addr().unwrap().as_socket().unwrap().port();
     let p = inspect(OwnedFd::from(s), None).unwrap();

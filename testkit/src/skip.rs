@@ -21,18 +21,45 @@ pub const REQUIRE_ALL: &str = "UPSHIFT_REQUIRE_ALL";
 /// }
 /// ```
 pub fn skip_without(tool: &str, install: &str, require: Option<&str>) {
-    let required = [Some(REQUIRE_ALL), require]
+    if let Some(var) = [Some(REQUIRE_ALL), require]
         .into_iter()
         .flatten()
-        .find(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0"));
-    if let Some(var) = required {
+        .find(|v| set(v))
+    {
         panic!("{tool} is missing, and {var} says every test must run: {install}");
     }
+    skipped(&format!(
+        "{tool} is not installed ({install}; scripts/test installs it)"
+    ));
+}
+
+/// Reports that the current test cannot run because the machine lacks `what`, something no
+/// package installs (IPv6 on the loopback, say). Only `require` makes that a failure:
+/// `scripts/test` sets it when the machine has `what`, so CI checks it wherever it can, and a
+/// machine without it is not mistaken for a broken test run.
+///
+/// ```
+/// # use upshift_testkit::skip::skip_unavailable;
+/// # std::env::remove_var("UPSHIFT_REQUIRE_SURELY");
+/// skip_unavailable("a surely-absent feature", "it is absent", "UPSHIFT_REQUIRE_SURELY");
+/// ```
+pub fn skip_unavailable(what: &str, why: &str, require: &str) {
+    if set(require) {
+        panic!("{what} is not available ({why}), and {require} says this machine has it");
+    }
+    skipped(&format!("{what} is not available here ({why})"));
+}
+
+fn set(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `SKIPPED <test>: <reason>` on stderr, past the test harness's capture.
+fn skipped(reason: &str) {
     let test = std::thread::current()
         .name()
         .unwrap_or("a test")
         .to_string();
-    let line =
-        format!("SKIPPED {test}: {tool} is not installed ({install}; scripts/test installs it)\n");
+    let line = format!("SKIPPED {test}: {reason}\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
 }

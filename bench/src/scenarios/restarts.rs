@@ -415,23 +415,10 @@ fn render(
     }
     r.raw(&raw);
 
-    let noisy: Vec<&RunResult> = results.iter().filter(|x| !x.problems.is_empty()).collect();
-    if !noisy.is_empty() {
-        r.heading("Server log: WARN / ERROR lines");
-        let mut lines = Vec::new();
-        for x in noisy {
-            lines.push(format!(
-                "# run {} {}: {} line(s)",
-                x.run,
-                x.mode,
-                x.problems.len()
-            ));
-            lines.extend(x.problems.iter().take(15).cloned());
-            if x.problems.len() > 15 {
-                lines.push(format!("  … {} more", x.problems.len() - 15));
-            }
-        }
-        r.raw(&lines);
-    }
+    let logs: Vec<(String, &[String])> = results
+        .iter()
+        .map(|x| (format!("run {} {}", x.run, x.mode), x.problems.as_slice()))
+        .collect();
+    crate::report::log_problems(&mut r, &logs);
     r
 }

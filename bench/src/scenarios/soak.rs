@@ -455,15 +455,10 @@ fn render(
         raw.push(l);
     }
     r.raw(&raw);
-    let noisy: Vec<&RunResult> = results.iter().filter(|x| !x.problems.is_empty()).collect();
-    if !noisy.is_empty() {
-        r.heading("Server log: WARN / ERROR lines");
-        let mut lines = Vec::new();
-        for x in noisy {
-            lines.push(format!("# run {}: {} line(s)", x.run, x.problems.len()));
-            lines.extend(x.problems.iter().take(15).cloned());
-        }
-        r.raw(&lines);
-    }
+    let logs: Vec<(String, &[String])> = results
+        .iter()
+        .map(|x| (format!("run {}", x.run), x.problems.as_slice()))
+        .collect();
+    crate::report::log_problems(&mut r, &logs);
     r
 }

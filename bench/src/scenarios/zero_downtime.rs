@@ -637,24 +637,15 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
     }
     r.raw(&raw);
 
-    let noisy: Vec<&Cell> = cells.iter().filter(|c| !c.problems.is_empty()).collect();
-    if !noisy.is_empty() {
-        r.heading("Server log: WARN / ERROR lines");
-        let mut lines = Vec::new();
-        for c in noisy {
-            lines.push(format!(
-                "# run {} {} {}: {} line(s)",
-                c.run,
-                c.load,
-                c.mode,
-                c.problems.len()
-            ));
-            lines.extend(c.problems.iter().take(10).cloned());
-            if c.problems.len() > 10 {
-                lines.push(format!("  … {} more", c.problems.len() - 10));
-            }
-        }
-        r.raw(&lines);
-    }
+    let logs: Vec<(String, &[String])> = cells
+        .iter()
+        .map(|x| {
+            (
+                format!("run {} {} {}", x.run, x.load, x.mode),
+                x.problems.as_slice(),
+            )
+        })
+        .collect();
+    crate::report::log_problems(&mut r, &logs);
     r
 }

@@ -8,11 +8,11 @@ use std::io::Write;
 use tokio::sync::mpsc;
 
 use super::alloc::peak_during;
-use super::crafted::{header, Bomb};
 use super::{targz, TempDir};
 use crate::fetch::Format;
 use crate::install::unpack::{self, BinaryWriter, ChannelReader, Unpacked};
 use crate::install::InstallError;
+use upshift_testkit::crafted::{header, Bomb};
 
 /// The size cap of the review's proof of concept.
 const MAX: u64 = 4 << 20;

@@ -2,7 +2,6 @@
 
 mod alloc;
 mod bounds;
-pub(super) mod crafted;
 mod local;
 mod replace;
 mod stage;
