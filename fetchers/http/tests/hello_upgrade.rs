@@ -253,9 +253,17 @@ fn a_poll_between_the_checksum_and_the_file_does_not_lose_the_release() {
 }
 
 /// Writes `bytes` over `www/hello` in place, as an upload that is not atomic does: its checksum
-/// first (atomically), then the file truncated and written in two halves, `pause` apart. Returns
-/// the access log's length when the first half was written and when the pause ended.
-fn publish_in_place(nginx: &Nginx, bytes: &[u8], pause: Duration) -> (usize, usize) {
+/// first (atomically), then the file truncated and written in two halves. The second half waits
+/// until a poll has read the half-written file (at least `min_pause`, at most `max_pause`): on a
+/// loaded machine the master may be busy with the previous release for several poll intervals,
+/// and a fixed pause then tests nothing. Returns the access log's length when the first half was
+/// written and when the pause ended.
+fn publish_in_place(
+    nginx: &Nginx,
+    bytes: &[u8],
+    min_pause: Duration,
+    max_pause: Duration,
+) -> (usize, usize) {
     use std::io::Write;
     nginx.put(
         "hello.sha256",
@@ -266,10 +274,25 @@ fn publish_in_place(nginx: &Nginx, bytes: &[u8], pause: Duration) -> (usize, usi
     let (first, rest) = bytes.split_at(bytes.len() / 2);
     file.write_all(first).expect("write the first half");
     let started = nginx.settled_hits().len();
-    std::thread::sleep(pause);
+    let t0 = Instant::now();
+    std::thread::sleep(min_pause);
+    while t0.elapsed() < max_pause && partial_reads(nginx, started, usize::MAX) == 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let paused = nginx.settled_hits().len();
     file.write_all(rest).expect("write the second half");
     (started, paused)
+}
+
+/// Polls that read a body of `/hello` among the access log's entries `from..to`.
+fn partial_reads(nginx: &Nginx, from: usize, to: usize) -> usize {
+    let hits = nginx.settled_hits();
+    let to = to.min(hits.len());
+    hits.get(from..to).map_or(0, |h| {
+        h.iter()
+            .filter(|h| h.uri == "/hello" && h.status == 200 && h.body_bytes > 0)
+            .count()
+    })
 }
 
 /// A release uploaded in place (checksum first, then the file written in two parts, several poll
@@ -287,12 +310,14 @@ fn a_release_uploaded_in_place_is_installed_once_the_upload_completes() {
     for (generation, tag) in [(2, "v2-in-place"), (3, "v3-in-place")] {
         let before = hello.greeting();
         let build = new_build(&current, tag);
-        let (started, paused) = publish_in_place(&nginx, &build, Duration::from_secs(2));
+        let (started, paused) = publish_in_place(
+            &nginx,
+            &build,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+        );
         let t0 = Instant::now();
-        let partial_reads = nginx.settled_hits()[started..paused]
-            .iter()
-            .filter(|h| h.uri == "/hello" && h.status == 200 && h.body_bytes > 0)
-            .count();
+        let partial_reads = partial_reads(&nginx, started, paused);
         if partial_reads == 0 {
             hello.fail(format!(
                 "no poll read {tag} while it was half written: the test did not test anything"
