@@ -2,28 +2,8 @@
 
 use std::collections::BTreeMap;
 
-/// The fields of `/proc/<pid>/stat` the tests use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    pub pid: u32,
-    pub state: char,
-    pub ppid: u32,
-    /// Field 22: start time in clock ticks since boot; with the pid it names one process for good.
-    pub starttime: u64,
-}
-
-pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid ...`; comm may contain spaces and parentheses.
-    let close = text.rfind(')')?;
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    Some(ProcStat {
-        pid,
-        state: rest.first()?.chars().next()?,
-        ppid: rest.get(1)?.parse().ok()?,
-        starttime: rest.get(19)?.parse().ok()?,
-    })
-}
+// The one `/proc/<pid>/stat` reader, shared with the other crates' tests.
+pub use upshift_testkit::procs::{proc_stat, ProcStat};
 
 /// All processes, as (pid, stat).
 pub fn all_procs() -> Vec<ProcStat> {
