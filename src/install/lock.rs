@@ -91,6 +91,16 @@ impl LockSlot {
         slot
     }
 
+    /// Whether this master holds the lock now (without trying to take it).
+    pub(crate) fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The file the lock guards: what installs replace, or the release link.
+    pub(crate) fn guards(&self) -> &Path {
+        &self.binary
+    }
+
     /// `Ok` when this master holds the lock, taking it now if it is free.
     pub(crate) fn ensure(&mut self) -> Result<(), InstallError> {
         if self.held.is_none() {

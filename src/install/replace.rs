@@ -241,9 +241,13 @@ impl Drop for Leftover<'_> {
 const LEFTOVER_AGE: Duration = Duration::from_secs(60);
 
 /// Removes what a master killed mid-upgrade left beside `target`: staged releases of processes
-/// that no longer exist, and stale `.prev`, rollback, link-flip and state-file temps. Returns how many were removed.
-/// Failures are logged; a sweep never stops an upgrade.
-pub(crate) fn sweep_leftovers(target: &Path) -> usize {
+/// that no longer exist, and `.prev`, rollback, link-flip and state-file temps. Returns how many
+/// were removed. Failures are logged; a sweep never stops an upgrade.
+///
+/// `locked`: the caller holds the install lock beside `target`, so no other master can be
+/// writing those temps and every one of them is a leftover. Without it, only temps older than a
+/// minute are taken for leftovers (a second master may be installing right now).
+pub(crate) fn sweep_leftovers(target: &Path, locked: bool) -> usize {
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
         return 0;
     };
@@ -283,12 +287,13 @@ pub(crate) fn sweep_leftovers(target: &Path) -> usize {
             && file_name.ends_with(".tmp")
             || file_name == prev_tmp
         {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= LEFTOVER_AGE)
+            locked
+                || entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= LEFTOVER_AGE)
         } else {
             false
         };

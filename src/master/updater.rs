@@ -291,11 +291,14 @@ impl Updater {
                 _ => invoked.clone(),
             };
             let lock = install::LockSlot::take(locked);
+            // Holding the lock beside a path, this master is the only one that writes temps
+            // there: whatever it finds is a dead master's, however young.
+            let ours = |path: &std::path::Path| lock.holds() && lock.guards() == path;
             if let Ok(target) = &target {
-                install::sweep_leftovers(target);
+                install::sweep_leftovers(target, ours(target));
             }
             if invoked.is_symlink() {
-                install::sweep_leftovers(&invoked);
+                install::sweep_leftovers(&invoked, ours(&invoked));
             }
             (Ledger::load(&invoked, version.as_deref()), lock)
         })

@@ -153,14 +153,38 @@ fn sweep_removes_what_a_dead_master_left_and_nothing_else() {
         b"mine",
     );
     let other_app = dir.exe(".other.upshift-99999999-0123456789abcdef.tmp", b"not ours");
-    let fresh_prev_tmp = dir.exe("app.prev.tmp", b"in progress");
-    assert_eq!(sweep_leftovers(&target), 1);
+    let fresh_prev_tmp = dir.exe("app.prev-0123456789ab.tmp", b"in progress");
+    let old_name = dir.exe("app.prev.tmp", b"in progress");
+    assert_eq!(sweep_leftovers(&target, false), 1);
     assert!(!dead.exists(), "a dead master's staged file must go");
     assert!(mine.exists() && other_app.exists() && target.exists());
     assert!(
-        fresh_prev_tmp.exists(),
-        "a recent .prev.tmp may belong to an install under way"
+        fresh_prev_tmp.exists() && old_name.exists(),
+        "without the lock, a recent .prev temp may belong to an install under way"
     );
+}
+
+#[test]
+fn a_sweep_under_the_install_lock_takes_every_temp_however_young() {
+    let dir = TempDir::new("sweep-locked");
+    let target = dir.exe("app", b"binary");
+    let temps = [
+        "app.prev-0123456789ab.tmp",
+        "app.prev.tmp",
+        "app.rollback-0123456789ab.tmp",
+        "app.link-0123456789ab.tmp",
+        "app.upshift-state.0123456789ab.tmp",
+    ]
+    .map(|name| dir.exe(name, b"left by a killed master"));
+    let kept = [
+        dir.exe("app.prev", b"v1"),
+        dir.exe("app.prev-notes", b"no .tmp"),
+    ];
+    assert_eq!(sweep_leftovers(&target, true), temps.len());
+    for t in &temps {
+        assert!(!t.exists(), "{} must go", t.display());
+    }
+    assert!(kept.iter().all(|k| k.exists()) && target.exists());
 }
 
 #[test]
