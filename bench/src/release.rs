@@ -119,21 +119,33 @@ pub fn touch(path: &Path, ahead: Duration) -> Result<(), String> {
 }
 
 /// The upgrade pipeline's temporary files beside binary `name` in `dir`: staged releases
-/// (`.<name>.upshift-<pid>-<random>.tmp`), `<name>.prev.tmp` and rollback temps.
+/// (`.<name>.upshift-<pid>-<random>.tmp`), `.prev` temps (`<name>.prev-<random>.tmp`, and
+/// `<name>.prev.tmp` of earlier versions), rollback, link-flip and state-file temps.
 pub fn leftover_temps(dir: &Path, name: &str) -> Vec<String> {
     let staged = format!(".{name}.upshift-");
-    let rollback = format!("{name}.rollback-");
+    let temps = ["rollback-", "prev-", "link-", "upshift-state."].map(|t| format!("{name}.{t}"));
     let prev_tmp = format!("{name}.prev.tmp");
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.starts_with(&staged) || n.starts_with(&rollback) || *n == prev_tmp)
+                .filter(|n| {
+                    n.starts_with(&staged)
+                        || *n == prev_tmp
+                        || (n.ends_with(".tmp") && temps.iter().any(|t| n.starts_with(t)))
+                })
                 .collect()
         })
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// Bytes the state file beside binary `name` in `dir` (`<name>.upshift-state`) occupies on
+/// disk, 0 when there is none: the one file a refused or postponed release may leave.
+pub fn state_file_blocks(dir: &Path, name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join(format!("{name}.upshift-state"))).map_or(0, |m| m.blocks() * 512)
 }
 
 /// The size of the largest staged release in `dir` (a download in progress), if any.

@@ -74,9 +74,8 @@ pub struct Verdict {
     pub status: Status,
 }
 
-/// A report: a title, the command, the machine, the source, then sections in order. Tables
-/// marked with [`Report::summary_table`] and the [`Report::verdict`] rows also go to
-/// BENCHMARKS.md; the raw lines go to the scenario's JSON.
+/// A report: a title, the command, the machine, the source, then sections in order. The
+/// [`Report::verdict`] rows also go to BENCHMARKS.md; the raw lines go to the scenario's JSON.
 pub struct Report {
     pub title: String,
     pub command: String,
@@ -84,7 +83,6 @@ pub struct Report {
     pub source: Source,
     pub finished: String,
     text: String,
-    summary: Vec<String>,
     verdicts: Vec<Verdict>,
     raw: Vec<String>,
     built: Vec<Built>,
@@ -101,7 +99,6 @@ impl Report {
             source: Source::capture(),
             finished: chrono_free_now(),
             text: String::new(),
-            summary: Vec::new(),
             verdicts: Vec::new(),
             raw: Vec::new(),
             built,
@@ -121,12 +118,10 @@ impl Report {
         let _ = writeln!(self.text, "{}", t.render());
     }
 
-    /// A table under its own heading, which also stands for the scenario in BENCHMARKS.md.
+    /// The scenario's summary: a table under its own heading.
     pub fn summary_table(&mut self, heading: &str, t: &Table) {
         self.heading(heading);
         self.table(t);
-        self.summary
-            .push(format!("**{heading}**\n\n{}", t.render()));
     }
 
     /// A row of the verdict table (it also goes into this report as a line).
@@ -152,10 +147,6 @@ impl Report {
 
     pub fn verdicts(&self) -> &[Verdict] {
         &self.verdicts
-    }
-
-    pub fn summary(&self) -> &[String] {
-        &self.summary
     }
 
     pub fn built(&self) -> &[Built] {

@@ -1,6 +1,7 @@
 //! BENCHMARKS.md, written by `upshift-bench all` from the reports of one run: provenance, the
-//! verdict table, the anchors (other libraries' figures, kept apart from ours), each scenario's
-//! summary tables, and where the full reports and raw data are (`bench/results/`).
+//! verdict table, the anchors (other libraries' figures, kept apart from ours), one line per
+//! scenario (its command and where its full report and raw data are: `bench/results/`), and the
+//! hash of every binary it ran. Short on purpose: the per-scenario tables live in the reports.
 
 use std::fmt::Write as _;
 
@@ -74,9 +75,7 @@ pub fn render(run: &Run) -> String {
     provenance(&mut s, run);
     verdicts(&mut s, run);
     anchors(&mut s);
-    for r in run.ran {
-        scenario(&mut s, r);
-    }
+    scenarios(&mut s, run);
     binaries(&mut s, run);
     let _ = writeln!(
         s,
@@ -185,41 +184,53 @@ fn anchors(s: &mut String) {
     s.push('\n');
 }
 
-fn scenario(s: &mut String, r: &Ran) {
-    let _ = writeln!(s, "## `{}`\n", r.name);
-    match &r.outcome {
-        Ok(rep) => {
-            let _ = writeln!(
-                s,
-                "{}. Command: `{}` ({:.0} s; others' CPU {:.2}). Full report: \
-                 [`bench/results/{n}.md`](bench/results/{n}.md), raw data: \
-                 [`bench/results/{n}.json`](bench/results/{n}.json).\n",
-                rep.title,
-                rep.command,
-                r.seconds,
-                r.others_cpus,
-                n = r.name
-            );
-            for t in rep.summary() {
-                let _ = writeln!(s, "{t}");
+fn scenarios(s: &mut String, run: &Run) {
+    let _ = writeln!(
+        s,
+        "## Scenarios\n\nEach scenario's full report (per-run tables, where the time goes, the \
+         verdict's details) is `bench/results/<scenario>.md`, its raw per-run data \
+         `bench/results/<scenario>.json`.\n\n\
+         | scenario | what it measures | command | time |\n|---|---|---|---|"
+    );
+    for r in run.ran {
+        let name = format!("[`{n}`](bench/results/{n}.md)", n = r.name);
+        match &r.outcome {
+            Ok(rep) => {
+                let what = rep
+                    .title
+                    .split_once(": ")
+                    .map_or(rep.title.as_str(), |x| x.1);
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | `{}` | {:.0} s |",
+                    cell(what),
+                    rep.command
+                        .trim_start_matches("cargo run --release -p upshift-bench -- "),
+                    r.seconds
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "| {name} | **could not be performed**: {} | – | {:.0} s |",
+                    cell(&clip(e, 300)),
+                    r.seconds
+                );
             }
         }
-        Err(e) => {
-            let _ = writeln!(
-                s,
-                "**Could not be performed:**\n\n```text\n{}\n```\n",
-                clip(e, 2000)
-            );
-        }
     }
+    let _ = writeln!(
+        s,
+        "\nA command above is the part after `cargo run --release -p upshift-bench -- `.\n"
+    );
 }
 
 fn binaries(s: &mut String, run: &Run) {
     let _ = writeln!(
         s,
-        "## Binaries\n\nEach binary the run executed, hashed right after it was built (one line \
-         per distinct file; the scenarios that ran it in parentheses).\n\n\
-         | binary | size | sha256 | scenarios |\n|---|---|---|---|"
+        "## Binaries\n\nEach binary the run executed, hashed right after it was built: one line \
+         per distinct file, `sha256sum` style, then its size and the scenarios that ran it.\n\n\
+         ```text"
     );
     let mut seen: Vec<(Built, Vec<&str>)> = Vec::new();
     for r in run.ran {
@@ -238,14 +249,14 @@ fn binaries(s: &mut String, run: &Run) {
     for (b, names) in seen {
         let _ = writeln!(
             s,
-            "| {} | {:.1} MiB | `{}` | {} |",
+            "{}  {}  {:.1} MiB  {}",
+            b.sha256,
             b.name,
             b.bytes as f64 / 1024.0 / 1024.0,
-            b.sha256,
             names.join(", ")
         );
     }
-    s.push('\n');
+    s.push_str("```\n\n");
 }
 
 /// At most `max` bytes of `text` (cut at a character boundary), marked when cut.
@@ -263,4 +274,63 @@ fn clip(text: &str, max: usize) -> String {
 /// A table cell: no pipe or newline breaks the row.
 fn cell(text: &str) -> String {
     text.replace('|', "/").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmarks_md_lists_each_scenario_once_and_every_binary_by_full_hash() {
+        crate::provenance::begin_scenario();
+        let file = std::env::temp_dir().join(format!("summary-test-{}", std::process::id()));
+        std::fs::write(&file, b"abc").unwrap();
+        crate::provenance::record_build("hello BUILD_ID=x", &file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let mut rep = Report::new(
+            "restarts: zero downtime under SIGUSR2",
+            "cargo run --release -p upshift-bench -- restarts --runs 3",
+        );
+        rep.verdict("0 errors", "0 errors".into(), Status::Met);
+        let source = Source {
+            commit: Some("0123".into()),
+            dirty: false,
+            diff_sha256: None,
+            changed: Vec::new(),
+        };
+        let ran = [
+            Ran {
+                name: "restarts",
+                seconds: 12.0,
+                others_cpus: 0.0,
+                outcome: Ok(rep),
+            },
+            Ran {
+                name: "faults",
+                seconds: 1.0,
+                others_cpus: 0.0,
+                outcome: Err("nginx | missing\nsecond line".into()),
+            },
+        ];
+        let md = render(&Run {
+            command: "cargo run --release -p upshift-bench -- all".into(),
+            started: "s".into(),
+            finished: "f".into(),
+            source_before: &source,
+            source_after: &source,
+            machine: "m".into(),
+            ran: &ran,
+        });
+        assert!(md.contains(
+            "| [`restarts`](bench/results/restarts.md) | zero downtime under SIGUSR2 | \
+             `restarts --runs 3` | 12 s |"
+        ));
+        assert!(md.contains("| [`faults`](bench/results/faults.md) | **could not be performed**: nginx / missing second line | – | 1 s |"));
+        // sha256("abc")
+        assert!(md.contains(
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  hello BUILD_ID=x  \
+             0.0 MiB  restarts"
+        ));
+        assert!(md.contains("1 target(s) met, 0 missed."));
+    }
 }

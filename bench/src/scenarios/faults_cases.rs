@@ -132,7 +132,7 @@ pub(super) enum At {
     Staged,
     /// The staged file is opened again after that: the test-run's exec.
     TestRun,
-    /// `app.prev.tmp` is linked: inside the install, before its renames.
+    /// `app.prev-<random>.tmp` is linked: inside the install, before its renames.
     PrevLink,
 }
 
@@ -142,7 +142,7 @@ pub(super) fn kill_master_mid_install(ctx: &mut Ctx, at: At) -> Result<Outcome, 
         At::Staged => "SIGKILL the master between stage and rename (staging done, before the test-run)",
         At::TestRun => "SIGKILL the master between stage and rename (at the test-run's exec)",
         At::PrevLink => {
-            "SIGKILL the master inside the install (as `app.prev.tmp` is linked, before the renames)"
+            "SIGKILL the master inside the install (as `app.prev-*.tmp` is linked, before the renames)"
         }
     });
     let name = match at {
@@ -156,8 +156,11 @@ pub(super) fn kill_master_mid_install(ctx: &mut Ctx, at: At) -> Result<Outcome, 
     let server = start(ctx, &dir, &app, &args, "first")?;
     let prober = Prober::start(server.addr, ctx.probe)?;
     let staged = |n: &str| n.starts_with(".app.upshift-");
-    let (mask, hit): (u32, Box<dyn Fn(&str, u32) -> bool + Send>) = match at {
-        At::PrevLink => (IN_CREATE, Box::new(|n, _| n == "app.prev.tmp")),
+    let (mask, hit): (u32, EventFilter) = match at {
+        At::PrevLink => (
+            IN_CREATE,
+            Box::new(|n, _| n.starts_with("app.prev-") && n.ends_with(".tmp")),
+        ),
         At::Staged => (
             IN_CLOSE_WRITE,
             Box::new(move |n, m| m & IN_CLOSE_WRITE != 0 && staged(n)),
@@ -187,7 +190,7 @@ pub(super) fn kill_master_mid_install(ctx: &mut Ctx, at: At) -> Result<Outcome, 
     let probe = prober.finish();
     o.how = match at {
         At::PrevLink => {
-            "inotify IN_CREATE of `app.prev.tmp` in the binary's directory → SIGKILL".into()
+            "inotify IN_CREATE of `app.prev-*.tmp` in the binary's directory → SIGKILL".into()
         }
         At::Staged => "inotify IN_CLOSE_WRITE of the staged `.app.upshift-*.tmp` (staging done; \
                        the test-run, ≥ 5 ms, comes before any rename) → SIGKILL"
@@ -211,6 +214,9 @@ pub(super) fn kill_master_mid_install(ctx: &mut Ctx, at: At) -> Result<Outcome, 
     after_master_death(ctx, &mut o, server, &dir, &args, pair, "ft-2")?;
     Ok(o)
 }
+
+/// Which inotify events (file name, mask) fire the kill.
+type EventFilter = Box<dyn Fn(&str, u32) -> bool + Send>;
 
 /// A fixture server watching `<case>.next`, with a starts file; returns it and its paths.
 fn fixture_server(
@@ -461,7 +467,7 @@ pub(super) fn disk_full(ctx: &mut Ctx, http: bool) -> Result<Outcome, String> {
         size as f64 / 1048576.0,
         size as f64 / 1048576.0
     );
-    let refused = wait_for(VERDICT, || log_first(&server.log, "rejected: "));
+    let refused = wait_for(VERDICT, || not_installed(&server.log));
     o.check(
         format!(
             "refused: {}",
@@ -474,16 +480,24 @@ pub(super) fn disk_full(ctx: &mut Ctx, http: bool) -> Result<Outcome, String> {
     std::thread::sleep(Duration::from_millis(500));
     let left = release::leftover_temps(&dir, "app");
     let state = binary_is(&app, &ctx.sha[0], &ctx.sha[1]);
+    let state_bytes = release::state_file_blocks(&dir, "app");
     o.check(
         format!(
-            "nothing lost: binary {state}, temp files {left:?}, free space {} → {} bytes",
+            "nothing lost: binary {state}, temp files {left:?}, free space {} → {} bytes \
+             ({state_bytes} of them the state file)",
             free_before.unwrap_or(0),
             fs.free_bytes().unwrap_or(0)
         ),
-        state == "old" && left.is_empty() && fs.free_bytes() == free_before,
+        state == "old"
+            && left.is_empty()
+            && fs.free_bytes().map(|f| f + state_bytes) == free_before,
     );
     fs.resize(size * 3)?;
-    let auto = server.greet_until(Duration::from_secs(10), |g| g.build == "ft-2");
+    // The master backs off between attempts (2 s, 4 s, 8 s …): "on its own" is within the
+    // backoff it announced last, plus 10 s for the install itself.
+    let backoff = last_backoff(&server.log).unwrap_or_default();
+    let own = backoff + Duration::from_secs(10);
+    let auto = server.greet_until(own, |g| g.build == "ft-2");
     let auto = auto.is_some_and(|g| g.build == "ft-2");
     let mut touched = false;
     if !auto && !http {
@@ -498,9 +512,14 @@ pub(super) fn disk_full(ctx: &mut Ctx, http: bool) -> Result<Outcome, String> {
         format!(
             "retried once there was room: {}",
             match (auto, touched, served) {
-                (true, _, _) => "yes, on its own within 10 s",
-                (false, true, true) => "only after the release was touched (not on its own)",
-                (false, _, _) => "no",
+                (true, _, _) => format!(
+                    "yes, on its own (the last backoff announced was {:.1} s)",
+                    backoff.as_secs_f64()
+                ),
+                (false, true, true) => {
+                    "only after the release was touched (not on its own)".to_string()
+                }
+                (false, _, _) => "no".to_string(),
             }
         ),
         auto,
@@ -514,6 +533,27 @@ pub(super) fn disk_full(ctx: &mut Ctx, http: bool) -> Result<Outcome, String> {
     );
     drop(fs);
     Ok(o)
+}
+
+/// The backoff the master announced last before trying a postponed release again
+/// (`retry_in=8.2s` in its "trying the release again after a backoff" line).
+fn last_backoff(log: &std::path::Path) -> Option<Duration> {
+    let line = log_lines(log, "trying the release again after a backoff").pop()?;
+    let value = line.split("retry_in=").nth(1)?.split_whitespace().next()?;
+    let (number, unit) = match value.strip_suffix("ms") {
+        Some(ms) => (ms, 1e-3),
+        None => (value.strip_suffix('s')?, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| Duration::from_secs_f64(n * unit))
+}
+
+/// The first line saying a release was not installed: refused for good (`rejected: `) or, for a
+/// fault of this machine or the transfer, postponed (`not installed this time: `).
+fn not_installed(log: &std::path::Path) -> Option<String> {
+    log_first(log, "rejected: ").or_else(|| log_first(log, "not installed this time: "))
 }
 
 pub(super) fn release_server_dies(ctx: &mut Ctx) -> Result<Outcome, String> {
@@ -543,9 +583,7 @@ pub(super) fn release_server_dies(ctx: &mut Ctx) -> Result<Outcome, String> {
         got.map_or("?".into(), |n| n.to_string()),
         down.as_secs()
     );
-    let refused = wait_for(Duration::from_secs(10), || {
-        log_first(&server.log, "rejected: ")
-    });
+    let refused = wait_for(Duration::from_secs(10), || not_installed(&server.log));
     o.check(
         format!(
             "clear error: {}",

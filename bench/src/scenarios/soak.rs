@@ -213,7 +213,7 @@ fn one_run(
             procs::signal(master, libc::SIGUSR2)
                 .map_err(|e| format!("SIGUSR2 to the master {master}: {e}"))?;
             sent += 1;
-            if sent % 100 == 0 {
+            if sent.is_multiple_of(100) {
                 eprintln!("upshift-bench: soak: {sent} restarts sent");
             }
         }
