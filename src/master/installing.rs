@@ -2,6 +2,7 @@
 
 use crate::config::InstallMode;
 use crate::events::UpgradeEvent;
+use crate::fetch::Stamp;
 use crate::install::{self, InstallError};
 use crate::release::disk::RestorePoint;
 use crate::release::model::Build;
@@ -29,7 +30,15 @@ pub(super) fn install_blocking(
     let restore = RestorePoint::capture(&mut ledger.hasher, serving_pid, &disk.target, link)
         .map_err(|e| InstallError::io("opening the serving build to keep it for a rollback", e))?;
     let previous = ledger.state.restore_build(&restore.sha256);
-    let keep_prev = !ledger.state.keep_as_prev();
+    // `.prev` is left alone only while it really holds the last proven build: the state says
+    // where the fallback should be, the disk says whether it still is (a `.prev` removed or
+    // replaced by hand leaves the serving build as the best fallback there is).
+    let keep_prev =
+        !ledger.state.keep_as_prev() && prev_holds_proven(ledger, &disk.target).unwrap_or(false);
+    // The staged file exactly as staging left it: its hash can stand for the installed file.
+    let untouched = staged.stamp.filter(|stamp| {
+        std::fs::symlink_metadata(&staged.path).is_ok_and(|m| Stamp::of(&m) == *stamp)
+    });
     let written = match mode {
         InstallMode::InPlace => {
             install::install(staged, &disk.target, keep_prev)?;
@@ -39,6 +48,10 @@ pub(super) fn install_blocking(
             install::install_flip(staged, invoked, &disk.target, identity)?
         }
     };
+    if let Some(stamp) = untouched {
+        // Not read again: the file renamed into place is the one staging hashed.
+        ledger.hasher.adopt_installed(&written, &stamp, expected);
+    }
     let now = ledger.hasher.read_target(invoked).map_err(|e| {
         InstallError::io(
             format!("reading {} after the install", invoked.display()),
@@ -60,4 +73,27 @@ pub(super) fn install_blocking(
         repaired,
     };
     Ok((restore, previous, Some(event)))
+}
+
+/// Whether `<target>.prev` is a regular file whose content is the build the state records as
+/// proven (hashed only when `stat` shows it changed since the last look).
+fn prev_holds_proven(ledger: &mut Ledger, target: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(proven) = ledger.state.persisted.proven.clone() else {
+        return Ok(false);
+    };
+    let prev = install::prev_path(target);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&prev)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(false);
+    }
+    Ok(ledger.hasher.sha256_of(&file)? == proven)
 }
