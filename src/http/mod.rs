@@ -23,23 +23,23 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::listener::{Listener, TokioListener};
 use crate::state::State;
+
+mod conn;
+
+use conn::{BeginOnDrop, Drain, DrainService};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -187,9 +187,9 @@ where
         // A timer arms hyper's HTTP/1 header read timeout (slow-loris) and HTTP/2 keep-alive.
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
-        let drain = CancellationToken::new();
+        let drain = Drain::new();
         // Whoever drops this future mid-serve still gets the accept loops stopped.
-        let _stop_on_drop = drain.clone().drop_guard();
+        let _drain_on_drop = BeginOnDrop(drain.clone());
         // Every connection task holds a sender; `recv` yields `None` once the last one is gone.
         let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
         let ctx = ConnCtx {
@@ -216,7 +216,7 @@ where
 
         shutdown.await;
         tracing::info!("draining HTTP connections");
-        drain.cancel();
+        drain.begin();
         for task in accept_loops {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "an HTTP accept loop failed");
@@ -231,7 +231,7 @@ where
         loop {
             let accepted = tokio::select! {
                 biased;
-                _ = ctx.drain.cancelled() => break,
+                _ = ctx.drain.stopped_accepting() => break,
                 r = accept(&listener) => r,
             };
             match accepted {
@@ -249,7 +249,7 @@ where
                         continue;
                     };
                     tokio::select! {
-                        _ = ctx.drain.cancelled() => break,
+                        _ = ctx.drain.stopped_accepting() => break,
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -265,43 +265,13 @@ where
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (in_flight, mut in_flight_rx) = watch::channel(0usize);
-        let state = Arc::new(ConnState {
-            in_flight,
-            h2: AtomicBool::new(false),
-        });
-        let svc = DrainService {
-            inner: service,
-            conn: state.clone(),
-            drain: ctx.drain.clone(),
-        };
+        let state = conn::new_state(&ctx.drain);
+        let svc = DrainService::new(service, state.clone());
         let conn = ctx
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
-
-        tokio::select! {
-            r = conn.as_mut() => return log_conn_end(r),
-            _ = ctx.drain.cancelled() => {}
-        }
-        // Draining. HTTP/1 responses now carry `Connection: close`, which ends busy connections; an
-        // idle one is closed once it has stayed idle for the whole grace period. HTTP/2 has GOAWAY,
-        // which is free of the race, so it is sent at once.
-        loop {
-            if state.h2.load(Ordering::Relaxed) {
-                break;
-            }
-            let idle = *in_flight_rx.borrow_and_update() == 0;
-            tokio::select! {
-                // The connection first: a request already in its socket buffer is activity.
-                biased;
-                r = conn.as_mut() => return log_conn_end(r),
-                changed = in_flight_rx.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(ctx.idle_grace), if idle => break,
-            }
-        }
-        conn.as_mut().graceful_shutdown();
-        log_conn_end(conn.await);
+        conn::drive(conn, state, ctx.idle_grace, |c| c.graceful_shutdown()).await;
     }
 }
 
@@ -332,7 +302,7 @@ where
 #[derive(Clone)]
 struct ConnCtx {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    drain: CancellationToken,
+    drain: Arc<Drain>,
     idle_grace: Duration,
     _alive: mpsc::Sender<()>,
 }
@@ -368,112 +338,5 @@ fn accept_error_pause(listener: &str, e: &io::Error) -> Option<Duration> {
     }
 }
 
-/// Per connection: how many requests are between arrival and the end of their response body, and
-/// whether it speaks HTTP/2.
-struct ConnState {
-    in_flight: watch::Sender<usize>,
-    h2: AtomicBool,
-}
-
-fn log_conn_end(r: Result<(), BoxError>) {
-    // Clients vanishing mid-request and header read timeouts are routine, not the server's fault.
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
-    }
-}
-
-/// Counts a request as in flight from its arrival until its response body is dropped.
-struct InFlight(Arc<ConnState>);
-
-impl InFlight {
-    fn new(conn: Arc<ConnState>) -> Self {
-        conn.in_flight.send_modify(|n| *n += 1);
-        InFlight(conn)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// Wraps the user's service: tracks requests in flight and marks responses produced while
-/// draining with `Connection: close`.
-struct DrainService<S> {
-    inner: S,
-    conn: Arc<ConnState>,
-    drain: CancellationToken,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for DrainService<S>
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-{
-    type Response = Response<GuardedBody<B>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let guard = InFlight::new(self.conn.clone());
-        let h1 = req.version() != Version::HTTP_2;
-        if !h1 {
-            self.conn.h2.store(true, Ordering::Relaxed);
-        }
-        let connect = req.method() == Method::CONNECT;
-        let mut svc = self.inner.clone();
-        let drain = self.drain.clone();
-        Box::pin(async move {
-            std::future::poll_fn(|cx| svc.poll_ready(cx))
-                .await
-                .map_err(Into::into)?;
-            let mut res = svc.call(req).await.map_err(Into::into)?;
-            // Checked now, not on arrival: a request that was in flight when draining began must
-            // close its connection too. Never on an upgrade, whose `Connection: upgrade` must stay.
-            let upgrade = res.status() == StatusCode::SWITCHING_PROTOCOLS
-                || (connect && res.status().is_success());
-            if h1 && !upgrade && drain.is_cancelled() {
-                res.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(res.map(|body| GuardedBody {
-                inner: Box::pin(body),
-                _guard: guard,
-            }))
-        })
-    }
-}
-
-/// A response body that keeps its request counted as in flight until hyper has finished with it.
-/// Boxed so that it can be polled without unsafe pin projection.
-struct GuardedBody<B> {
-    inner: Pin<Box<B>>,
-    _guard: InFlight,
-}
-
-impl<B: Body> Body for GuardedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.get_mut().inner.as_mut().poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod tests;

@@ -5,11 +5,13 @@ use super::*;
 use crate::listener::ListenerSocket;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 const BOUND: Duration = Duration::from_secs(5);
 
