@@ -394,7 +394,7 @@ impl Stamp {
     }
 
     /// Same file, same content as far as `stat` can tell (a `chmod` changes only the ctime).
-    fn same_content(&self, o: &Stamp) -> bool {
+    pub(crate) fn same_content(&self, o: &Stamp) -> bool {
         (self.dev, self.ino, self.size, self.mtime) == (o.dev, o.ino, o.size, o.mtime)
     }
 }

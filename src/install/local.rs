@@ -20,8 +20,8 @@ use super::stage::{create_temp, Staged};
 use super::InstallError;
 use crate::fetch::{LocalFile, Stamp};
 
-/// Copies `local` into a new temporary file beside `target`, checks it against `expected`, and
-/// makes it executable by its owner and durable.
+/// Copies `local` into a new temporary file beside `target`, checks it against `expected`, makes
+/// it executable by its owner and starts writing it to disk (`install` makes it durable).
 pub(super) async fn stage_local(
     identity: &str,
     expected: Option<String>,
@@ -52,7 +52,7 @@ pub(super) async fn stage_local(
     }
     temp.0 = None;
     tracing::info!(%identity, bytes = copied.bytes, sha256 = %copied.sha256, rehashed = copied.rehashed, "staged a release");
-    Ok(Staged::new(path, copied.sha256, copied.bytes))
+    Ok(Staged::new(path, copied.sha256, copied.bytes, copied.stamp))
 }
 
 struct Copied {
@@ -60,6 +60,8 @@ struct Copied {
     sha256: String,
     /// The source changed after the fetcher hashed it, so the copy was hashed.
     rehashed: bool,
+    /// The copy as `fstat` saw it once complete.
+    stamp: Stamp,
 }
 
 fn copy_and_hash(
@@ -100,11 +102,13 @@ fn copy_and_hash(
     };
     dest.set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))
         .map_err(|e| ctx("making executable", e))?;
-    dest.sync_all().map_err(|e| ctx("flushing to disk", e))?;
+    super::stage::start_writeback(&dest, dest_path);
+    let stamp = Stamp::of(&dest.metadata().map_err(|e| ctx("reading", e))?);
     Ok(Copied {
         bytes,
         sha256,
         rehashed,
+        stamp,
     })
 }
 

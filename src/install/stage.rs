@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::unpack::{self, BinaryWriter, ChannelReader};
 use super::InstallError;
-use crate::fetch::{Format, Origin, Release};
+use crate::fetch::{Format, Origin, Release, Stamp};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -68,18 +68,22 @@ pub(crate) struct Staged {
     pub(crate) bytes: u64,
     /// Bytes of the executable.
     pub(crate) binary_bytes: u64,
+    /// The staged file as `fstat` saw it once complete: the install trusts `binary_sha256` for
+    /// the installed file only while `stat` still shows this very file, unchanged.
+    pub(crate) stamp: Option<Stamp>,
     armed: bool,
 }
 
 impl Staged {
     /// A raw executable staged at `path`, removed on drop until [`keep`](Self::keep).
-    pub(super) fn new(path: PathBuf, sha256: String, bytes: u64) -> Self {
+    pub(super) fn new(path: PathBuf, sha256: String, bytes: u64, stamp: Stamp) -> Self {
         Staged {
             path,
             asset_sha256: sha256.clone(),
             binary_sha256: sha256,
             bytes,
             binary_bytes: bytes,
+            stamp: Some(stamp),
             armed: true,
         }
     }
@@ -98,6 +102,7 @@ impl Staged {
             binary_sha256: String::new(),
             bytes: 0,
             binary_bytes: 0,
+            stamp: None,
             armed: true,
         }
     }
@@ -254,6 +259,7 @@ pub(crate) async fn stage(
         asset_sha256,
         bytes: pumped.received,
         binary_bytes: unpacked.bytes,
+        stamp: Some(unpacked.stamp),
         armed: true,
     })
 }
@@ -324,6 +330,26 @@ async fn pump(
         received: *received,
         unpacker_quit: false,
     })
+}
+
+/// Starts writing a staged file's dirty pages to disk without waiting for them: the test run
+/// then overlaps the disk's work, and the `fsync` that `install` does before its rename (which
+/// alone makes the file durable) finds little left to do. Linux only; elsewhere that `fsync`
+/// does it all.
+pub(super) fn start_writeback(file: &File, path: &Path) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a descriptor this function borrows; no memory is passed.
+        let r =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            tracing::debug!(path = %path.display(), error = %e, "could not start writing the staged file back; the install's fsync will");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (file, path);
 }
 
 /// Creates `.<name>.upshift-<pid>-<random>.tmp` beside `target`, exclusively (never follows or

@@ -74,6 +74,8 @@ pub(super) struct Unpacked {
     /// Hex sha256 of the executable, unless it is the release file itself.
     pub(super) sha256: Option<String>,
     pub(super) bytes: u64,
+    /// The staged file as `fstat` saw it once complete.
+    pub(super) stamp: crate::fetch::Stamp,
 }
 
 impl BinaryWriter {
@@ -121,17 +123,18 @@ impl BinaryWriter {
         }
     }
 
-    /// Makes the file executable by its owner only, and durable: `install` copies the real
-    /// target's mode and owner over it (see [`STAGED_MODE`](super::STAGED_MODE)).
+    /// Makes the file executable by its owner only (`install` copies the real target's mode and
+    /// owner over it, see [`STAGED_MODE`](super::STAGED_MODE)) and starts writing it to disk;
+    /// `install` waits for it to be durable before the rename.
     fn finish(self) -> Result<Unpacked, InstallError> {
         let ctx = |what: &str, e| InstallError::io(format!("{what} {}", self.path.display()), e);
         self.file
             .set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))
             .map_err(|e| ctx("making executable", e))?;
-        self.file
-            .sync_all()
-            .map_err(|e| ctx("flushing to disk", e))?;
+        super::stage::start_writeback(&self.file, &self.path);
+        let meta = self.file.metadata().map_err(|e| ctx("reading", e))?;
         Ok(Unpacked {
+            stamp: crate::fetch::Stamp::of(&meta),
             sha256: self.hasher.map(|h| hex::encode(h.finalize())),
             bytes: self.bytes,
         })

@@ -46,12 +46,34 @@ impl Hasher {
         let sha = hash_from_start(file)?;
         // Written to while we read: the hash describes no version of the file; do not keep it.
         if Stamp::of(&file.metadata()?) == before {
-            if self.cache.len() >= CACHE_ENTRIES {
-                self.cache.remove(0);
-            }
-            self.cache.push((before, sha.clone()));
+            self.remember(before, &sha);
         }
         Ok(sha)
+    }
+
+    fn remember(&mut self, stamp: Stamp, sha256: &str) {
+        if self.cache.len() >= CACHE_ENTRIES {
+            self.cache.remove(0);
+        }
+        self.cache.push((stamp, sha256.to_string()));
+    }
+
+    /// Remembers `sha256` for the binary just installed at `path` without reading it again, if
+    /// `path` names the very file that was staged and hashed (`staged`: device and inode), its
+    /// size and mtime unchanged. Only the ctime may differ: the install itself changed the mode
+    /// and renamed the file. The caller checked, just before the install, that the staged file
+    /// was still exactly as staging left it (ctime included). Anything else is hashed afresh
+    /// by the next look.
+    pub(crate) fn adopt_installed(&mut self, path: &Path, staged: &Stamp, sha256: &str) -> bool {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return false;
+        };
+        let now = Stamp::of(&meta);
+        if !now.same_content(staged) {
+            return false;
+        }
+        self.remember(now, sha256);
+        true
     }
 }
 
@@ -98,5 +120,43 @@ impl RestorePoint {
         };
         let sha256 = hasher.sha256_of(&file)?;
         Ok(RestorePoint { file, sha256, link })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("upshift-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_installed_file_keeps_its_staged_hash_only_while_it_is_the_staged_file() {
+        let dir = temp_dir("adopt");
+        let staged = dir.join(".app.staged.tmp");
+        std::fs::write(&staged, b"new build").unwrap();
+        let stamp = Stamp::of(&std::fs::metadata(&staged).unwrap());
+        let target = dir.join("app");
+        std::fs::rename(&staged, &target).unwrap();
+        let mut hasher = Hasher::default();
+        // A marker no real hash equals: the answer comes from the cache, not from reading.
+        assert!(hasher.adopt_installed(&target, &stamp, "from-staging"));
+        let opened = File::open(&target).unwrap();
+        assert_eq!(hasher.sha256_of(&opened).unwrap(), "from-staging");
+
+        // Rewritten after the install: the stamp no longer matches, the file is read.
+        std::fs::write(&target, b"someone else's bytes").unwrap();
+        let mut fresh = Hasher::default();
+        assert!(!fresh.adopt_installed(&target, &stamp, "from-staging"));
+        let opened = File::open(&target).unwrap();
+        assert_eq!(
+            fresh.sha256_of(&opened).unwrap(),
+            hex::encode(Sha256::digest(b"someone else's bytes"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
