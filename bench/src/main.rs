@@ -34,6 +34,7 @@ mod phases;
 mod prober;
 mod procfs;
 mod procs;
+mod profile;
 mod provenance;
 mod release;
 mod report;

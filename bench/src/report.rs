@@ -75,7 +75,8 @@ pub struct Verdict {
 }
 
 /// A report: a title, the command, the machine, the source, then sections in order. The
-/// [`Report::verdict`] rows also go to BENCHMARKS.md; the raw lines go to the scenario's JSON.
+/// [`Report::verdict`] rows and [`Report::highlight`] tables also go to BENCHMARKS.md; the raw
+/// lines go to the scenario's JSON.
 pub struct Report {
     pub title: String,
     pub command: String,
@@ -83,6 +84,7 @@ pub struct Report {
     pub source: Source,
     pub finished: String,
     text: String,
+    highlights: Vec<String>,
     verdicts: Vec<Verdict>,
     raw: Vec<String>,
     built: Vec<Built>,
@@ -99,6 +101,7 @@ impl Report {
             source: Source::capture(),
             finished: chrono_free_now(),
             text: String::new(),
+            highlights: Vec::new(),
             verdicts: Vec::new(),
             raw: Vec::new(),
             built,
@@ -116,6 +119,18 @@ impl Report {
 
     pub fn table(&mut self, t: &Table) {
         let _ = writeln!(self.text, "{}", t.render());
+    }
+
+    /// A table under its own heading that BENCHMARKS.md also shows (the one place a scenario's
+    /// own tables reach it; keep them few and short).
+    pub fn highlight(&mut self, heading: &str, t: &Table) {
+        self.table(t);
+        self.highlights
+            .push(format!("### {heading}\n\n{}", t.render()));
+    }
+
+    pub fn highlights(&self) -> &[String] {
+        &self.highlights
     }
 
     /// The scenario's summary: a table under its own heading.

@@ -76,6 +76,7 @@ pub fn render(run: &Run) -> String {
     verdicts(&mut s, run);
     anchors(&mut s);
     scenarios(&mut s, run);
+    highlights(&mut s, run);
     binaries(&mut s, run);
     let _ = writeln!(
         s,
@@ -223,6 +224,21 @@ fn scenarios(s: &mut String, run: &Run) {
         s,
         "\nA command above is the part after `cargo run --release -p upshift-bench -- `.\n"
     );
+}
+
+/// The few tables scenarios mark for BENCHMARKS.md (see [`Report::highlight`]).
+fn highlights(s: &mut String, run: &Run) {
+    let tables: Vec<&String> = (run.ran.iter())
+        .filter_map(|r| r.outcome.as_ref().ok())
+        .flat_map(|rep| rep.highlights())
+        .collect();
+    if tables.is_empty() {
+        return;
+    }
+    s.push_str("## Highlights\n\n");
+    for t in tables {
+        let _ = writeln!(s, "{t}");
+    }
 }
 
 fn binaries(s: &mut String, run: &Run) {

@@ -226,8 +226,11 @@ fn greeting(generation: u64) -> String {
     )
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+// A plain `main`: the process that starts first becomes upshift's master, which runs on a
+// current-thread runtime of its own; the multi-thread runtime serving requests is built in the
+// worker only (inside `prog`), so the master carries no idle worker threads and the test run of
+// a new build answers before any runtime exists.
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -288,8 +291,11 @@ async fn main() -> std::process::ExitCode {
         }
     }
 
-    let served = upgrader
-        .run_async(|mut state| async move {
+    let served = upgrader.run(|mut state| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
             let generation = state.generation();
             let app = Router::new()
                 .route("/", get(move || async move { greeting(generation) }))
@@ -311,7 +317,7 @@ async fn main() -> std::process::ExitCode {
             tracing::info!(build = BUILD_ID, generation, "hello serving");
             upshift::http::serve(&mut state, app).await
         })
-        .await;
+    });
 
     match served {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
