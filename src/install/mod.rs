@@ -22,7 +22,7 @@ mod testrun;
 mod unpack;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io;
 use std::time::Duration;

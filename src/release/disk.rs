@@ -127,20 +127,12 @@ impl RestorePoint {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("upshift-disk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn an_installed_file_keeps_its_staged_hash_only_while_it_is_the_staged_file() {
-        let dir = temp_dir("adopt");
-        let staged = dir.join(".app.staged.tmp");
-        std::fs::write(&staged, b"new build").unwrap();
+        let dir = crate::install::tests::TempDir::new("adopt");
+        let staged = dir.exe(".app.staged.tmp", b"new build");
         let stamp = Stamp::of(&std::fs::metadata(&staged).unwrap());
-        let target = dir.join("app");
+        let target = dir.path().join("app");
         std::fs::rename(&staged, &target).unwrap();
         let mut hasher = Hasher::default();
         // A marker no real hash equals: the answer comes from the cache, not from reading.
@@ -157,6 +149,5 @@ mod tests {
             fresh.sha256_of(&opened).unwrap(),
             hex::encode(Sha256::digest(b"someone else's bytes"))
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

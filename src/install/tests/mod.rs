@@ -17,11 +17,11 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::fetch::{Format, Origin, Release};
 
-/// A fresh directory, removed with its contents on drop.
-pub(super) struct TempDir(PathBuf);
+/// A fresh directory, removed with its contents on drop (also used by `release::disk`'s tests).
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub(super) fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!(
             "upshift-install-{tag}-{}-{}",
             std::process::id(),
@@ -31,7 +31,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 
@@ -46,7 +46,7 @@ impl TempDir {
     }
 
     /// Writes an executable file.
-    pub(super) fn exe(&self, name: &str, content: &[u8]) -> PathBuf {
+    pub(crate) fn exe(&self, name: &str, content: &[u8]) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
