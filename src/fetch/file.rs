@@ -51,10 +51,13 @@ pub struct FileFetcher {
     settle: Duration,
     poll_interval: Duration,
     sidecar: bool,
-    /// `None`: polling (no watcher could be set up; retried on each `changed`).
+    /// `None`: not started yet (the first `changed` starts it), or polling because no watcher
+    /// could be set up (retried on each `changed`).
     watch: Option<Watch>,
     /// Whether `changed` may (re)create the watcher; off only in tests of the polling path.
     rewatch: bool,
+    /// A watcher failed to start once already: later failures are logged quietly.
+    warned: bool,
     /// What the last completed check saw: the file, `.sha256` and `.minisig`.
     last: Option<[Option<Stamp>; 3]>,
     rollout_path: PathBuf,
@@ -79,7 +82,6 @@ impl FileFetcher {
     /// ```
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
-        let watch = Watch::start(&path, false);
         FileFetcher {
             name: format!("file:{}", path.display()),
             sidecar_path: with_suffix(&path, ".sha256"),
@@ -93,8 +95,9 @@ impl FileFetcher {
             settle: DEFAULT_SETTLE,
             poll_interval: DEFAULT_POLL,
             sidecar: true,
-            watch,
+            watch: None,
             rewatch: true,
+            warned: false,
             last: None,
         }
     }
@@ -142,6 +145,14 @@ impl FileFetcher {
     /// ```
     pub fn sidecar(mut self, yes: bool) -> Self {
         self.sidecar = yes;
+        self
+    }
+
+    /// Test-only: the watcher started now, as the updater's first `changed` would.
+    #[cfg(test)]
+    pub(crate) fn watching(mut self) -> Self {
+        self.watch = Watch::start(&self.path, false);
+        self.warned = true;
         self
     }
 
@@ -346,7 +357,10 @@ impl Fetcher for FileFetcher {
         }
         let Some(watch) = self.watch.as_mut() else {
             if self.rewatch {
-                self.watch = Watch::start(&self.path, true);
+                // Started here, not in `new`: a program builds its fetchers in every process
+                // (workers, test runs), and only the master's updater ever waits on one.
+                self.watch = Watch::start(&self.path, self.warned);
+                self.warned = true;
                 if self.watch.is_some() {
                     return; // watching again: check for whatever happened meanwhile
                 }

@@ -216,7 +216,7 @@ async fn changed_after_copy_and_rename_not_for_other_files() {
     let src = dir.join("build-output");
     let content: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     std::fs::write(&src, &content).unwrap();
-    let mut f = FileFetcher::new(&path);
+    let mut f = FileFetcher::new(&path).watching();
     // Events queued by the setup above are for other files: nothing pending.
     assert!(timeout(Duration::from_millis(300), f.changed())
         .await
@@ -557,4 +557,20 @@ async fn the_shared_checksum_table() {
             (want, got) => panic!("{}: expected {want:?}, got {got:?}", row.what),
         }
     }
+}
+
+#[tokio::test]
+async fn the_watcher_starts_with_the_first_wait_not_with_the_fetcher() {
+    // Workers and test runs build the same fetchers as the master and never wait on them: an
+    // inotify instance and its thread there would be pure cost.
+    let dir = TempDir::new("lazy-watch");
+    let mut f = FileFetcher::new(dir.join("app"));
+    assert!(f.watch.is_none(), "new() started a watcher");
+    timeout(Duration::from_secs(1), f.changed())
+        .await
+        .expect("the first changed() returns once the watcher is up, for a fresh check");
+    assert!(
+        f.watch.is_some(),
+        "the first changed() did not start the watcher"
+    );
 }

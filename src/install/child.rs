@@ -39,9 +39,22 @@ impl ChildGuard {
         }
     }
 
-    /// Waits for the exit by polling; `None` when someone else collected the status first (the
-    /// child is registered as owned, so upshift's own reaper does not).
+    /// Waits for the exit; `None` when someone else collected the status first (the child is
+    /// registered as owned, so upshift's own reaper does not).
+    ///
+    /// On Linux a pidfd turns readable the moment the child exits, so the test run's result is
+    /// known at once; polling (1, 2, 4 … 20 ms apart) found a 3 ms test run only at 7 ms, on
+    /// the path of every upgrade. Without pidfds (before Linux 5.3, or elsewhere) it polls.
     pub(super) async fn wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(exit) = exit_notifier(self.pid) {
+            loop {
+                if let Waited::Exited(status) = self.try_wait()? {
+                    return Ok(status);
+                }
+                exit.readable().await?.clear_ready();
+            }
+        }
         let mut pause = Duration::from_millis(1);
         loop {
             if let Waited::Exited(status) = self.try_wait()? {
@@ -128,6 +141,25 @@ impl ChildGuard {
             }
         }
     }
+}
+
+/// A pidfd for `pid`, registered with the runtime; `None` where the kernel has none (the caller
+/// then polls).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn exit_notifier(pid: Pid) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor was just returned to us and nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+    // Deprecated in tokio 1.54 for descriptors the `AsyncFd` does not own; this one owns it, and
+    // the replacement does not exist in the oldest tokio this crate supports.
+    #[allow(deprecated)]
+    let registered = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE);
+    registered.ok()
 }
 
 impl Drop for ChildGuard {

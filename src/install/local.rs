@@ -16,12 +16,15 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::stage::{create_temp, Staged};
+use super::stage::{create_temp, Staged, Writeback};
+
+/// How much one kernel copy call moves: the disk is told to write each step as it is done.
+const COPY_STEP: u64 = 4 << 20;
 use super::InstallError;
 use crate::fetch::{LocalFile, Stamp};
 
 /// Copies `local` into a new temporary file beside `target`, checks it against `expected`, makes
-/// it executable by its owner and starts writing it to disk (`install` makes it durable).
+/// it executable by its owner; the disk writes it as it is copied (`install` makes it durable).
 pub(super) async fn stage_local(
     identity: &str,
     expected: Option<String>,
@@ -80,14 +83,24 @@ fn copy_and_hash(
     source
         .seek(SeekFrom::Start(0))
         .map_err(|e| InstallError::io("rewinding the release file", e))?;
-    // std's copy between two files is copy_file_range, with sendfile and read/write fallbacks.
-    let bytes = io::copy(&mut (&mut source).take(limit.saturating_add(1)), &mut dest)
-        .map_err(|e| ctx("writing the new binary to", e))?;
-    if bytes > limit {
-        return Err(InstallError::TooLarge {
-            what: "the release",
-            limit,
-        });
+    // std's copy between two files is copy_file_range, with sendfile and read/write fallbacks;
+    // in steps, so that the disk writes each one while the next is copied.
+    let mut writeback = Writeback::new();
+    let mut bytes = 0u64;
+    loop {
+        let step = io::copy(&mut (&mut source).take(COPY_STEP), &mut dest)
+            .map_err(|e| ctx("writing the new binary to", e))?;
+        bytes += step;
+        if bytes > limit {
+            return Err(InstallError::TooLarge {
+                what: "the release",
+                limit,
+            });
+        }
+        writeback.advance(&dest, bytes, step == 0);
+        if step == 0 {
+            break;
+        }
     }
     let unchanged = source
         .metadata()
@@ -102,7 +115,6 @@ fn copy_and_hash(
     };
     dest.set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))
         .map_err(|e| ctx("making executable", e))?;
-    super::stage::start_writeback(&dest, dest_path);
     let stamp = Stamp::of(&dest.metadata().map_err(|e| ctx("reading", e))?);
     Ok(Copied {
         bytes,

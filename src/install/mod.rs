@@ -34,7 +34,7 @@ pub(crate) use lock::LockSlot;
 #[cfg(test)]
 pub(crate) use replace::file_sha256;
 pub(crate) use replace::{install, prev_path, resolve_target, restore_from, sweep_leftovers};
-pub(crate) use stage::{stage, StageOptions, Staged, DEFAULT_DOWNLOAD_DEADLINE};
+pub(crate) use stage::{flush, stage, StageOptions, Staged, DEFAULT_DOWNLOAD_DEADLINE};
 pub(crate) use testrun::{answer_test_run_if_asked, test_run};
 
 /// The mode of a staged binary until the install gives it the target's: executable (the test run

@@ -332,24 +332,65 @@ async fn pump(
     })
 }
 
-/// Starts writing a staged file's dirty pages to disk without waiting for them: the test run
-/// then overlaps the disk's work, and the `fsync` that `install` does before its rename (which
-/// alone makes the file durable) finds little left to do. Linux only; elsewhere that `fsync`
-/// does it all.
-pub(super) fn start_writeback(file: &File, path: &Path) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a descriptor this function borrows; no memory is passed.
-        let r =
-            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            tracing::debug!(path = %path.display(), error = %e, "could not start writing the staged file back; the install's fsync will");
-        }
+/// Starts writing a staged file to disk while it is still being written, a few MiB at a time
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which queues the pages and does not wait): the disk
+/// then works while the copy, download or unpacking goes on, instead of all at the `fsync` that
+/// must precede the install's rename. On the bench's 22.9 MiB build that `fsync` alone took
+/// 15–18 ms when the whole file was left for it. Linux only; elsewhere the `fsync` does it all.
+pub(super) struct Writeback {
+    /// Everything before this offset has been queued.
+    queued: u64,
+}
+
+/// How much is written before the next range is queued: large enough that the calls cost
+/// nothing, small enough that the disk starts early.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
+impl Writeback {
+    pub(super) fn new() -> Self {
+        Writeback { queued: 0 }
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (file, path);
+
+    /// The file now holds `written` bytes: queues what is new once a step's worth has piled up
+    /// (or, with `last`, whatever is left).
+    pub(super) fn advance(&mut self, file: &File, written: u64, last: bool) {
+        let pending = written.saturating_sub(self.queued);
+        if pending == 0 || (pending < WRITEBACK_STEP && !last) {
+            return;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(from), Ok(len)) = (i64::try_from(self.queued), i64::try_from(pending)) else {
+                return;
+            };
+            // SAFETY: a descriptor this function borrows; no memory is passed. A failure only
+            // leaves the work to the `fsync`.
+            unsafe {
+                libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let _ = file;
+        self.queued = written;
+    }
+}
+
+/// Makes the staged file durable on a blocking thread, to be awaited beside its test run: the
+/// disk's work then overlaps the test run, and the `fsync` that `install` does before its rename
+/// (which alone guarantees durability, and still runs) finds nothing left to write. On the
+/// bench's 22.9 MiB build, with [`Writeback`] during the copy, test run + install went from
+/// 18 ms (the whole `fsync` on the path) to 10 ms. A failure is only logged: `install`'s own `fsync` reports it where it matters.
+pub(crate) async fn flush(staged: &Staged) {
+    let path = staged.path.clone();
+    let synced = tokio::task::spawn_blocking(move || {
+        let r = File::open(&path).and_then(|f| f.sync_all());
+        (path, r)
+    })
+    .await;
+    if let Ok((path, Err(e))) = synced {
+        tracing::debug!(path = %path.display(), error = %e, "could not flush the staged file ahead of the install; the install's fsync will");
+    }
 }
 
 /// Creates `.<name>.upshift-<pid>-<random>.tmp` beside `target`, exclusively (never follows or

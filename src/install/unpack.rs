@@ -67,6 +67,7 @@ pub(super) struct BinaryWriter {
     hasher: Option<Sha256>,
     bytes: u64,
     limit: u64,
+    writeback: super::stage::Writeback,
 }
 
 /// What the blocking side produced.
@@ -86,6 +87,7 @@ impl BinaryWriter {
             hasher: hash.then(Sha256::new),
             bytes: 0,
             limit,
+            writeback: super::stage::Writeback::new(),
         }
     }
 
@@ -106,6 +108,7 @@ impl BinaryWriter {
         if let Some(h) = self.hasher.as_mut() {
             h.update(buf);
         }
+        self.writeback.advance(&self.file, self.bytes, false);
         Ok(())
     }
 
@@ -124,14 +127,15 @@ impl BinaryWriter {
     }
 
     /// Makes the file executable by its owner only (`install` copies the real target's mode and
-    /// owner over it, see [`STAGED_MODE`](super::STAGED_MODE)) and starts writing it to disk;
-    /// `install` waits for it to be durable before the rename.
+    /// owner over it, see [`STAGED_MODE`](super::STAGED_MODE)); `install` makes it durable before
+    /// the rename.
     fn finish(self) -> Result<Unpacked, InstallError> {
         let ctx = |what: &str, e| InstallError::io(format!("{what} {}", self.path.display()), e);
         self.file
             .set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))
             .map_err(|e| ctx("making executable", e))?;
-        super::stage::start_writeback(&self.file, &self.path);
+        let mut writeback = self.writeback;
+        writeback.advance(&self.file, self.bytes, true);
         let meta = self.file.metadata().map_err(|e| ctx("reading", e))?;
         Ok(Unpacked {
             stamp: crate::fetch::Stamp::of(&meta),

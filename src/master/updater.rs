@@ -478,8 +478,11 @@ impl Updater {
         self.emit(UpgradeEvent::TestRunning {
             identity: identity.clone(),
         });
-        if let Err(e) = install::test_run(&staged.path, &self.args, self.cfg.test_run_timeout).await
-        {
+        let (tested, ()) = tokio::join!(
+            install::test_run(&staged.path, &self.args, self.cfg.test_run_timeout),
+            install::flush(&staged),
+        );
+        if let Err(e) = tested {
             return self.reject(books, &offer, Some(&binary_sha256), &e);
         }
         self.emit(UpgradeEvent::Installing {
