@@ -1,7 +1,7 @@
 //! The File fetcher: a local path watched (inotify on Linux) for new builds.
 
 use std::ffi::OsString;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
-use super::{Current, FetchError, Fetcher, Format, LocalFile, Origin, Release, TrustPolicy};
+use super::{
+    Current, FetchError, Fetcher, Format, LocalFile, Origin, Release, StagingArea, TrustPolicy,
+};
 
 const DEFAULT_SETTLE: Duration = Duration::from_millis(50); // why: see `settle`
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -24,7 +25,6 @@ const OPEN_WRITER_SETTLE: Duration = Duration::from_secs(1);
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(30);
 /// The largest `.sha256` / `.minisig` file read.
 const SIDE_FILE_LIMIT: u64 = 64 * 1024;
-const BUF_SIZE: usize = 64 * 1024;
 
 /// Watches a file for new builds: copy (or `mv`) a build to the path and the server upgrades.
 ///
@@ -58,6 +58,9 @@ pub struct FileFetcher {
     rewatch: bool,
     /// A watcher failed to start once already: later failures are logged quietly.
     warned: bool,
+    /// Where the pipeline stages (see [`Fetcher::staging_area`]): a new file is copied there
+    /// while it is hashed.
+    staging: Option<StagingArea>,
     /// What the last completed check saw: the file, `.sha256` and `.minisig`.
     last: Option<[Option<Stamp>; 3]>,
     rollout_path: PathBuf,
@@ -98,6 +101,7 @@ impl FileFetcher {
             watch: None,
             rewatch: true,
             warned: false,
+            staging: None,
             last: None,
         }
     }
@@ -244,6 +248,8 @@ impl Fetcher for FileFetcher {
         self.check_trusted().await?;
         let snap = self.snapshot().await?;
         let reoffer = std::mem::take(&mut self.reoffer);
+        // The first look after a start most likely finds the installed build: hash it only.
+        let first_look = self.last.is_none();
         if self.last.as_ref() == Some(&snap) && !reoffer {
             return Ok(None);
         }
@@ -278,11 +284,20 @@ impl Fetcher for FileFetcher {
             .offered
             .as_ref()
             .filter(|(s, _)| reoffer && *s == stamp);
-        let (file, sha256) = match known.map(|(_, h)| h.clone()) {
-            Some(h) => (file, h),
+        // Copied while hashed only where staging would copy it: a raw file, no signature to
+        // verify on the way (staging's streaming path does that).
+        let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let format = Format::from_name(&file_name);
+        let copy_to = (self.staging.clone())
+            .filter(|_| !first_look && !self.signed && matches!(format, Format::Raw));
+        let (file, sha256, copy) = match known.map(|(_, h)| h.clone()) {
+            Some(h) => (file, h, None),
             None => {
                 let what = format!("hashing {}", self.path.display());
-                blocking(what, move || hash_and_rewind(file)).await?
+                blocking(what, move || {
+                    hash_and_rewind(file, &stamp, copy_to.as_ref())
+                })
+                .await?
             }
         };
         let new_last = [Some(stamp), snap[1], snap[2]];
@@ -312,6 +327,7 @@ impl Fetcher for FileFetcher {
                 file: clone,
                 sha256: sha256.clone(),
                 stamp,
+                copy,
             }),
             Err(e) => {
                 tracing::debug!(path = %self.path.display(), error = %e, "cannot duplicate the file descriptor; staging will read the file");
@@ -320,14 +336,13 @@ impl Fetcher for FileFetcher {
         };
         self.last = Some(new_last);
         self.offered = Some((stamp, sha256.clone()));
-        let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
         tracing::debug!(path = %self.path.display(), %sha256, "new build");
         Ok(Some(Release {
             identity: format!("sha256:{sha256}"),
             sha256: Some(expected.unwrap_or(sha256)),
             signature,
             size_hint: Some(stamp.size),
-            format: Format::from_name(&file_name),
+            format,
             origin: Origin::Local,
             body: Box::new(tokio::fs::File::from_std(file)),
             local_file,
@@ -335,6 +350,10 @@ impl Fetcher for FileFetcher {
             version: None,
             source: Some(stamp.describe()),
         }))
+    }
+
+    fn staging_area(&mut self, area: &StagingArea) {
+        self.staging = Some(area.clone());
     }
 
     fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
@@ -613,15 +632,16 @@ async fn stat(path: &Path) -> Result<Option<Stamp>, FetchError> {
     }
 }
 
-/// Streams the file through sha256 (64 KiB reads) and rewinds it for the pipeline.
-fn hash_and_rewind(mut file: std::fs::File) -> std::io::Result<(std::fs::File, String)> {
-    let mut hasher = Sha256::new();
-    std::io::copy(
-        &mut BufReader::with_capacity(BUF_SIZE, &mut file),
-        &mut hasher,
-    )?;
+/// Streams the file through sha256, with `copy_to` also into a copy there (see
+/// [`crate::install::hash_copying`]), and rewinds it for the pipeline.
+fn hash_and_rewind(
+    mut file: std::fs::File,
+    stamp: &Stamp,
+    copy_to: Option<&StagingArea>,
+) -> std::io::Result<(std::fs::File, String, Option<crate::install::PreStaged>)> {
+    let (sha256, copy) = crate::install::hash_copying(&mut file, stamp, copy_to)?;
     file.seek(SeekFrom::Start(0))?;
-    Ok((file, hex::encode(hasher.finalize())))
+    Ok((file, sha256, copy))
 }
 
 /// Reads a small text side file; `None` if it does not exist.

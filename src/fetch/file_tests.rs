@@ -1,6 +1,7 @@
 //! Tests of the File fetcher: real files, real inotify events, bounded in time.
 
 use super::*;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::AtomicUsize;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;

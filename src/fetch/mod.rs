@@ -288,12 +288,25 @@ impl Release {
 /// Staging a raw release (no archive, no signature key configured) from one copies the file with
 /// `copy_file_range` and takes the fetcher's sha256 as the copy's, provided `fstat` shows the
 /// file as it was when it was opened for hashing: same inode, size, mtime and ctime. If anything
-/// changed, the copy is hashed instead. Only upshift makes one; a fetcher in another crate has
-/// nothing to put here.
+/// changed, the copy is hashed instead. When the fetcher was told the [`StagingArea`], it has
+/// usually written that copy already, in the same pass that hashed the file, and staging adopts
+/// it. Only upshift makes one; a fetcher in another crate has nothing to put here.
 pub struct LocalFile {
     pub(crate) file: std::fs::File,
     pub(crate) sha256: String,
     pub(crate) stamp: Stamp,
+    /// The copy written beside the binary while the file was hashed.
+    pub(crate) copy: Option<crate::install::PreStaged>,
+}
+
+/// Where the pipeline would stage a release right now: beside the binary it replaces (the path
+/// re-resolved before every check, so a flipped symlink moves it), and how many bytes it accepts.
+/// Handed to each fetcher before each [`check`](Fetcher::check) through
+/// [`Fetcher::staging_area`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagingArea {
+    pub(crate) target: std::path::PathBuf,
+    pub(crate) max_bytes: u64,
 }
 
 impl fmt::Debug for LocalFile {
@@ -411,6 +424,14 @@ pub trait Fetcher: Send {
     fn apply_policy(&mut self, policy: &TrustPolicy) -> Result<(), FetchError> {
         let _ = policy;
         Ok(())
+    }
+
+    /// Called before each [`check`](Fetcher::check) with where the pipeline would stage a
+    /// release now. [`FileFetcher`] writes a new file's copy there in the same pass that hashes
+    /// it, so a local release is read once; a fetcher that downloads has no use for it. The
+    /// default ignores it.
+    fn staging_area(&mut self, area: &StagingArea) {
+        let _ = area;
     }
 
     /// Resolves when the fetcher has a reason to check before the next interval (a file changed).

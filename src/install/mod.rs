@@ -28,6 +28,7 @@ use std::io;
 use std::time::Duration;
 
 pub(crate) use flip::{flip_link, install_flip, read_link};
+pub(crate) use local::{hash_copying, PreStaged};
 #[cfg(test)]
 pub(crate) use lock::InstallLock;
 pub(crate) use lock::LockSlot;

@@ -18,7 +18,7 @@ use super::progress::Progress;
 use super::{Event, RestartOutcome, ServingWorker};
 use crate::config::InstallMode;
 use crate::events::UpgradeEvent;
-use crate::fetch::{FetchError, Fetcher, Release};
+use crate::fetch::{FetchError, Fetcher, Release, StagingArea};
 use crate::install::{self, InstallError, StageOptions};
 use crate::release::disk::RestorePoint;
 use crate::release::model::{refusal_kind, Admission, Build, Offer, Policy, Staging};
@@ -247,6 +247,12 @@ impl Updater {
         });
         let now = std::time::Instant::now();
         let current = books.ledger().state.current(&self.cfg.policy(), now);
+        if let Ok(target) = install::resolve_target(&self.invoked) {
+            fetcher.staging_area(&StagingArea {
+                target,
+                max_bytes: self.cfg.stage.max_bytes,
+            });
+        }
         let Some(release) = fetcher.check(&current).await? else {
             tracing::debug!(fetcher = fetcher.name(), "no new release");
             // Nothing newer than what it offered last: if that was refused, it still is.
