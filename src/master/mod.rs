@@ -13,6 +13,7 @@ mod event;
 #[cfg(test)]
 mod fake;
 mod installing;
+mod memory;
 #[cfg(test)]
 mod policy_tests;
 mod probation;
@@ -552,6 +553,9 @@ impl<E: Env> Master<E> {
             }
             if std::mem::take(&mut self.restart_queued) {
                 self.request_restart("queued restart", None);
+            }
+            if self.draining.is_empty() && self.starting.is_none() {
+                memory::give_back_freed();
             }
         }
     }
