@@ -9,7 +9,10 @@ use crate::release::mb_per_s;
 use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{ms, summary};
 
-const RSS_TARGET_KIB: u64 = 4 * 1024;
+/// Issue 14: at or below overseer's master, measured idle on this machine at 4,236–4,316 KiB.
+const RSS_TARGET_KIB: u64 = 4_316;
+/// Issue 14: what the master alone adds to the machine, at most 1.5 MiB.
+const USS_TARGET_KIB: u64 = 1_536;
 const PEAK_TARGET_KIB: u64 = 16 * 1024;
 /// Overseer's idle figure: 20 ms of CPU per 30 s.
 const OVERSEER_MS_PER_30S: f64 = 20.0;
@@ -124,7 +127,7 @@ pub(super) fn render(opts: &Opts, setup: &Setup, upgrades: u64, results: &[RunRe
     s.row(vec![
         "master RSS, idle (File fetcher)".into(),
         per(&|x| x.idle.rss as f64, mib_f),
-        "≤ 4 MB".into(),
+        "≤ 4,316 KiB (overseer's)".into(),
     ]);
     s.row(vec![
         "master PSS / USS, idle".into(),
@@ -133,7 +136,7 @@ pub(super) fn render(opts: &Opts, setup: &Setup, upgrades: u64, results: &[RunRe
             per(&|x| x.idle.rollup.pss as f64, mib_f),
             per(&|x| x.idle.rollup.uss as f64, mib_f)
         ),
-        "".into(),
+        "USS ≤ 1.5 MiB".into(),
     ]);
     s.row(vec![
         "master RSS, idle, with the HTTP fetcher (reqwest + rustls)".into(),
@@ -359,25 +362,23 @@ fn breakdown(r: &mut Report, results: &[RunResult]) {
     let (libs, _) = kind("shared libraries");
     let (anon, _) = kind("anonymous");
     r.para(&format!(
-        "**Why the 4 MB target is missed, and what would meet it.** The master is the \
-         application's own binary (the stable-PID design: the first process becomes the master), \
-         and {} of its {} RSS are that binary's pages: {} of code (tokio, tracing's formatter \
-         and env filter, the fetcher, the pipeline and the master loop run in it) and {} of \
-         read-only data, of which {} are anonymous copies of `.data.rel.ro` that the dynamic \
-         loader relocates at start (the binary is position-independent). The C library and \
-         friends add {}; heap, stacks and the tokio threads' memory only {}. The code pages are \
-         file-backed and shared with the worker, which is why PSS ({}) is about half the RSS and \
-          what the master alone costs (USS) is {}. Candidates to bring the RSS itself under \
-         4 MB (not measured here): (1) fewer and denser code pages — `opt-level = \"s\"`, \
-         `lto = true`, `codegen-units = 1`, `panic = \"abort\"` shrink `.text` and \
-         `.eh_frame` and pack the master's functions closer; (2) a non-PIE executable \
-         (`-C relocation-model=static`): `.data.rel.ro` then needs no relocation at load and \
-         stays shared with the page cache (the {} above); (3) not initialising before `run` \
-         what only workers use: `hello` builds its multi-thread tokio runtime and a tracing \
-         subscriber with an env filter in `main`, so the master runs them too; `Upgrader::run` \
-         from a plain `fn main`, with the runtime built inside `prog`, leaves the master its own \
-         current-thread runtime. A master that execs a small separate supervisor binary would \
-         meet the target by construction, at the price of the one-binary design.",
+        "**Why the RSS target is missed.** The master is the application's own binary (the \
+         stable-PID design: the first process becomes the master), and {} of its {} RSS are that \
+         binary's pages: {} of code (the kernel maps code in 64 KiB runs around each page \
+         touched, so everything the master ever ran, from argument parsing to binding, counts) \
+         and {} of read-only data, of which {} are anonymous copies of `.data.rel.ro` that the \
+         dynamic loader relocates at start (the binary is position-independent; the relocation \
+         table it reads is another 1 MiB of this 22.9 MiB build). The C library and friends add \
+         {}, which overseer's Go master does not map at all; heap, stacks and threads only {}. \
+         Those file pages are shared with the worker, which is why PSS ({}) is about half the \
+         RSS, and what the master alone adds to the machine (USS) is {}. Measured by hand, not \
+         by this harness: the same build linked non-PIE (`cargo rustc --release --example hello \
+         --features remote-fetchers -p upshift-hello -- -C link-arg=-no-pie`), read from \
+         /proc/PID/smaps_rollup 14 s after a start beside the PIE build, had RSS 6,012 KiB and \
+         USS 832 KiB against 7,896 and 1,468 KiB: still above overseer's RSS, and giving up the \
+         executable's address randomisation is not a trade this demo makes by default. A master \
+         that execs a small separate supervisor binary would meet the target by construction, \
+         at the price of the one-binary design.",
         mib(text + ro),
         mib(snap.rss),
         mib(text),
@@ -387,13 +388,13 @@ fn breakdown(r: &mut Report, results: &[RunResult]) {
         mib(anon + kind("[heap]").0 + kind("[stack]").0),
         mib(snap.rollup.pss),
         mib(snap.rollup.uss),
-        mib(ro_anon),
     ));
 }
 
 fn verdict(r: &mut Report, upgrades: u64, results: &[RunResult]) {
     r.heading("Verdict");
     let idle_max = results.iter().map(|x| x.idle.rss).max().unwrap_or(0);
+    let uss_max = (results.iter().map(|x| x.idle.rollup.uss).max()).unwrap_or(0);
     let growth: Vec<f64> = results.iter().map(growth_per_upgrade).collect();
     let all_done = results.iter().all(|x| x.upgrades_done == upgrades);
     // Page-granular noise and allocator warm-up: under 1 KiB per upgrade over the whole run.
@@ -416,7 +417,8 @@ fn verdict(r: &mut Report, upgrades: u64, results: &[RunResult]) {
     let mut v = String::new();
     let _ = write!(
         v,
-        "- Idle RSS ≤ 4 MB: **{}** (highest {}).\n\
+        "- Idle RSS ≤ overseer's 4,316 KiB: **{}** (highest {}).\n\
+         - Idle USS ≤ 1.5 MiB: **{}** (highest {}).\n\
          - No growth over {upgrades} upgrades: **{}** (growth per upgrade {}; every upgrade \
          reached traffic: {}).\n\
          - Peak RSS installing the 200 MB release under 16 MB: **{}** (highest of all paths {}).\n\
@@ -428,6 +430,12 @@ fn verdict(r: &mut Report, upgrades: u64, results: &[RunResult]) {
             "missed"
         },
         mib(idle_max),
+        if uss_max <= USS_TARGET_KIB {
+            "met"
+        } else {
+            "missed"
+        },
+        mib(uss_max),
         if no_growth { "met" } else { "missed" },
         growth
             .iter()
@@ -450,9 +458,14 @@ fn verdict(r: &mut Report, upgrades: u64, results: &[RunResult]) {
     );
     r.para(&v);
     r.verdict(
-        "master's idle RSS ≤ 4 MB (issue 5)",
+        "master's idle RSS at or below overseer's 4,316 KiB (issues 5, 14)",
         format!("highest {}", mib(idle_max)),
         Status::met_if(idle_max <= RSS_TARGET_KIB),
+    );
+    r.verdict(
+        "master's idle USS ≤ 1.5 MiB (issue 14)",
+        format!("highest {}", mib(uss_max)),
+        Status::met_if(uss_max > 0 && uss_max <= USS_TARGET_KIB),
     );
     r.verdict(
         &format!("no growth of the master's RSS over {upgrades} upgrades (issue 5)"),
