@@ -367,18 +367,20 @@ fn breakdown(r: &mut Report, results: &[RunResult]) {
          binary's pages: {} of code (the kernel maps code in 64 KiB runs around each page \
          touched, so everything the master ever ran, from argument parsing to binding, counts) \
          and {} of read-only data, of which {} are anonymous copies of `.data.rel.ro` that the \
-         dynamic loader relocates at start (the binary is position-independent; the relocation \
-         table it reads is another 1 MiB of this 22.9 MiB build). The C library and friends add \
-         {}, which overseer's Go master does not map at all; heap, stacks and threads only {}. \
-         Those file pages are shared with the worker, which is why PSS ({}) is about half the \
-         RSS, and what the master alone adds to the machine (USS) is {}. Measured by hand, not \
-         by this harness: the same build linked non-PIE (`cargo rustc --release --example hello \
-         --features remote-fetchers -p upshift-hello -- -C link-arg=-no-pie`), read from \
-         /proc/PID/smaps_rollup 14 s after a start beside the PIE build, had RSS 6,012 KiB and \
-         USS 832 KiB against 7,896 and 1,468 KiB: still above overseer's RSS, and giving up the \
-         executable's address randomisation is not a trade this demo makes by default. A master \
-         that execs a small separate supervisor binary would meet the target by construction, \
-         at the price of the one-binary design.",
+         dynamic loader relocates at start (the binary is position-independent; `hello` links \
+         with packed relative relocations where the toolchain allows, see its `build.rs`, which \
+         took the relocation table from 1 MiB to 14 KiB and the idle RSS from 7,904 to \
+         6,384 KiB when measured by hand). The C library and friends add {}, which overseer's \
+         Go master does not map at all; heap, stacks and threads only {}. Those file pages are \
+         shared with the worker, which is why PSS ({}) is about half the RSS, and what the \
+         master alone adds to the machine (USS) is {}. Measured by hand, not by this harness: \
+         the same build linked non-PIE (`cargo rustc --release --example hello --features \
+         remote-fetchers -p upshift-hello -- -C link-arg=-no-pie`), read from \
+         /proc/PID/smaps_rollup 15 s after a start beside the packed PIE build, had RSS \
+         6,088 KiB and USS 788 KiB against 6,384 and 1,488 KiB: still above overseer's RSS, and \
+         giving up the executable's address randomisation is not a trade this demo makes by \
+         default. A master that execs a small separate supervisor binary would meet the target \
+         by construction, at the price of the one-binary design.",
         mib(text + ro),
         mib(snap.rss),
         mib(text),
