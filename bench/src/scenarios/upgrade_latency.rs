@@ -173,6 +173,9 @@ impl Series {
     }
 }
 
+/// Issue 14: the File fetcher's publish → first response, median, with no other load.
+const FILE_TARGET_MS: f64 = 40.0;
+
 struct Ctx {
     upgrades: u64,
     every: Duration,
@@ -426,7 +429,8 @@ fn render(
     ));
     r.para(
         "Reference (issue 5): trigger → new build median 18 ms for tableflip, 17 ms for grace, \
-         1,080 ms for overseer; issue 3's target for the File fetcher: median under 150 ms.",
+         1,080 ms for overseer; the File fetcher's targets: median under 150 ms (issue 3), and \
+         ≤ 40 ms with no other load (issue 14).",
     );
     r.para(OTHERS_NOTE);
 
@@ -557,6 +561,13 @@ fn render(
             .sum::<usize>();
         let measured = format!("median {m}; {reached} of {total} new builds answered a request");
         match src {
+            // Issue 14's target is for the machine otherwise idle; under load, issue 3's stands.
+            Source::File if ctx.load.is_none() => r.verdict(
+                "File fetcher publish → first response from the new build, median \
+                 ≤ 40 ms with no other load (issue 14; issue 3's was under 150 ms)",
+                measured,
+                Status::met_if(med(src).is_some_and(|v| v <= FILE_TARGET_MS) && all_reached),
+            ),
             Source::File => r.verdict(
                 "File fetcher publish → first response from the new build, median under 150 ms \
                  (issue 3)",
@@ -584,8 +595,13 @@ fn render(
                 yes(all_reached)
             ),
             Source::File => format!(
-                "- file: publish → traffic median {m} — issue 3's target (under 150 ms) {}; overseer 1,080 ms. Every upgrade reached traffic: {}.",
+                "- file: publish → traffic median {m} — issue 3's target (under 150 ms) {}, issue 14's (≤ 40 ms, no other load) {}; overseer 1,080 ms. Every upgrade reached traffic: {}.",
                 if med(src).is_some_and(|v| v < 150.0) { "**met**" } else { "**missed**" },
+                match ctx.load {
+                    Some(_) => "not applicable under load",
+                    None if med(src).is_some_and(|v| v <= FILE_TARGET_MS) => "**met**",
+                    None => "**missed**",
+                },
                 yes(all_reached)
             ),
             _ => format!(
