@@ -83,6 +83,7 @@ impl Opts {
     fn validate(&self, spec: &OptSpec) -> Result<(), String> {
         match spec.value {
             Some("SECS") => self.secs(spec.name).map(|_| ()),
+            Some("SECS|0") => self.secs_or_zero(spec.name).map(|_| ()),
             Some("N") => self.count(spec.name).map(|_| ()),
             // `a|b|c`: one of those words.
             Some(choices) if choices.contains('|') => {
@@ -114,6 +115,14 @@ impl Opts {
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(Duration::from_secs_f64)
             .ok_or_else(|| format!("{name}: {v:?} is not a positive number of seconds"))
+    }
+
+    /// Like [`secs`](Self::secs), but 0 is allowed (an option whose 0 turns something off).
+    pub fn secs_or_zero(&self, name: &str) -> Result<Duration, String> {
+        match self.str(name) {
+            Some(v) if v.parse::<f64>().is_ok_and(|s| s == 0.0) => Ok(Duration::ZERO),
+            _ => self.secs(name),
+        }
     }
 
     pub fn count(&self, name: &str) -> Result<u64, String> {

@@ -59,7 +59,7 @@ static OPTIONS: [OptSpec; 6] = [
     },
     OptSpec {
         name: "--profile",
-        value: Some("SECS"),
+        value: Some("SECS|0"),
         default: Some("8"),
         help: "after the pairs, profile each server with perf for SECS under keep-alive load \
                (0: no profile)",
@@ -151,7 +151,7 @@ fn run(opts: &Opts) -> Result<Report, String> {
         }
         Ok::<(), String>(())
     })();
-    let profile_secs = opts.secs("--profile")?;
+    let profile_secs = opts.secs_or_zero("--profile")?;
     let profiles: Vec<(Variant, Result<Vec<profile::Frame>, String>)> = match measured {
         Ok(()) if !profile_secs.is_zero() => servers
             .iter()
