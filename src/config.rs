@@ -87,6 +87,7 @@ pub struct Upgrader {
     install_mode: InstallMode,
     /// Staged rollout, hold, pin and jitter: set in `rollout.rs`.
     pub(crate) fleet: crate::rollout::FleetOptions,
+    build_id: Option<String>,
 }
 
 impl std::fmt::Debug for Upgrader {
@@ -129,6 +130,8 @@ pub(crate) struct MasterConfig {
     pub(crate) backoff_max: Duration,
     pub(crate) probation: Duration,
     pub(crate) updates: Option<crate::master::UpdateSettings>,
+    /// This build's label ([`Upgrader::build_id`]), validated; workers learn it as the master's.
+    pub(crate) build_id: Option<String>,
 }
 
 enum Role {
@@ -167,6 +170,7 @@ impl Upgrader {
             target: None,
             install_mode: InstallMode::InPlace,
             fleet: crate::rollout::FleetOptions::default(),
+            build_id: None,
         }
     }
 
@@ -396,6 +400,21 @@ impl Upgrader {
         self
     }
 
+    /// Names this build: a version (`v1.4.2`), a git hash, whatever tells builds apart. The
+    /// master passes its own to every worker, which reads it with [`State::master_build`]: after
+    /// the master re-executes itself into a new build, that is how a worker (and an operator
+    /// asking it) learns which build supervises it. One line of at most 128 bytes, printable,
+    /// without surrounding spaces; anything else fails [`run`](Self::run) with
+    /// [`Error::Config`].
+    ///
+    /// ```no_run
+    /// let upgrader = upshift::Upgrader::new().build_id(env!("CARGO_PKG_VERSION"));
+    /// ```
+    pub fn build_id(mut self, label: impl Into<String>) -> Self {
+        self.build_id = Some(label.into());
+        self
+    }
+
     /// Runs `prog` in-process without a master (as when [`UPSHIFT_DISABLE`](crate::DISABLE_ENV)
     /// is set): listeners are bound locally and upgrades are off.
     pub fn disabled(mut self, disabled: bool) -> Self {
@@ -586,6 +605,12 @@ impl Upgrader {
                 self.restart_signal
             )));
         }
+        if let Some(label) = self.build_id.as_deref().filter(|l| !valid_build_id(l)) {
+            return Err(Error::Config(format!(
+                "the build id {label:?} must be non-empty, one line of at most \
+                 {MAX_BUILD_ID_BYTES} bytes, printable, without surrounding spaces"
+            )));
+        }
         Ok(MasterConfig {
             addrs: self.parse_addrs()?,
             unix_socket: self.unix_socket,
@@ -598,6 +623,7 @@ impl Upgrader {
             backoff_max: self.backoff_max,
             probation: self.probation,
             updates: None,
+            build_id: self.build_id.clone(),
         })
     }
 }
@@ -605,6 +631,15 @@ impl Upgrader {
 /// A product or target name as signed metadata can carry it.
 fn valid_name(v: &str) -> bool {
     !v.is_empty() && v.trim() == v && !v.chars().any(char::is_control)
+}
+
+/// The longest build id, in bytes: with its prefix it fits one control line
+/// ([`MAX_LINE`](crate::control::MAX_LINE)), and it stays readable in a log line.
+pub(crate) const MAX_BUILD_ID_BYTES: usize = 128;
+
+/// A build id as [`Upgrader::build_id`] accepts it, and as a worker accepts it from its master.
+pub(crate) fn valid_build_id(v: &str) -> bool {
+    valid_name(v) && v.len() <= MAX_BUILD_ID_BYTES
 }
 
 /// Accepts the bare base64 key or a whole `minisign.pub` file (comment line, then the key).
@@ -709,6 +744,36 @@ mod tests {
         assert!(signed.into_master_config().is_ok());
         let policy = seen.lock().unwrap().unwrap();
         assert!(policy.signature_required && !policy.allow_insecure_transport);
+    }
+
+    #[test]
+    fn build_id_must_be_one_printable_line_of_at_most_128_bytes() {
+        let with = |label: &str| {
+            Upgrader::new()
+                .listen("127.0.0.1:1")
+                .build_id(label)
+                .master_config()
+        };
+        assert_eq!(with("v1.4.2").unwrap().build_id.as_deref(), Some("v1.4.2"));
+        let longest = "é".repeat(64);
+        assert_eq!(with(&longest).unwrap().build_id, Some(longest));
+        let unnamed = Upgrader::new().listen("127.0.0.1:1").master_config();
+        assert_eq!(unnamed.unwrap().build_id, None);
+        let too_long = format!("{}x", "é".repeat(64));
+        for bad in [
+            "",
+            "two\nlines",
+            " v1",
+            "v1 ",
+            "tab\there",
+            "nul\0",
+            "bell\u{7}",
+            &too_long,
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{bad:?}: {err}");
+            assert!(err.to_string().contains("build id"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub(crate) const DRAIN_TIMEOUT_MS: &str = "UPSHIFT_DRAIN_TIMEOUT_MS";
 /// The master's restart signal number: a worker that receives it (a `pkill -USR2 app` reaches
 /// every process of the name) says where it belongs instead of dying of the default action.
 pub(crate) const RESTART_SIGNAL: &str = "UPSHIFT_RESTART_SIGNAL";
+/// The master's build id ([`Upgrader::build_id`](crate::Upgrader::build_id)) when the worker
+/// started; empty when the master named none. Later changes come on the control socket.
+pub(crate) const MASTER_BUILD: &str = "UPSHIFT_MASTER_BUILD";
 /// Set to `1` (or `true`) by a user to run `prog` in-process without a master.
 pub const DISABLE: &str = "UPSHIFT_DISABLE";
 
@@ -35,6 +38,7 @@ pub(crate) struct WorkerEnv {
     pub(crate) control_fd: RawFd,
     pub(crate) drain_timeout: Duration,
     pub(crate) restart_signal: i32,
+    pub(crate) master_build: Option<String>,
 }
 
 impl WorkerEnv {
@@ -52,6 +56,8 @@ impl WorkerEnv {
             (CONTROL_FD, self.control_fd.to_string()),
             (DRAIN_TIMEOUT_MS, self.drain_timeout.as_millis().to_string()),
             (RESTART_SIGNAL, self.restart_signal.to_string()),
+            // Set even when unnamed: a value the master inherited must not pass for its own.
+            (MASTER_BUILD, self.master_build.clone().unwrap_or_default()),
         ]
     }
 
@@ -95,6 +101,9 @@ impl WorkerEnv {
             restart_signal: get(RESTART_SIGNAL)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            // Absent from a master of an older version. Only informative, so a value this
+            // version would not accept (a newer master's longer label?) is dropped, not fatal.
+            master_build: get(MASTER_BUILD).filter(|b| crate::config::valid_build_id(b)),
         }))
     }
 }
@@ -116,6 +125,7 @@ pub(crate) fn scrub() {
         CONTROL_FD,
         DRAIN_TIMEOUT_MS,
         RESTART_SIGNAL,
+        MASTER_BUILD,
     ] {
         // Environment mutation races with concurrent getenv in other threads; `run` documents
         // that it must be called before the program starts threads that read the environment.
@@ -140,12 +150,53 @@ mod tests {
             control_fd: 5,
             drain_timeout: Duration::from_millis(1500),
             restart_signal: 12,
+            master_build: Some("v1.4.2 (3f2a9c1)".into()),
         };
         let vars: HashMap<_, _> = env.encode().into_iter().collect();
         let decoded = WorkerEnv::decode(|k| vars.get(k).cloned())
             .unwrap()
             .unwrap();
         assert_eq!(decoded, env);
+    }
+
+    fn a_worker(master_build: Option<String>) -> WorkerEnv {
+        WorkerEnv {
+            generation: 1,
+            master_pid: 42,
+            listeners: vec![(SocketKind::Tcp, "127.0.0.1:1".into())],
+            control_fd: 4,
+            drain_timeout: Duration::from_secs(1),
+            restart_signal: 12,
+            master_build,
+        }
+    }
+
+    #[test]
+    fn the_master_build_round_trips_and_is_none_when_unnamed_or_from_an_older_master() {
+        let named = a_worker(Some("x".repeat(crate::config::MAX_BUILD_ID_BYTES)));
+        let vars: HashMap<_, _> = named.encode().into_iter().collect();
+        let decoded = WorkerEnv::decode(|k| vars.get(k).cloned());
+        assert_eq!(decoded.unwrap(), Some(named));
+
+        // Unnamed: the variable is still set (empty), so an inherited value cannot leak through.
+        let unnamed = a_worker(None);
+        let vars: HashMap<_, _> = unnamed.encode().into_iter().collect();
+        assert_eq!(vars.get(MASTER_BUILD).map(String::as_str), Some(""));
+        let decoded = WorkerEnv::decode(|k| vars.get(k).cloned());
+        assert_eq!(decoded.unwrap(), Some(unnamed.clone()));
+
+        // A master of an older version does not set it at all.
+        let decoded = WorkerEnv::decode(|k| (k != MASTER_BUILD).then(|| vars.get(k).cloned())?);
+        assert_eq!(decoded.unwrap(), Some(unnamed.clone()));
+
+        // A label this version would not accept is dropped; the worker still starts.
+        for odd in ["two\nlines".to_string(), "x".repeat(129)] {
+            let decoded = WorkerEnv::decode(|k| match k {
+                MASTER_BUILD => Some(odd.clone()),
+                _ => vars.get(k).cloned(),
+            });
+            assert_eq!(decoded.unwrap(), Some(unnamed.clone()), "{odd:?}");
+        }
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub(super) fn config() -> MasterConfig {
         backoff_max: Duration::from_millis(1600),
         probation: Duration::from_secs(2),
         updates: None,
+        build_id: None,
     }
 }
 

@@ -130,7 +130,11 @@ impl Master<Processes> {
         cfg: MasterConfig,
         sd: crate::systemd::Environment,
     ) -> Result<(Self, UnboundedReceiver<Event>), Error> {
-        let launch = Launch::capture(cfg.drain_timeout, cfg.restart_signal as i32)?;
+        let launch = Launch::capture(
+            cfg.drain_timeout,
+            cfg.restart_signal as i32,
+            cfg.build_id.clone(),
+        )?;
         let sockets =
             crate::systemd::activation::listeners(&cfg.addrs, sd.passed, &cfg.unix_socket)?;
         let timeouts = Timeouts {

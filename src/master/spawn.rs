@@ -27,6 +27,8 @@ pub(crate) struct Launch {
     pub(crate) master_pid: u32,
     pub(crate) drain_timeout: Duration,
     pub(crate) restart_signal: i32,
+    /// The master's build id, passed to every worker it starts.
+    pub(crate) master_build: Option<String>,
 }
 
 /// A worker process just started: its pid and the master's end of its control socket.
@@ -37,7 +39,11 @@ pub(crate) struct Spawned {
 }
 
 impl Launch {
-    pub(crate) fn capture(drain_timeout: Duration, restart_signal: i32) -> Result<Self, Error> {
+    pub(crate) fn capture(
+        drain_timeout: Duration,
+        restart_signal: i32,
+        master_build: Option<String>,
+    ) -> Result<Self, Error> {
         let cwd = std::env::current_dir().map_err(|e| {
             Error::io(
                 "cannot read the current directory to re-execute workers from it",
@@ -54,6 +60,7 @@ impl Launch {
             master_pid: std::process::id(),
             drain_timeout,
             restart_signal,
+            master_build,
         })
     }
 
@@ -81,6 +88,7 @@ impl Launch {
             control_fd: FIRST_INHERITED_FD + sockets.len() as i32,
             drain_timeout: self.drain_timeout,
             restart_signal: self.restart_signal,
+            master_build: self.master_build.clone(),
         };
 
         let mut cmd = Command::new(&self.program);
