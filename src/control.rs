@@ -1,6 +1,10 @@
 //! The control protocol between a worker and its master: one short line per message on the socket
 //! pair the master creates for each worker. The worker says it is ready or asks for a release
-//! check; the master tells it to drain. EOF means the other side is gone.
+//! check; the master tells it to drain, or which build it runs now. EOF means the other side is
+//! gone. Either side ignores a line it does not know, so that a message added later reaches an
+//! older peer as nothing rather than as a fault.
+
+use std::borrow::Cow;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -10,10 +14,15 @@ pub(crate) const READY_LINE: &[u8] = b"ready\n";
 pub(crate) const CHECK_LINE: &[u8] = b"check\n";
 /// Written by the master on a worker's control socket to make it drain.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
+/// Starts the line on which the master names the build it runs: `master <build id>\n`.
+const MASTER_BUILD_PREFIX: &[u8] = b"master ";
 
 /// The longest line (newline excluded) a reader accepts. Every message is a few bytes; the bound
 /// keeps a confused or hostile peer from growing the other side's buffer without limit.
 pub(crate) const MAX_LINE: usize = 256;
+
+// The longest build id must fit one line, or a worker would drop the message as overlong.
+const _: () = assert!(MASTER_BUILD_PREFIX.len() + crate::config::MAX_BUILD_ID_BYTES <= MAX_LINE);
 
 /// What a worker tells its master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,23 +51,37 @@ impl ToMaster {
 }
 
 /// What a master tells a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ToWorker {
     /// Stop accepting, finish what is in flight, exit.
     Drain,
+    /// The master now runs the build with this id (it re-executed itself into a new build while
+    /// the worker kept running). Always a valid build id, so it fits one line.
+    MasterBuild(String),
 }
 
 impl ToWorker {
     /// The line that carries this message, newline included.
-    pub(crate) fn line(self) -> &'static [u8] {
+    pub(crate) fn line(&self) -> Cow<'static, [u8]> {
         match self {
-            ToWorker::Drain => DRAIN_LINE,
+            ToWorker::Drain => Cow::Borrowed(DRAIN_LINE),
+            ToWorker::MasterBuild(id) => {
+                let mut line = MASTER_BUILD_PREFIX.to_vec();
+                line.extend_from_slice(id.as_bytes());
+                line.push(b'\n');
+                Cow::Owned(line)
+            }
         }
     }
 
-    /// The message a line (without its newline) carries, if it is one.
+    /// The message a line (without its newline) carries, if it is one. A `master` line whose
+    /// build id this version would not accept is no message.
     pub(crate) fn decode(line: &[u8]) -> Option<Self> {
-        (without_newline(DRAIN_LINE) == line).then_some(ToWorker::Drain)
+        if line == without_newline(DRAIN_LINE) {
+            return Some(ToWorker::Drain);
+        }
+        let id = std::str::from_utf8(line.strip_prefix(MASTER_BUILD_PREFIX)?).ok()?;
+        crate::config::valid_build_id(id).then(|| ToWorker::MasterBuild(id.to_string()))
     }
 }
 
@@ -158,7 +181,7 @@ mod tests {
         }
         assert_eq!(ToMaster::Ready.line(), b"ready\n");
         assert_eq!(ToMaster::CheckNow.line(), b"check\n");
-        assert_eq!(ToWorker::Drain.line(), b"drain\n");
+        assert_eq!(&*ToWorker::Drain.line(), b"drain\n");
         assert_eq!(ToWorker::decode(b"drain"), Some(ToWorker::Drain));
         // Each side only understands what is meant for it, and only whole lines.
         assert_eq!(ToMaster::decode(b"drain"), None);
@@ -166,6 +189,69 @@ mod tests {
         assert_eq!(ToMaster::decode(b"ready\n"), None);
         assert_eq!(ToMaster::decode(b"ready "), None);
         assert_eq!(ToMaster::decode(b""), None);
+    }
+
+    #[test]
+    fn the_master_build_line_carries_the_id_up_to_its_limit() {
+        let v2 = ToWorker::MasterBuild("v2".into());
+        assert_eq!(&*v2.line(), b"master v2\n");
+        assert_eq!(ToWorker::decode(b"master v2"), Some(v2));
+        let spaced = ToWorker::MasterBuild("v1.4.2 (3f2a9c1)".into());
+        assert_eq!(
+            ToWorker::decode(without_newline(&spaced.line())),
+            Some(spaced)
+        );
+
+        // The longest id fits one line, so a worker's reader keeps it whole.
+        let longest = "é".repeat(crate::config::MAX_BUILD_ID_BYTES / 2);
+        let line = ToWorker::MasterBuild(longest.clone()).line();
+        assert!(line.len() - 1 <= MAX_LINE, "{} bytes", line.len());
+        assert_eq!(
+            ToWorker::decode(without_newline(&line)),
+            Some(ToWorker::MasterBuild(longest))
+        );
+
+        // Not a master line, or an id this version would not accept: no message at all.
+        let too_long = format!(
+            "master {}",
+            "x".repeat(crate::config::MAX_BUILD_ID_BYTES + 1)
+        );
+        for other in [
+            &b"master"[..],
+            b"master ",
+            b"master  v2",
+            b"master v2 ",
+            b"master\tv2",
+            b"masterv2",
+            b"Master v2",
+            b"master \xff\xfe",
+            b"master v2\rx",
+            b"drain ",
+            b"build v2",
+            too_long.as_bytes(),
+        ] {
+            assert_eq!(
+                ToWorker::decode(other),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        assert_eq!(ToMaster::decode(b"master v2"), None);
+    }
+
+    #[tokio::test]
+    async fn a_master_line_of_the_longest_id_is_read_whole() {
+        let longest = "x".repeat(crate::config::MAX_BUILD_ID_BYTES);
+        let line = ToWorker::MasterBuild(longest.clone()).line();
+        let mut input = line.to_vec();
+        input.extend_from_slice(DRAIN_LINE);
+        let got = all_lines(&input, 16).await;
+        let decoded: Vec<_> = got.iter().map(|l| ToWorker::decode(l)).collect();
+        assert_eq!(
+            decoded,
+            vec![Some(ToWorker::MasterBuild(longest)), Some(ToWorker::Drain)]
+        );
     }
 
     #[tokio::test]

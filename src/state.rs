@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::control::ToMaster;
@@ -118,6 +119,18 @@ impl State {
         self.lifecycle.signals()
     }
 
+    /// The build the master runs, as the master last said. See [`Lifecycle::master_build`].
+    ///
+    /// ```
+    /// # fn demo(state: &upshift::State) {
+    /// let master = state.master_build().unwrap_or_else(|| "unknown".into());
+    /// println!("supervised by a master of build {master}");
+    /// # }
+    /// ```
+    pub fn master_build(&self) -> Option<String> {
+        self.lifecycle.master_build()
+    }
+
     /// A cloneable handle on readiness and shutdown, for tasks that outlive the borrow of `State`.
     pub fn lifecycle(&self) -> Lifecycle {
         self.lifecycle.clone()
@@ -148,6 +161,8 @@ struct LifecycleInner {
     to_master: Option<tokio::sync::mpsc::UnboundedSender<ToMaster>>,
     shutdown: CancellationToken,
     signals: SignalHub,
+    /// The master's build id, kept current by the worker's agent; always `None` when disabled.
+    master_build: watch::Receiver<Option<String>>,
 }
 
 impl Lifecycle {
@@ -155,6 +170,7 @@ impl Lifecycle {
         to_master: Option<tokio::sync::mpsc::UnboundedSender<ToMaster>>,
         shutdown: CancellationToken,
         signals: SignalHub,
+        master_build: watch::Receiver<Option<String>>,
     ) -> Self {
         Lifecycle {
             inner: Arc::new(LifecycleInner {
@@ -162,6 +178,7 @@ impl Lifecycle {
                 to_master,
                 shutdown,
                 signals,
+                master_build,
             }),
         }
     }
@@ -237,5 +254,21 @@ impl Lifecycle {
     /// Whether draining has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
+    }
+
+    /// The build the master runs ([`Upgrader::build_id`](crate::Upgrader::build_id)), as the
+    /// master last said: the one it had when it started this worker, then each build it has
+    /// re-executed itself into since, while this worker kept serving. `None` when disabled, or
+    /// when the master named no build (or is of a version that does not tell).
+    ///
+    /// ```
+    /// # fn demo(lifecycle: upshift::Lifecycle) {
+    /// // For a status endpoint: which build supervises this worker right now.
+    /// let body = format!("{}\n", lifecycle.master_build().as_deref().unwrap_or("unknown"));
+    /// # drop(body);
+    /// # }
+    /// ```
+    pub fn master_build(&self) -> Option<String> {
+        self.inner.master_build.borrow().clone()
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{Lines, ToMaster, ToWorker};
@@ -57,6 +58,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
 
     let shutdown = CancellationToken::new();
     let (to_master_tx, to_master) = tokio::sync::mpsc::unbounded_channel();
+    let (master_build_tx, master_build) = watch::channel(env.master_build.clone());
     let restart = Signal::try_from(env.restart_signal)
         .ok()
         .map(|sig| (sig, env.master_pid));
@@ -66,6 +68,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
             control,
             to_master,
             drain_timeout: env.drain_timeout,
+            master_build: master_build_tx,
         }),
         restart,
         hub.clone(),
@@ -78,7 +81,7 @@ pub(crate) fn adopt(env: WorkerEnv) -> Result<State, Error> {
     );
     Ok(State::new(
         listeners,
-        Lifecycle::new(Some(to_master_tx), shutdown, hub),
+        Lifecycle::new(Some(to_master_tx), shutdown, hub, master_build),
         Mode::Worker {
             generation: env.generation,
             master_pid: env.master_pid,
@@ -108,7 +111,8 @@ pub(crate) fn local(
     tracing::info!(%reason, "upshift disabled: serving in-process, upgrades are off");
     Ok(State::new(
         listeners,
-        Lifecycle::new(None, shutdown, hub),
+        // No master, so no build to name; the sender goes at once and the value stays `None`.
+        Lifecycle::new(None, shutdown, hub, watch::channel(None).1),
         Mode::Disabled(reason),
     ))
 }
@@ -117,6 +121,8 @@ struct AgentControl {
     control: OwnedFd,
     to_master: tokio::sync::mpsc::UnboundedReceiver<ToMaster>,
     drain_timeout: Duration,
+    /// Where a `master <build>` line goes, for [`Lifecycle::master_build`].
+    master_build: watch::Sender<Option<String>>,
 }
 
 /// Starts the agent on its own thread with its own small runtime, so it works whatever `prog` does
@@ -187,6 +193,7 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
         control,
         mut to_master,
         drain_timeout,
+        master_build,
     } = c;
     let std_stream = std::os::unix::net::UnixStream::from(control);
     let stream = match tokio::net::UnixStream::from_std(std_stream) {
@@ -210,11 +217,19 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
                 None => agent_open = false,
             },
             line = lines.next_line() => match line {
-                Ok(Some(l)) if ToWorker::decode(&l) == Some(ToWorker::Drain) => {
-                    tracing::info!("master asked this worker to drain");
-                    shutdown.cancel();
-                }
-                Ok(Some(other)) => tracing::debug!(message = %String::from_utf8_lossy(&other), "ignoring unknown control message"),
+                Ok(Some(l)) => match ToWorker::decode(&l) {
+                    Some(ToWorker::Drain) => {
+                        tracing::info!("master asked this worker to drain");
+                        shutdown.cancel();
+                    }
+                    Some(ToWorker::MasterBuild(build)) => {
+                        tracing::info!(%build, "the master runs a new build");
+                        master_build.send_replace(Some(build));
+                    }
+                    // A newer master may say more than this worker knows; draining on it would
+                    // turn every message added later into an outage.
+                    None => tracing::debug!(message = %String::from_utf8_lossy(&l), "ignoring unknown control message"),
+                },
                 Ok(None) | Err(_) => {
                     // The master is gone (it only closes our control socket by dying). Drain so
                     // the port is released, and do not outlive the master's drain timeout.
@@ -226,5 +241,75 @@ async fn talk_to_master(c: AgentControl, shutdown: CancellationToken) {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// Polls `done` for up to 5 s.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The agent on one end of a socket pair, the test as the master on the other.
+    #[tokio::test]
+    async fn the_agent_follows_master_lines_ignores_unknown_ones_and_drains_on_drain() {
+        let (master_end, worker_end) = UnixStream::pair().unwrap();
+        for end in [&master_end, &worker_end] {
+            end.set_nonblocking(true).unwrap();
+        }
+        let (_to_master_tx, to_master) = tokio::sync::mpsc::unbounded_channel();
+        let (master_build_tx, master_build) = watch::channel(Some("v1".to_string()));
+        let shutdown = CancellationToken::new();
+        let lifecycle = Lifecycle::new(None, shutdown.clone(), SignalHub::new(), master_build);
+        let agent = tokio::spawn(talk_to_master(
+            AgentControl {
+                control: OwnedFd::from(worker_end),
+                to_master,
+                // Long: should the socket close early, the agent must not exit the test process.
+                drain_timeout: Duration::from_secs(600),
+                master_build: master_build_tx,
+            },
+            shutdown.clone(),
+        ));
+        let mut master = tokio::net::UnixStream::from_std(master_end).unwrap();
+        assert_eq!(lifecycle.master_build().as_deref(), Some("v1"));
+
+        master.write_all(b"master v2\n").await.unwrap();
+        eventually("v2 is seen", || {
+            lifecycle.master_build().as_deref() == Some("v2")
+        })
+        .await;
+
+        // Lines this version does not know, then a known one: once that one has been taken,
+        // the unknown ones before it have been read, and they neither drained nor renamed.
+        master
+            .write_all(b"reload\nmaster bad\tid\nmaster\ndrain now\nmaster v3\n")
+            .await
+            .unwrap();
+        eventually("v3 is seen", || {
+            lifecycle.master_build().as_deref() == Some("v3")
+        })
+        .await;
+        assert!(
+            !lifecycle.is_shutting_down(),
+            "an unknown line drained the worker"
+        );
+
+        master.write_all(b"drain\n").await.unwrap();
+        eventually("the worker drains", || lifecycle.is_shutting_down()).await;
+        assert_eq!(lifecycle.master_build().as_deref(), Some("v3"));
+
+        // Stop the agent before its socket closes: EOF would make it exit the process.
+        agent.abort();
+        assert!(agent.await.unwrap_err().is_cancelled());
+        drop(master);
     }
 }

@@ -114,7 +114,7 @@ impl Env for Processes {
     fn tell(&mut self, control: &mut Socket, msg: ToWorker) -> bool {
         // A fresh socket's buffer always takes a whole line: no partial write to finish later.
         let line = msg.line();
-        control.write.try_write(line).ok() == Some(line.len())
+        control.write.try_write(&line).ok() == Some(line.len())
     }
 
     fn kill(&mut self, pid: Pid, sig: Signal) {

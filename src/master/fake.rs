@@ -21,7 +21,7 @@ use crate::listener::BoundSocket;
 use crate::systemd::notify::Notifier;
 
 /// What the master did to a worker, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Call {
     Spawn { generation: u64 },
     Tell { generation: u64, msg: ToWorker },
