@@ -1,7 +1,8 @@
 //! The `hello` example (`examples/hello.rs`) is the README's demo, so its interface is a public
 //! contract: `--listen ADDR` (repeatable), the answer `hello from <BUILD_ID> pid <worker pid> gen
-//! <n>\n`, `GET /sleep?ms=N`, SIGUSR2 restarts, SIGTERM drains and exits 0, a bad flag exits 2 with
-//! the usage on stderr. These tests run the dev build of it as a user would.
+//! <n>\n`, `GET /sleep?ms=N`, `GET /master` (the master's BUILD_ID and a newline), SIGUSR2
+//! restarts, SIGTERM drains and exits 0, a bad flag exits 2 with the usage on stderr. These tests
+//! run the dev build of it as a user would.
 
 mod common;
 
@@ -167,6 +168,42 @@ fn two_listen_addresses_share_a_worker_and_sigusr2_moves_both_to_generation_2() 
     }
 }
 
+/// `GET /master` on a fresh connection: the body of a 200 answer.
+fn master_build(master: &Master, addr: &Addr) -> String {
+    match get_timeout(addr, "/master", Duration::from_secs(10)) {
+        Ok(r) if r.status == 200 => r.body,
+        Ok(r) => master.fail(format!(
+            "GET /master on {addr}: status {} body {:?}",
+            r.status, r.body
+        )),
+        Err(e) => master.fail(format!("GET /master on {addr}: {e}")),
+    }
+}
+
+/// The master passes its BUILD_ID to its workers; here master and worker are one binary, so
+/// `/master` names the build the greeting names, for the first worker and for its successor.
+#[test]
+fn master_answers_the_build_id_the_master_runs() {
+    let addrs = free_tcp_addrs(1);
+    let a = &addrs[0].1;
+    let master = start(&addrs);
+    let first = greeting(&master, a, "/");
+    let want = format!("{}\n", first.build_id);
+    let got = master_build(&master, a);
+    if got != want {
+        master.fail(format!("GET /master answered {got:?}, expected {want:?}"));
+    }
+
+    master.signal(Signal::SIGUSR2);
+    let second = wait_greeting_not_from(&master, a, first.pid, RESTART);
+    let got = master_build(&master, a);
+    if got != want {
+        master.fail(format!(
+            "after SIGUSR2 (worker {second:?}) GET /master answered {got:?}, expected {want:?}"
+        ));
+    }
+}
+
 #[test]
 fn sleep_answers_after_at_least_the_requested_time() {
     let addrs = free_tcp_addrs(1);
@@ -286,6 +323,10 @@ fn an_unknown_flag_exits_2_with_the_usage_on_stderr() {
     assert!(
         stderr.contains("usage: hello") && stderr.contains("--listen ADDR"),
         "no usage on stderr: {stderr:?}"
+    );
+    assert!(
+        stderr.contains("GET /master"),
+        "the usage does not list GET /master: {stderr:?}"
     );
     assert!(
         stderr.contains("--bogus"),

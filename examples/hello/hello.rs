@@ -3,12 +3,14 @@
 //! ```text
 //! cargo run --example hello -- --listen 127.0.0.1:8080
 //! curl localhost:8080/            # hello from dev pid 12345 gen 1
+//! curl localhost:8080/master      # dev: the BUILD_ID of the build the master runs
 //! kill -USR2 <master pid>         # restart from the binary on disk, zero failed requests
 //! kill -TERM <master pid>         # drain and exit
 //! ```
 //!
 //! `BUILD_ID` is read at compile time (`BUILD_ID=v2 cargo build --example hello`), so two builds
-//! are told apart by their answer.
+//! are told apart by their answer. It is also the build id the master hands to its workers:
+//! `GET /master` answers the master's (`unknown` when the master named none).
 //!
 //! `--url`, `--github` and `--s3` need the remote fetchers, which take most of the build time:
 //! `cargo build --release --example hello --features remote-fetchers`. Without the feature they
@@ -54,6 +56,9 @@ const USAGE: &str = "usage: hello [--listen ADDR]... [--watch PATH] [--url URL]
                          accept plain http:// for --url, --github-api and --s3-endpoint without a
                          minisign key (loopback test servers only: on a network, anyone on the
                          path could replace the release and its checksum)
+
+Routes: GET / answers \"hello from <BUILD_ID> pid <worker pid> gen <n>\", GET /sleep?ms=N the same
+after N ms, GET /master the BUILD_ID of the build the master runs (\"unknown\" if it names none).
 
 Signals to the master: SIGUSR2 restarts from the binary on disk, SIGTERM/SIGINT drain and exit;
 SIGHUP, SIGUSR1 and SIGWINCH are passed to the serving worker, which logs them.
@@ -226,6 +231,10 @@ fn greeting(generation: u64) -> String {
     )
 }
 
+fn master_build_line(build: Option<String>) -> String {
+    format!("{}\n", build.as_deref().unwrap_or("unknown"))
+}
+
 // A plain `main`: the process that starts first becomes upshift's master, which runs on a
 // current-thread runtime of its own; the multi-thread runtime serving requests is built in the
 // worker only (inside `prog`), so the master carries no idle worker threads and the test run of
@@ -251,7 +260,9 @@ fn main() -> std::process::ExitCode {
     };
 
     // The running version, against which GitHub release tags are compared (never a downgrade).
-    let mut upgrader = upshift::Upgrader::new().version(env!("CARGO_PKG_VERSION"));
+    let mut upgrader = upshift::Upgrader::new()
+        .version(env!("CARGO_PKG_VERSION"))
+        .build_id(BUILD_ID);
     for addr in &args.listen {
         upgrader = upgrader.listen(addr);
     }
@@ -297,6 +308,9 @@ fn main() -> std::process::ExitCode {
             .build()?;
         runtime.block_on(async move {
             let generation = state.generation();
+            // A handle rather than `state`, which `serve` borrows: the master may re-execute
+            // into a new build while this worker serves, so it is read at every request.
+            let lifecycle = state.lifecycle();
             let app = Router::new()
                 .route("/", get(move || async move { greeting(generation) }))
                 .route(
@@ -304,6 +318,13 @@ fn main() -> std::process::ExitCode {
                     get(move |Query(q): Query<SleepQuery>| async move {
                         tokio::time::sleep(Duration::from_millis(q.ms.unwrap_or(0))).await;
                         greeting(generation)
+                    }),
+                )
+                .route(
+                    "/master",
+                    get(move || {
+                        let line = master_build_line(lifecycle.master_build());
+                        async move { line }
                     }),
                 );
             // SIGHUP, SIGUSR1, SIGWINCH sent to the master arrive here (where a real server would
