@@ -88,6 +88,7 @@ pub struct Upgrader {
     /// Staged rollout, hold, pin and jitter: set in `rollout.rs`.
     pub(crate) fleet: crate::rollout::FleetOptions,
     build_id: Option<String>,
+    master_reexec: bool,
 }
 
 impl std::fmt::Debug for Upgrader {
@@ -132,6 +133,8 @@ pub(crate) struct MasterConfig {
     pub(crate) updates: Option<crate::master::UpdateSettings>,
     /// This build's label ([`Upgrader::build_id`]), validated; workers learn it as the master's.
     pub(crate) build_id: Option<String>,
+    /// [`Upgrader::master_reexec`].
+    pub(crate) master_reexec: bool,
 }
 
 enum Role {
@@ -171,6 +174,7 @@ impl Upgrader {
             install_mode: InstallMode::InPlace,
             fleet: crate::rollout::FleetOptions::default(),
             build_id: None,
+            master_reexec: true,
         }
     }
 
@@ -415,6 +419,23 @@ impl Upgrader {
         self
     }
 
+    /// Whether the master re-executes itself into a new build once it has proven itself, or on
+    /// the restart signal when the binary on disk is not the master's own image (default on).
+    /// Off, only workers ever run new code, as with overseer.
+    ///
+    /// On, a release must also prove at its test run that it can take over the running master
+    /// (read the state the master hands to its new image); one that cannot is refused
+    /// ([`InstallError::HandoverIncompatible`](crate::InstallError::HandoverIncompatible)).
+    ///
+    /// ```no_run
+    /// // The master keeps the code it started with; releases reach the workers only.
+    /// let upgrader = upshift::Upgrader::new().master_reexec(false);
+    /// ```
+    pub fn master_reexec(mut self, enabled: bool) -> Self {
+        self.master_reexec = enabled;
+        self
+    }
+
     /// Runs `prog` in-process without a master (as when [`UPSHIFT_DISABLE`](crate::DISABLE_ENV)
     /// is set): listeners are bound locally and upgrades are off.
     pub fn disabled(mut self, disabled: bool) -> Self {
@@ -589,6 +610,7 @@ impl Upgrader {
                         .unwrap_or_else(|| BUILD_TARGET.to_string()),
                     install_mode: self.install_mode,
                     fleet,
+                    master_reexec: cfg.master_reexec,
                 },
             });
         }
@@ -624,6 +646,7 @@ impl Upgrader {
             probation: self.probation,
             updates: None,
             build_id: self.build_id.clone(),
+            master_reexec: self.master_reexec,
         })
     }
 }
@@ -773,6 +796,30 @@ mod tests {
             let err = with(bad).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{bad:?}: {err}");
             assert!(err.to_string().contains("build id"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn master_reexec_is_on_by_default_and_reaches_the_pipeline() {
+        let base = || Upgrader::new().listen("127.0.0.1:1");
+        assert!(base().master_config().unwrap().master_reexec);
+        assert!(
+            !base()
+                .master_reexec(false)
+                .master_config()
+                .unwrap()
+                .master_reexec
+        );
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        for on in [true, false] {
+            let cfg = base()
+                .allow_insecure_transport(true)
+                .master_reexec(on)
+                .fetcher(PlainHttp(seen.clone()))
+                .into_master_config()
+                .unwrap();
+            let updates = cfg.updates.expect("a fetcher is configured");
+            assert_eq!(updates.pipeline.master_reexec, on);
         }
     }
 

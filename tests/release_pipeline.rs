@@ -122,6 +122,27 @@ fn binary_not_built_with_upshift_is_rejected() {
     );
 }
 
+/// With master re-exec on (the default), a release must prove at its test run that it can read
+/// the master's handover document. This one answers as a build of an older upshift does: the
+/// token and nothing more.
+#[test]
+fn release_that_cannot_take_over_the_master_is_refused_at_its_test_run() {
+    let mut rig = Rig::new("rp-handover");
+    rig.start(&[]);
+    let bytes =
+        b"#!/bin/sh\nprintf '%s\\n' \"$UPSHIFT_TEST_RUN_TOKEN\" >&\"$UPSHIFT_TEST_RUN_FD\"\n";
+    refused(
+        &mut rig,
+        bytes,
+        None,
+        &[
+            "cannot take over the running master",
+            "handover document",
+            "master_reexec(false)",
+        ],
+    );
+}
+
 #[test]
 fn release_larger_than_the_file_size_limit_is_not_installed_and_the_master_survives() {
     let mut rig = Rig::new("rp-fsize");

@@ -150,6 +150,29 @@ pub enum InstallError {
     )]
     NotUpshift,
 
+    /// The new binary answered the test-run handshake but cannot take over the running master:
+    /// it does not read the version of the handover document this master writes when it
+    /// re-executes itself into a new build (the release was built with an older or different
+    /// upshift). Only asked for with master re-exec on
+    /// ([`Upgrader::master_reexec`](crate::Upgrader::master_reexec)).
+    ///
+    /// ```
+    /// let err = upshift::InstallError::HandoverIncompatible { version: 1 };
+    /// assert!(err.is_release_fault());
+    /// assert!(err.to_string().contains("master_reexec(false)"));
+    /// ```
+    #[error(
+        "the release cannot take over the running master: it does not read version {version} of \
+         upshift's handover document (it was built with an older or different upshift); it was \
+         not installed and the running version keeps serving. Rebuild it with an upshift that \
+         reads version {version}, or, to accept such releases for the workers only, turn master \
+         re-exec off with Upgrader::master_reexec(false)"
+    )]
+    HandoverIncompatible {
+        /// The handover document version the running master writes.
+        version: u32,
+    },
+
     /// The test run did not finish in time; the process was killed.
     #[error(
         "the new binary's test run did not finish within {0:?}; it must exit as soon as it \

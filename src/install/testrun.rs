@@ -5,6 +5,13 @@
 //! writes the token to that pipe at the top of [`Upgrader::run`](crate::Upgrader::run) and exits 0
 //! before the application starts. Unlike comparing all of stdout with a token (overseer's way),
 //! whatever the program prints elsewhere cannot break the handshake.
+//!
+//! When the candidate is to take over the master itself (master re-exec), the parent also asks
+//! whether it reads the master's handover document: it passes the version it writes in
+//! [`HANDOVER_ENV`], and a candidate that reads it answers `<token> handover <n>` instead of
+//! `<token>`. Both directions stay compatible: an older candidate ignores the variable and
+//! answers the bare token (and is refused only if the parent needed more), and an older parent
+//! never sets it, so it gets the bare token it expects.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -27,6 +34,10 @@ use super::InstallError;
 pub(crate) const TOKEN_ENV: &str = "UPSHIFT_TEST_RUN_TOKEN";
 /// The descriptor number to write the token to.
 pub(crate) const FD_ENV: &str = "UPSHIFT_TEST_RUN_FD";
+/// The handover document version the candidate must read; set only when the parent needs it to.
+pub(crate) const HANDOVER_ENV: &str = "UPSHIFT_TEST_RUN_HANDOVER";
+/// Between the token and the handover version in the answer.
+const HANDOVER_WORD: &str = "handover";
 
 /// Where the child finds the handshake pipe. A test run inherits no listeners, so the first
 /// descriptor after stdio is free.
@@ -46,20 +57,24 @@ const EXIT_BAD_FD: i32 = 70;
 ///
 /// `args` are the master's own arguments: a program that insists on its flags must get as far as
 /// `Upgrader::run`, where the handshake is answered before anything else happens.
+///
+/// With `handover: Some(n)` the candidate must also say that it reads version `n` of the
+/// master's handover document, or it fails with [`InstallError::HandoverIncompatible`].
 pub(crate) async fn test_run(
     path: &Path,
     args: &[std::ffi::OsString],
     timeout: Duration,
+    handover: Option<u32>,
 ) -> Result<(), InstallError> {
     let token = super::random_hex();
     let deadline = Instant::now() + timeout;
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| InstallError::io("creating the test-run pipe", e.into()))?;
-    let plan = ExecPlan::new(
-        path,
-        args,
-        &[(TOKEN_ENV, token.clone()), (FD_ENV, CHILD_FD.to_string())],
-    )?;
+    let mut env = vec![(TOKEN_ENV, token.clone()), (FD_ENV, CHILD_FD.to_string())];
+    if let Some(version) = handover {
+        env.push((HANDOVER_ENV, version.to_string()));
+    }
+    let plan = ExecPlan::new(path, args, &env)?;
     let mut cmd = Command::new(path);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -97,15 +112,58 @@ pub(crate) async fn test_run(
         }
     };
     let status = status.map_err(|e| InstallError::io("waiting for the test run", e))?;
-    let answered = handshake == token.as_bytes() || handshake == format!("{token}\n").as_bytes();
     match status {
         Some(status) if !status.success() => Err(InstallError::TestRunFailed {
             status,
             stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
         }),
-        _ if answered => Ok(()),
-        _ => Err(InstallError::NotUpshift),
+        _ => judge(&handshake, &token, handover),
     }
+}
+
+/// The verdict on what a test run that exited 0 wrote on its pipe.
+pub(super) fn judge(
+    handshake: &[u8],
+    token: &str,
+    handover: Option<u32>,
+) -> Result<(), InstallError> {
+    let Some(reads) = parse_answer(handshake, token) else {
+        return Err(InstallError::NotUpshift);
+    };
+    match handover {
+        Some(version) if reads != Some(version) => {
+            Err(InstallError::HandoverIncompatible { version })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `Some(handover)` when `handshake` is the answer to `token`: `<token>` or
+/// `<token> handover <n>`, with or without its newline. Words after the token that this version
+/// does not know are allowed (the token alone proves an upshift program), so that a later
+/// version may say more.
+pub(super) fn parse_answer(handshake: &[u8], token: &str) -> Option<Option<u32>> {
+    let line = handshake.strip_suffix(b"\n").unwrap_or(handshake);
+    let rest = line.strip_prefix(token.as_bytes())?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    let words = std::str::from_utf8(rest.strip_prefix(b" ")?).ok()?;
+    let mut words = words.split(' ');
+    while let Some(word) = words.next() {
+        if word == HANDOVER_WORD {
+            return Some(words.next().and_then(parse_version));
+        }
+    }
+    Some(None)
+}
+
+/// A version number as the handshake writes it: decimal digits only.
+fn parse_version(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Child side: when this process is a test run, answers the handshake and exits 0 at once, before
@@ -119,8 +177,14 @@ pub(crate) fn answer_test_run_if_asked() {
         return;
     };
     let fd: Option<RawFd> = fd.to_str().and_then(|s| s.parse().ok());
+    let handover = std::env::var_os(HANDOVER_ENV);
+    let line = answer_line(
+        token.as_bytes(),
+        handover.as_deref(),
+        crate::master::handover::READS,
+    );
     let written = match fd {
-        Some(fd) if fd >= 0 => write_token(fd, token.as_bytes()),
+        Some(fd) if fd >= 0 => write_all(fd, &line),
         _ => Err(io::Error::from_raw_os_error(libc::EBADF)),
     };
     match written {
@@ -135,10 +199,24 @@ pub(crate) fn answer_test_run_if_asked() {
     }
 }
 
-fn write_token(fd: RawFd, token: &[u8]) -> io::Result<()> {
+/// The answer to the handshake, newline included: the token, and `handover <n>` when the parent
+/// asked for version `n` (`asked`, the value of [`HANDOVER_ENV`]) and this build `reads` it.
+/// Anything else asked (a version this build cannot read, garbage) gets the bare token, exactly
+/// what a build without handover support answers, so the parent decides alike for both.
+pub(super) fn answer_line(token: &[u8], asked: Option<&std::ffi::OsStr>, reads: &[u32]) -> Vec<u8> {
     let mut line = token.to_vec();
+    let readable = (asked.and_then(|v| v.to_str()))
+        .and_then(parse_version)
+        .filter(|v| reads.contains(v));
+    if let Some(version) = readable {
+        line.extend_from_slice(format!(" {HANDOVER_WORD} {version}").as_bytes());
+    }
     line.push(b'\n');
-    let mut rest = &line[..];
+    line
+}
+
+fn write_all(fd: RawFd, line: &[u8]) -> io::Result<()> {
+    let mut rest = line;
     while !rest.is_empty() {
         // SAFETY: write(2) on a descriptor number reads only from `rest`; a bad number is EBADF.
         let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };

@@ -111,6 +111,7 @@ pub(super) fn config() -> MasterConfig {
         probation: Duration::from_secs(2),
         updates: None,
         build_id: None,
+        master_reexec: true,
     }
 }
 

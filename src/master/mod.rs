@@ -12,6 +12,7 @@ mod env;
 mod event;
 #[cfg(test)]
 mod fake;
+pub(crate) mod handover;
 mod installing;
 mod memory;
 #[cfg(test)]

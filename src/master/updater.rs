@@ -43,6 +43,9 @@ pub(crate) struct PipelineConfig {
     pub(crate) install_mode: InstallMode,
     /// Jitter, staged rollout, hold and pin.
     pub(crate) fleet: crate::rollout::Fleet,
+    /// The master re-executes into new builds, so a candidate's test run must prove that it can
+    /// read the handover document.
+    pub(crate) master_reexec: bool,
 }
 
 impl PipelineConfig {
@@ -485,7 +488,12 @@ impl Updater {
             identity: identity.clone(),
         });
         let (tested, ()) = tokio::join!(
-            install::test_run(&staged.path, &self.args, self.cfg.test_run_timeout),
+            install::test_run(
+                &staged.path,
+                &self.args,
+                self.cfg.test_run_timeout,
+                (self.cfg.master_reexec).then_some(crate::master::handover::WRITES),
+            ),
             install::flush(&staged),
         );
         if let Err(e) = tested {

@@ -169,6 +169,6 @@ fn the_stages_can_run_on_a_multithreaded_runtime() {
     let opts = super::StageOptions::default();
     let staging = super::stage(release(b"new".to_vec(), Format::Raw), &target, &opts);
     assert_send(&staging);
-    let running = super::test_run(&target, &[], std::time::Duration::from_secs(1));
+    let running = super::test_run(&target, &[], std::time::Duration::from_secs(1), Some(1));
     assert_send(&running);
 }

@@ -1,13 +1,22 @@
 use std::time::{Duration, Instant};
 
+use std::ffi::OsStr;
+
 use super::{rt, TempDir};
-use crate::install::testrun::{FD_ENV, TOKEN_ENV};
+use crate::install::testrun::{answer_line, judge, parse_answer, FD_ENV, HANDOVER_ENV, TOKEN_ENV};
 use crate::install::{answer_test_run_if_asked, test_run, InstallError};
+use crate::release::model::{refusal_kind, RefusalKind};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A test run that does not ask about the handover document, as before master re-exec.
 fn run(path: &std::path::Path, timeout: Duration) -> Result<(), InstallError> {
-    rt().block_on(test_run(path, &[], timeout))
+    rt().block_on(test_run(path, &[], timeout, None))
+}
+
+/// A test run that needs the candidate to read `handover`, as a master that re-executes asks.
+fn run_asking(path: &std::path::Path, handover: u32) -> Result<(), InstallError> {
+    rt().block_on(test_run(path, &[], TIMEOUT, Some(handover)))
 }
 
 #[test]
@@ -154,6 +163,23 @@ fn the_child_side_answers_the_handshake() {
         .as_bytes(),
     );
     run(&script, Duration::from_secs(30)).unwrap();
+    // A build of this version can take over a master of this version, and says so only for a
+    // version it reads.
+    let writes = crate::master::handover::WRITES;
+    rt().block_on(test_run(
+        &script,
+        &[],
+        Duration::from_secs(30),
+        Some(writes),
+    ))
+    .unwrap();
+    let err = rt()
+        .block_on(test_run(&script, &[], Duration::from_secs(30), Some(99)))
+        .unwrap_err();
+    assert!(
+        matches!(err, InstallError::HandoverIncompatible { version: 99 }),
+        "{err}"
+    );
 
     let out = std::process::Command::new(&exe)
         .args(["--exact", name, "--nocapture"])
@@ -166,4 +192,159 @@ fn the_child_side_answers_the_handshake() {
         String::from_utf8_lossy(&out.stderr).contains(FD_ENV),
         "{out:?}"
     );
+}
+
+/// A candidate as a build of this version answers: `handover <n>` for the version it reads.
+/// It also records what it was asked, to show that the variable is passed only when needed.
+fn reads_version(dir: &TempDir, name: &str, version: u32) -> std::path::PathBuf {
+    let asked = dir.path().join(format!("{name}.asked"));
+    let body = format!(
+        "#!/bin/sh\nprintf '%s' \"${{{HANDOVER_ENV}-unset}}\" > '{}'\n\
+         printf '%s handover {version}\\n' \"${TOKEN_ENV}\" >&\"${FD_ENV}\"\n",
+        asked.display()
+    );
+    dir.exe(name, body.as_bytes())
+}
+
+/// A candidate as a build of an older upshift answers: the bare token, whatever it is asked.
+fn token_only(dir: &TempDir) -> std::path::PathBuf {
+    dir.exe(
+        "old",
+        b"#!/bin/sh\nprintf '%s\\n' \"$UPSHIFT_TEST_RUN_TOKEN\" >&\"$UPSHIFT_TEST_RUN_FD\"\n",
+    )
+}
+
+#[test]
+fn a_candidate_that_reads_the_handover_version_passes_and_is_asked_only_when_needed() {
+    let dir = TempDir::new("handover");
+    let script = reads_version(&dir, "new", 1);
+    let asked = || std::fs::read_to_string(dir.path().join("new.asked")).unwrap();
+    run_asking(&script, 1).unwrap();
+    assert_eq!(asked(), "1");
+    // Asked for a version it does not read, its answer does not do.
+    let err = run_asking(&script, 2).unwrap_err();
+    assert!(
+        matches!(err, InstallError::HandoverIncompatible { version: 2 }),
+        "{err}"
+    );
+    // Not asked: the variable is absent, and any answer with the token passes.
+    run(&script, TIMEOUT).unwrap();
+    assert_eq!(asked(), "unset");
+}
+
+#[test]
+fn a_candidate_that_answers_only_the_token_cannot_take_over_the_master() {
+    let dir = TempDir::new("old");
+    let script = token_only(&dir);
+    let err = run_asking(&script, 1).unwrap_err();
+    assert!(
+        matches!(err, InstallError::HandoverIncompatible { version: 1 }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    for says in [
+        "cannot take over the running master",
+        "version 1",
+        "older or different upshift",
+        "not installed",
+        "keeps serving",
+        "master_reexec(false)",
+    ] {
+        assert!(msg.contains(says), "{says:?} missing from {msg}");
+    }
+    // The same bytes would fail the same way: remembered as refused, not retried.
+    assert!(err.is_release_fault());
+    assert_eq!(refusal_kind(&err), Some(RefusalKind::Release));
+    // Without master re-exec it is as good a release as ever.
+    run(&script, TIMEOUT).unwrap();
+}
+
+#[test]
+fn a_failure_or_a_missing_token_is_reported_before_the_handover() {
+    let dir = TempDir::new("handover-order");
+    let fails = dir.exe("fails", b"#!/bin/sh\nexit 3\n");
+    let err = run_asking(&fails, 1).unwrap_err();
+    assert!(matches!(err, InstallError::TestRunFailed { .. }), "{err}");
+    let silent = dir.exe("silent", b"#!/bin/sh\nexit 0\n");
+    let err = run_asking(&silent, 1).unwrap_err();
+    assert!(matches!(err, InstallError::NotUpshift), "{err}");
+}
+
+#[test]
+fn the_answer_names_the_handover_version_only_when_asked_for_one_it_reads() {
+    let answer = |asked: Option<&str>, reads: &[u32]| {
+        String::from_utf8(answer_line(b"tok", asked.map(OsStr::new), reads)).unwrap()
+    };
+    assert_eq!(answer(Some("1"), &[1]), "tok handover 1\n");
+    assert_eq!(answer(Some("2"), &[1, 2]), "tok handover 2\n");
+    // Not asked, asked for a version it cannot read, or asked in a way it does not understand:
+    // the bare token, as a build without handover support answers.
+    for asked in [
+        None,
+        Some("99"),
+        Some(""),
+        Some("x"),
+        Some("+1"),
+        Some(" 1"),
+        Some("1 "),
+        Some("-1"),
+    ] {
+        assert_eq!(answer(asked, &[1]), "tok\n", "{asked:?}");
+    }
+    assert_eq!(answer(Some("4294967296"), &[0]), "tok\n");
+    assert_eq!(answer(Some("1"), &[]), "tok\n");
+    // Non-UTF-8: not understood either.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = answer_line(b"tok", Some(OsStr::from_bytes(b"1\xff")), &[1]);
+    assert_eq!(odd, b"tok\n");
+}
+
+#[test]
+fn the_parent_reads_the_answer_strictly_about_the_token_and_leniently_after_it() {
+    let t = "0123abcd";
+    assert_eq!(parse_answer(b"0123abcd", t), Some(None));
+    assert_eq!(parse_answer(b"0123abcd\n", t), Some(None));
+    assert_eq!(parse_answer(b"0123abcd handover 1\n", t), Some(Some(1)));
+    assert_eq!(parse_answer(b"0123abcd handover 1", t), Some(Some(1)));
+    // A later version may say more; the token alone proves an upshift program.
+    assert_eq!(
+        parse_answer(b"0123abcd future 7 handover 3\n", t),
+        Some(Some(3))
+    );
+    assert_eq!(parse_answer(b"0123abcd future\n", t), Some(None));
+    assert_eq!(parse_answer(b"0123abcd handover\n", t), Some(None));
+    assert_eq!(parse_answer(b"0123abcd handover x\n", t), Some(None));
+    assert_eq!(parse_answer(b"0123abcd handover +1\n", t), Some(None));
+    for not_answered in [
+        &b""[..],
+        b"\n",
+        b"0123abc",
+        b"0123abcde",
+        b"0123abcd\n\n",
+        b"x0123abcd",
+        b"0123abcdhandover 1",
+        b"wrong handover 1\n",
+    ] {
+        assert_eq!(
+            parse_answer(not_answered, t),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(not_answered)
+        );
+    }
+
+    // What a child answers, the parent reads back.
+    let asked = Some(OsStr::new("1"));
+    assert!(judge(&answer_line(t.as_bytes(), asked, &[1]), t, Some(1)).is_ok());
+    assert!(judge(&answer_line(t.as_bytes(), None, &[1]), t, None).is_ok());
+    let old = answer_line(t.as_bytes(), asked, &[]);
+    assert!(judge(&old, t, None).is_ok());
+    assert!(matches!(
+        judge(&old, t, Some(1)),
+        Err(InstallError::HandoverIncompatible { version: 1 })
+    ));
+    assert!(matches!(
+        judge(b"other\n", t, Some(1)),
+        Err(InstallError::NotUpshift)
+    ));
 }
