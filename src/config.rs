@@ -141,6 +141,8 @@ enum Role {
     Worker(WorkerEnv),
     Disabled(String),
     Master,
+    /// A master re-executed in place: the value names the handover document's descriptor.
+    Reexecuted(String),
 }
 
 impl Upgrader {
@@ -464,7 +466,7 @@ impl Upgrader {
     where
         F: FnOnce(State) -> R,
     {
-        crate::install::answer_test_run_if_asked();
+        crate::install::answer_test_run_if_asked(|| self.check_master_config());
         match self.role()? {
             Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?)),
             Role::Disabled(reason) => Ok(prog(crate::worker::local(
@@ -475,6 +477,9 @@ impl Upgrader {
             Role::Master => {
                 let code = crate::master::run_blocking(self.into_master_config()?)?;
                 std::process::exit(code)
+            }
+            Role::Reexecuted(fd) => {
+                std::process::exit(crate::master::run_adopting(self.into_master_config(), &fd))
             }
         }
     }
@@ -502,7 +507,7 @@ impl Upgrader {
         F: FnOnce(State) -> Fut,
         Fut: Future<Output = R>,
     {
-        crate::install::answer_test_run_if_asked();
+        crate::install::answer_test_run_if_asked(|| self.check_master_config());
         match self.role()? {
             Role::Worker(env) => Ok(prog(crate::worker::adopt(env)?).await),
             Role::Disabled(reason) => Ok(prog(crate::worker::local(
@@ -515,12 +520,20 @@ impl Upgrader {
                 let code = crate::master::run_on_own_thread(self.into_master_config()?).await?;
                 std::process::exit(code)
             }
+            Role::Reexecuted(fd) => {
+                std::process::exit(crate::master::run_adopting(self.into_master_config(), &fd))
+            }
         }
     }
 
     fn role(&self) -> Result<Role, Error> {
         if let Some(worker) = WorkerEnv::decode(|k| std::env::var(k).ok())? {
             return Ok(Role::Worker(worker));
+        }
+        if let Some(fd) = std::env::var_os(crate::master::handover::FD_ENV) {
+            // Gone before any worker or test run could inherit it and take itself for a master.
+            std::env::remove_var(crate::master::handover::FD_ENV);
+            return Ok(Role::Reexecuted(fd.to_string_lossy().into_owned()));
         }
         if self.disabled {
             return Ok(Role::Disabled("disabled in the configuration".into()));
@@ -615,6 +628,21 @@ impl Upgrader {
             });
         }
         Ok(cfg)
+    }
+
+    /// What a test run checks when asked whether this build can take over the master: that its
+    /// configuration loads (binding its listeners is left to the master itself).
+    fn check_master_config(&self) -> Result<(), String> {
+        self.master_config().map_err(|e| e.to_string())?;
+        for key in &self.public_keys {
+            parse_public_key(key).map_err(|e| e.to_string())?;
+        }
+        for (what, value) in [("product", &self.product), ("target", &self.target)] {
+            if let Some(v) = value.as_deref().filter(|v| !valid_name(v)) {
+                return Err(format!("the {what} {v:?} is not valid"));
+            }
+        }
+        Ok(())
     }
 
     fn master_config(&self) -> Result<MasterConfig, Error> {

@@ -117,6 +117,15 @@ pub enum UpgradeEvent {
         /// Whether the expected build was put back.
         repaired: bool,
     },
+    /// The master re-executed itself into the build on disk, keeping its PID and its workers
+    /// (see [`Upgrader::master_reexec`](crate::Upgrader::master_reexec)). Reported by the new
+    /// image once it has taken over.
+    MasterReexecuted {
+        /// The build the master ran before (its `build_id`).
+        from: String,
+        /// The build it runs now.
+        to: String,
+    },
 }
 
 impl fmt::Display for UpgradeEvent {
@@ -203,6 +212,9 @@ impl fmt::Display for UpgradeEvent {
                     f,
                     "{path} diverged from the serving build: sha256 {found}, expected {expected}; the serving build {what}"
                 )
+            }
+            UpgradeEvent::MasterReexecuted { from, to } => {
+                write!(f, "master re-executed in place: {from} -> {to}")
             }
         }
     }

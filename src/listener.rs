@@ -79,6 +79,9 @@ pub(crate) struct BoundSocket {
     pub(crate) fd: OwnedFd,
     /// For Unix sockets the master created: removed when the master exits, if still there.
     pub(crate) unlink_on_exit: Option<SocketFile>,
+    /// Passed by the service manager rather than bound by the master: kept even when no
+    /// listener names it any more (the .socket unit owns it).
+    pub(crate) from_manager: bool,
 }
 
 /// Which kind of socket an inherited descriptor is; travels in the environment protocol.
@@ -150,6 +153,7 @@ pub(crate) fn bind(
                             kind: SocketKind::Tcp,
                             fd,
                             unlink_on_exit: None,
+                            from_manager: false,
                         })
                     }
                     Err(e) => last_err = e,
@@ -167,6 +171,7 @@ pub(crate) fn bind(
                 kind: SocketKind::Unix,
                 fd,
                 unlink_on_exit: Some(file),
+                from_manager: false,
             })
         }
     }

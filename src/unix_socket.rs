@@ -98,6 +98,16 @@ impl SocketFile {
         })
     }
 
+    /// Path, device and inode: what crosses a master's re-exec (see `master::handover`).
+    pub(crate) fn id(&self) -> (&Path, u64, u64) {
+        (&self.path, self.dev, self.ino)
+    }
+
+    /// The socket file an earlier image of this master created, as it described it.
+    pub(crate) fn from_id(path: PathBuf, dev: u64, ino: u64) -> SocketFile {
+        SocketFile { path, dev, ino }
+    }
+
     fn is_at_path(&self) -> bool {
         matches!(std::fs::symlink_metadata(&self.path),
             Ok(md) if md.file_type().is_socket() && md.dev() == self.dev && md.ino() == self.ino)

@@ -50,6 +50,10 @@ const STDERR_TAIL: usize = 2048;
 /// the result is decided on what was read.
 const PIPE_GRACE: Duration = Duration::from_millis(500);
 
+/// The exit status of a test run asked to take over the master whose configuration does not load
+/// (`EX_CONFIG`).
+const EXIT_CONFIG: i32 = 78;
+
 /// The exit status of a test run whose handshake descriptor is unusable (`EX_SOFTWARE`).
 const EXIT_BAD_FD: i32 = 70;
 
@@ -172,7 +176,7 @@ fn parse_version(s: &str) -> Option<u32> {
 ///
 /// Reports a broken handshake with `eprintln!` rather than tracing: this runs before the
 /// application could have installed a subscriber, and the parent shows the stderr it reads.
-pub(crate) fn answer_test_run_if_asked() {
+pub(crate) fn answer_test_run_if_asked(can_take_over: impl FnOnce() -> Result<(), String>) {
     let (Some(token), Some(fd)) = (std::env::var_os(TOKEN_ENV), std::env::var_os(FD_ENV)) else {
         return;
     };
@@ -183,6 +187,13 @@ pub(crate) fn answer_test_run_if_asked() {
         handover.as_deref(),
         crate::master::handover::READS,
     );
+    if readable(handover.as_deref(), crate::master::handover::READS).is_some() {
+        // Asked whether it can become the master: only if its own configuration loads too.
+        if let Err(why) = can_take_over() {
+            eprintln!("upshift: this build cannot take over the master: its configuration does not load: {why}");
+            std::process::exit(EXIT_CONFIG)
+        }
+    }
     let written = match fd {
         Some(fd) if fd >= 0 => write_all(fd, &line),
         _ => Err(io::Error::from_raw_os_error(libc::EBADF)),
@@ -199,16 +210,20 @@ pub(crate) fn answer_test_run_if_asked() {
     }
 }
 
+/// The handover version the parent asked about, if this build reads it.
+fn readable(asked: Option<&std::ffi::OsStr>, reads: &[u32]) -> Option<u32> {
+    (asked.and_then(|v| v.to_str()))
+        .and_then(parse_version)
+        .filter(|v| reads.contains(v))
+}
+
 /// The answer to the handshake, newline included: the token, and `handover <n>` when the parent
 /// asked for version `n` (`asked`, the value of [`HANDOVER_ENV`]) and this build `reads` it.
 /// Anything else asked (a version this build cannot read, garbage) gets the bare token, exactly
 /// what a build without handover support answers, so the parent decides alike for both.
 pub(super) fn answer_line(token: &[u8], asked: Option<&std::ffi::OsStr>, reads: &[u32]) -> Vec<u8> {
     let mut line = token.to_vec();
-    let readable = (asked.and_then(|v| v.to_str()))
-        .and_then(parse_version)
-        .filter(|v| reads.contains(v));
-    if let Some(version) = readable {
+    if let Some(version) = readable(asked, reads) {
         line.extend_from_slice(format!(" {HANDOVER_WORD} {version}").as_bytes());
     }
     line.push(b'\n');

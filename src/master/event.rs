@@ -25,6 +25,10 @@ pub(crate) enum Event {
         reason: String,
         reply: Option<Reply>,
     },
+    /// The master should become the binary on disk (a release proved itself).
+    Reexec(super::reexec::Wanted),
+    /// The binary on disk was checked for a re-exec.
+    ReexecPrepared(super::reexec::Prepared),
 }
 
 /// Where the master reports how a restart goes: `Ready`, then `Survived` or `Failed`; or only

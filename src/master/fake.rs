@@ -10,8 +10,12 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::os::fd::{OwnedFd, RawFd};
+
 use super::env::{Env, Heard};
+use super::handover::Handover;
 use super::reaper::Exit;
+use super::reexec::{Image, Prepared};
 use super::signals::Action;
 use super::{Event, Master, RestartOutcome, ServingWorker};
 use crate::config::{CrashPolicy, MasterConfig};
@@ -23,9 +27,19 @@ use crate::systemd::notify::Notifier;
 /// What the master did to a worker, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Call {
-    Spawn { generation: u64 },
-    Tell { generation: u64, msg: ToWorker },
-    Kill { generation: u64, sig: Signal },
+    Spawn {
+        generation: u64,
+    },
+    Tell {
+        generation: u64,
+        msg: ToWorker,
+    },
+    Kill {
+        generation: u64,
+        sig: Signal,
+    },
+    /// The binary on disk is to be checked for the master's re-exec.
+    PrepareReexec,
 }
 
 #[derive(Default)]
@@ -36,6 +50,12 @@ struct World {
     exited: Vec<(Pid, Exit)>,
     /// The drain line cannot be written (a full or broken socket).
     refuse_tell: bool,
+    /// The documents the master tried to exec with (the fake exec always fails).
+    execs: Vec<Handover>,
+    /// Workers that run another build than the master.
+    other_image: Vec<Pid>,
+    /// Checks of the binary on disk are answered by the test (else at once: the same image).
+    hold_reexec_checks: bool,
 }
 
 /// Records what the master does; each worker's pid is 1000 + its generation.
@@ -93,6 +113,33 @@ impl Env for FakeEnv {
             .partition(|(pid, _)| known.contains(pid));
         world.exited = rest;
         out
+    }
+
+    fn adopt(&mut self, generation: u64, _control: OwnedFd, heard: Heard) -> Result<Pid, Error> {
+        let pid = pid_of(generation);
+        self.world().workers.push((pid, heard));
+        Ok(pid)
+    }
+
+    fn control_fd(&self, control: &Pid) -> RawFd {
+        100 + generation_of(*control) as RawFd
+    }
+
+    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>) {
+        let mut world = self.world();
+        world.calls.push(Call::PrepareReexec);
+        if !world.hold_reexec_checks {
+            let _ = events.send(Event::ReexecPrepared(Prepared::SameImage));
+        }
+    }
+
+    fn exec(&mut self, _image: &Image, doc: &Handover) -> std::io::Error {
+        self.world().execs.push(doc.clone());
+        std::io::Error::other("a fake cannot exec")
+    }
+
+    fn runs_own_image(&self, pid: Pid) -> bool {
+        !self.world().other_image.contains(&pid)
     }
 }
 
@@ -195,6 +242,25 @@ impl Harness {
 
     pub(super) fn refuse_drain_lines(&self) {
         self.env.world().refuse_tell = true;
+    }
+
+    /// From now on the test answers the checks of the binary on disk (`Event::ReexecPrepared`).
+    pub(super) fn hold_reexec_checks(&self) {
+        self.env.world().hold_reexec_checks = true;
+    }
+
+    /// The handover documents of the master's attempted re-execs.
+    pub(super) fn execs(&self) -> Vec<Handover> {
+        self.env.world().execs.clone()
+    }
+
+    /// How often the binary on disk was checked for a re-exec.
+    pub(super) fn reexec_checks(&self) -> usize {
+        let calls = self.calls();
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::PrepareReexec))
+            .count()
     }
 
     pub(super) fn calls(&self) -> Vec<Call> {

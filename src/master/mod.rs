@@ -7,11 +7,13 @@
 //! The policy's effects on workers (spawn, signal, drain line, reap) go through [`env::Env`] and
 //! its clock is tokio's, so `policy_tests` runs it on a fake with time paused.
 
+mod adopt;
 mod backoff;
 mod env;
 mod event;
 #[cfg(test)]
 mod fake;
+mod handing;
 pub(crate) mod handover;
 mod installing;
 mod memory;
@@ -20,6 +22,9 @@ mod policy_tests;
 mod probation;
 mod progress;
 mod reaper;
+mod reexec;
+#[cfg(test)]
+mod reexec_policy_tests;
 mod runtime;
 mod signals;
 mod spawn;
@@ -44,7 +49,7 @@ use crate::systemd::notify::{Notifier, Timeouts};
 use env::{Env, Heard, Processes};
 pub(crate) use event::{Event, Reply, RestartOutcome, ServingWorker};
 use reaper::Exit;
-pub(crate) use runtime::{run_blocking, run_on_own_thread};
+pub(crate) use runtime::{run_adopting, run_blocking, run_on_own_thread};
 use signals::Action;
 use spawn::Launch;
 pub(crate) use updater::{EventHook, PipelineConfig, VetoHook};
@@ -76,6 +81,11 @@ struct Worker<C> {
     control: C,
     started: Instant,
     ready_at: Option<Instant>,
+    /// The thread that forked it: only that thread may exec without the worker's parent-death
+    /// signal firing (0: unknown, adopted from an image that ran the master on another thread).
+    forked_by: i32,
+    /// Draining: when it is killed.
+    drain_deadline: Option<Instant>,
     /// Why the master killed it, for the log line when its exit is reaped.
     killed_because: Option<String>,
     /// Who waits to hear whether this worker made it through readiness and probation.
@@ -124,6 +134,22 @@ struct Master<E: Env = Processes> {
     sd: Notifier,
     /// Who serves now, for the updater's release state.
     serving_tx: tokio::sync::watch::Sender<Option<ServingWorker>>,
+    /// The master's own upgrade by re-exec.
+    reexec: ReexecState,
+}
+
+/// Where the master's own upgrade stands.
+struct ReexecState {
+    enabled: bool,
+    /// This master's build, as workers and events name it (`Upgrader::build_id`).
+    build: Option<String>,
+    /// A re-exec asked for and not yet done.
+    wanted: Option<reexec::Wanted>,
+    /// The binary on disk is being checked (`reexec::prepare`).
+    preparing: bool,
+    /// The binary on disk can take over, but something blocked the exec: it is checked again
+    /// once nothing does.
+    awaiting_clear: bool,
 }
 
 impl Master<Processes> {
@@ -143,7 +169,7 @@ impl Master<Processes> {
             drain: cfg.drain_timeout,
         };
         let sd = Notifier::new(sd.notify, timeouts);
-        let (master, rx) = Master::new(cfg, Processes { launch }, sockets, sd);
+        let (master, rx) = Master::new(cfg, Processes::new(launch)?, sockets, sd);
         signals::install(master.cfg.restart_signal, &master.events)?;
         // A full disk or a file-size limit must fail the release's write with EFBIG, not kill
         // the master; children get the default back before exec.
@@ -163,15 +189,26 @@ impl Master<Processes> {
         mut self,
         events: UnboundedReceiver<Event>,
         updates: Option<UpdateSettings>,
+        adopted: Option<adopt::Adopted>,
     ) -> i32 {
-        self.start_worker("first start", None);
+        let reexecuted_from = adopted.as_ref().map(|a| a.from.clone());
+        let mut refusals = Vec::new();
+        match adopted {
+            Some(mut adopted) => {
+                refusals = std::mem::take(&mut adopted.refusals);
+                self.carry_on(adopted)
+            }
+            None => self.start_worker("first start", None),
+        }
+        let mut hook = None;
         // After the first worker is on its way: checking for releases never delays serving.
         if let Some(mut updates) = updates {
-            let (hook, test_run) = (
+            let (user_hook, test_run) = (
                 updates.pipeline.on_event.take(),
                 updates.pipeline.test_run_timeout,
             );
-            updates.pipeline.on_event = self.sd.wrap_hook(hook, test_run);
+            updates.pipeline.on_event = self.sd.wrap_hook(user_hook, test_run);
+            hook = updates.pipeline.on_event.clone();
             let updater = updater::Updater::new(
                 updates.pipeline,
                 self.env.launch.program.clone(),
@@ -179,10 +216,17 @@ impl Master<Processes> {
                 self.events.clone(),
                 self.serving_tx.subscribe(),
             );
+            updater.hand_refusals(refusals);
+            self.env.preparer.pipeline = Some(updater.books.clone());
+            self.env.preparer.test_run_timeout = test_run;
             for fetcher in updates.fetchers {
                 tracing::info!(fetcher = fetcher.name(), interval = ?fetcher.interval(), "watching for releases");
                 tokio::spawn(updater.clone().poll(fetcher, self.check_now.clone()));
             }
+        }
+        if let Some(from) = reexecuted_from {
+            let to = self.build_label();
+            updater::emit(&hook, crate::UpgradeEvent::MasterReexecuted { from, to });
         }
         self.serve(events).await
     }
@@ -197,7 +241,6 @@ impl<E: Env> Master<E> {
     ) -> (Self, UnboundedReceiver<Event>) {
         let (events, rx) = mpsc::unbounded_channel();
         let master = Master {
-            cfg,
             env,
             sockets,
             events,
@@ -210,6 +253,14 @@ impl<E: Env> Master<E> {
             crash_streak: 0,
             stopping: None,
             check_now: Arc::new(Notify::new()),
+            reexec: ReexecState {
+                enabled: cfg.master_reexec,
+                build: cfg.build_id.clone(),
+                wanted: None,
+                preparing: false,
+                awaiting_clear: false,
+            },
+            cfg,
             sd,
             serving_tx: tokio::sync::watch::Sender::new(None),
         };
@@ -228,6 +279,7 @@ impl<E: Env> Master<E> {
                 return 1;
             };
             self.handle(event);
+            self.try_reexec();
             self.publish_serving();
         }
     }
@@ -248,8 +300,19 @@ impl<E: Env> Master<E> {
         match event {
             Event::Signal(sig, Action::Restart) => {
                 self.sd.restart_signalled();
-                self.request_restart(&format!("{sig} received"), None)
+                let reason = format!("{sig} received");
+                if self.reexec.enabled {
+                    // The new image, if the binary on disk is one, starts the workers.
+                    self.want_reexec(reexec::Wanted {
+                        reason,
+                        restart: true,
+                    });
+                } else {
+                    self.request_restart(&reason, None)
+                }
             }
+            Event::Reexec(wanted) => self.want_reexec(wanted),
+            Event::ReexecPrepared(prepared) => self.on_prepared(prepared),
             Event::Restart { reason, reply } => self.request_restart(&reason, reply),
             Event::ProbationOver { generation } => {
                 if let Some(w) = self.serving.as_mut().filter(|w| w.generation == generation) {
@@ -313,6 +376,8 @@ impl<E: Env> Master<E> {
             control,
             started: Instant::now(),
             ready_at: None,
+            forked_by: reexec::this_thread(),
+            drain_deadline: None,
             killed_because: None,
             reply,
         });
@@ -418,6 +483,7 @@ impl<E: Env> Master<E> {
             self.env.kill(worker.pid, Signal::SIGTERM);
         }
         worker.killed_because = None;
+        worker.drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
         self.after(
             self.cfg.drain_timeout,
             Event::DrainTimeout {

@@ -32,10 +32,19 @@ impl Updater {
                 // last proven build before the one installed.
                 books.ledger().state.proven(&candidate.build.sha256);
                 books.ledger().save();
+                let reason = format!("release {} proved itself", candidate.identity);
                 self.emit(UpgradeEvent::Upgraded {
                     identity: candidate.identity,
                     generation,
                 });
+                if self.cfg.master_reexec {
+                    // The master becomes the proven build too, once this lock is released.
+                    let wanted = super::reexec::Wanted {
+                        reason,
+                        restart: false,
+                    };
+                    let _ = self.master.send(Event::Reexec(wanted));
+                }
             }
             Some(RestartOutcome::Failed {
                 reason,

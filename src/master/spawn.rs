@@ -22,6 +22,8 @@ pub(crate) struct Launch {
     /// The program path as invoked (argv[0] made absolute against the start directory, symlinks
     /// kept), so that a deploy which flips `current -> releases/vN` and sends SIGUSR2 runs vN.
     pub(crate) program: PathBuf,
+    /// argv[0] exactly as given, for the master's own re-exec (`ps` shows the same command).
+    pub(crate) arg0: OsString,
     pub(crate) args: Vec<OsString>,
     pub(crate) cwd: PathBuf,
     pub(crate) master_pid: u32,
@@ -55,6 +57,7 @@ impl Launch {
         let program = resolve_invoked(&arg0, &cwd)?;
         Ok(Launch {
             program,
+            arg0,
             args: argv.collect(),
             cwd,
             master_pid: std::process::id(),

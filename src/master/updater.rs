@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, mpsc::UnboundedSender, Mutex, Notify};
 
 use super::backoff::{error_backoff, rate_limit_wait};
+use super::handover::HandedRefusal;
 use super::installing::install_blocking;
 use super::progress::Progress;
 use super::{Event, RestartOutcome, ServingWorker};
@@ -21,7 +22,9 @@ use crate::events::UpgradeEvent;
 use crate::fetch::{FetchError, Fetcher, Release, StagingArea};
 use crate::install::{self, InstallError, StageOptions};
 use crate::release::disk::RestorePoint;
-use crate::release::model::{refusal_kind, Admission, Build, Offer, Policy, Staging};
+use crate::release::model::{
+    refusal_kind, Admission, Build, Offer, Policy, Refusal, RefusalKind, Staging,
+};
 use crate::release::{parse_version, vouch, Expected, Ledger};
 
 /// Called with every event; runs in the master.
@@ -79,6 +82,22 @@ pub(super) struct Books {
 }
 
 impl Books {
+    /// The refusals remembered in memory, for the master's next image.
+    pub(super) fn handed_refusals(&self) -> Vec<HandedRefusal> {
+        let now = std::time::Instant::now();
+        let ledger = self.ledger();
+        let refusals = ledger.state.refusals.iter().map(|r| HandedRefusal {
+            key: r.key.clone(),
+            identity: r.identity.clone(),
+            binary_sha256: r.binary_sha256.clone(),
+            reason: r.reason.clone(),
+            release_fault: r.kind == RefusalKind::Release,
+            reminded_ago: now.saturating_duration_since(r.reminded),
+            expires_in: r.expires.map(|t| t.saturating_duration_since(now)),
+        });
+        refusals.collect()
+    }
+
     /// The ledger, for decisions (no I/O while it is held).
     pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger
@@ -136,7 +155,8 @@ impl Candidate {
 pub(crate) struct Updater {
     pub(super) cfg: PipelineConfig,
     pub(super) master: UnboundedSender<Event>,
-    pub(super) books: Mutex<Option<Books>>,
+    /// Also held by the master's re-exec, so that no release is half-done when it happens.
+    pub(super) books: super::reexec::PipelineLock,
     invoked: PathBuf,
     /// With a minisign key: what a release's signed metadata must say.
     expected: Option<Expected>,
@@ -144,6 +164,8 @@ pub(crate) struct Updater {
     args: Vec<std::ffi::OsString>,
     /// Who serves now, published by the master.
     serving: tokio::sync::watch::Receiver<Option<ServingWorker>>,
+    /// Refusals the master's previous image remembered, taken into the ledger when it loads.
+    handed: std::sync::Mutex<Vec<HandedRefusal>>,
 }
 
 impl Updater {
@@ -163,12 +185,18 @@ impl Updater {
         Arc::new(Updater {
             cfg,
             master,
-            books: Mutex::new(None),
+            books: Arc::new(Mutex::new(None)),
             invoked,
             expected,
             args,
             serving,
+            handed: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Refusals carried over a re-exec of the master (see `handover`).
+    pub(crate) fn hand_refusals(&self, refusals: Vec<HandedRefusal>) {
+        *self.handed.lock().unwrap_or_else(|p| p.into_inner()) = refusals;
     }
 
     /// Polls one fetcher for the master's whole life. `check_now` is the manual trigger.
@@ -313,6 +341,25 @@ impl Updater {
         })
         .await
         .map_err(|e| FetchError::Source(format!("loading the release state: {e}")))?;
+        let mut ledger = ledger;
+        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
+        let now = std::time::Instant::now();
+        ledger
+            .state
+            .refusals
+            .extend(handed.into_iter().map(|r| Refusal {
+                key: r.key,
+                identity: r.identity,
+                binary_sha256: r.binary_sha256,
+                reason: r.reason,
+                kind: if r.release_fault {
+                    RefusalKind::Release
+                } else {
+                    RefusalKind::Transient
+                },
+                reminded: now.checked_sub(r.reminded_ago).unwrap_or(now),
+                expires: r.expires_in.map(|d| now + d),
+            }));
         Ok(Books {
             ledger: Arc::new(std::sync::Mutex::new(ledger)),
             retry: None,

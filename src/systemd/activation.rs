@@ -86,6 +86,7 @@ impl Passed {
             fd: self.fd,
             // The socket file belongs to the .socket unit, which outlives this master.
             unlink_on_exit: None,
+            from_manager: true,
         }
     }
 }
@@ -274,32 +275,7 @@ pub(crate) fn listeners(
         .collect::<Vec<_>>()
         .join(", ");
     let mut pool: Vec<Option<Passed>> = passed.into_iter().map(Some).collect();
-    let resolved: Vec<Vec<SocketAddr>> = addrs.iter().map(|(_, a)| resolve(a)).collect();
-    let mut chosen: Vec<Option<Passed>> = addrs.iter().map(|_| None).collect();
-
-    for (i, (name, addr)) in addrs.iter().enumerate() {
-        let named: Vec<usize> = (0..pool.len())
-            .filter(|&j| matches!(&pool[j], Some(p) if p.name.as_deref() == Some(name.as_str())))
-            .collect();
-        let pick = named
-            .iter()
-            .copied()
-            .find(|&j| matches!(&pool[j], Some(p) if same_address(addr, &resolved[i], &p.local)))
-            .or_else(|| named.first().copied());
-        if let Some(j) = pick {
-            chosen[i] = pool[j].take();
-        }
-    }
-    for (i, (_, addr)) in addrs.iter().enumerate() {
-        if chosen[i].is_some() {
-            continue;
-        }
-        let pick = (0..pool.len())
-            .find(|&j| matches!(&pool[j], Some(p) if same_address(addr, &resolved[i], &p.local)));
-        if let Some(j) = pick {
-            chosen[i] = pool[j].take();
-        }
-    }
+    let chosen = assign(addrs, &mut pool);
 
     let mut out = Vec::with_capacity(addrs.len() + pool.len());
     for ((name, addr), passed) in addrs.iter().zip(chosen) {
@@ -341,6 +317,113 @@ pub(crate) fn listeners(
         )));
     }
     Ok(out)
+}
+
+/// Which socket of `pool` each configured listener takes (taken out of the pool): the one of its
+/// name and address, else the one of its name, else one of its address.
+fn assign(addrs: &[(String, ListenAddr)], pool: &mut [Option<Passed>]) -> Vec<Option<Passed>> {
+    let resolved: Vec<Vec<SocketAddr>> = addrs.iter().map(|(_, a)| resolve(a)).collect();
+    let mut chosen: Vec<Option<Passed>> = addrs.iter().map(|_| None).collect();
+    for (i, (name, addr)) in addrs.iter().enumerate() {
+        let named: Vec<usize> = (0..pool.len())
+            .filter(|&j| matches!(&pool[j], Some(p) if p.name.as_deref() == Some(name.as_str())))
+            .collect();
+        let pick = named
+            .iter()
+            .copied()
+            .find(|&j| matches!(&pool[j], Some(p) if same_address(addr, &resolved[i], &p.local)))
+            .or_else(|| named.first().copied());
+        if let Some(j) = pick {
+            chosen[i] = pool[j].take();
+        }
+    }
+    for (i, (_, addr)) in addrs.iter().enumerate() {
+        if chosen[i].is_some() {
+            continue;
+        }
+        let pick = (0..pool.len())
+            .find(|&j| matches!(&pool[j], Some(p) if same_address(addr, &resolved[i], &p.local)));
+        if let Some(j) = pick {
+            chosen[i] = pool[j].take();
+        }
+    }
+    chosen
+}
+
+/// The listeners a re-executed master goes on with, from the sockets its previous image handed
+/// over (see `master::handover`).
+#[derive(Debug)]
+pub(crate) struct AfterReexec {
+    /// In the configured order, then the service manager's sockets no listener names.
+    pub(crate) sockets: Vec<BoundSocket>,
+    /// Handed over but no longer configured: closed once the new worker has taken over (the
+    /// workers that use them hold their own copies until they have drained).
+    pub(crate) retired: Vec<BoundSocket>,
+    /// Names of listeners bound afresh (configured now, not before).
+    pub(crate) added: Vec<String>,
+}
+
+/// Matches the configured listeners with the handed-over sockets as with socket activation (name
+/// and address, else address: a listener only renamed keeps its socket and its queue), and binds
+/// what the new configuration adds. A handed-over socket whose name changed with the same address
+/// counts as kept.
+pub(crate) fn after_reexec(
+    addrs: &[(String, ListenAddr)],
+    handed: Vec<crate::master::handover::HandedListener>,
+    unix: &UnixSocketOptions,
+) -> Result<AfterReexec, Error> {
+    let mut extra = std::collections::HashMap::new();
+    let mut pool = Vec::with_capacity(handed.len());
+    for h in handed {
+        if !fds::is_open(h.fd) {
+            return Err(Error::Protocol(format!(
+                "the handed-over listener {:?} at fd {} is not open",
+                h.name, h.fd
+            )));
+        }
+        // SAFETY: the previous image left this descriptor open for us under this number, and
+        // the handover document, read once, is the only thing that names it.
+        let fd = unsafe { OwnedFd::from_raw_fd(h.fd) };
+        let passed = inspect(fd, Some(h.name.clone()))?;
+        extra.insert(h.fd, (h.from_manager, h.unlink));
+        pool.push(Some(passed));
+    }
+    let chosen = assign(addrs, &mut pool);
+    let mut sockets = Vec::with_capacity(addrs.len());
+    let mut added = Vec::new();
+    let restore = |p: Passed, name: String, extra: &mut std::collections::HashMap<_, _>| {
+        let (from_manager, unlink) = extra.remove(&p.fd.as_raw_fd()).unwrap_or((false, None));
+        let mut bound = p.into_bound(name);
+        bound.from_manager = from_manager;
+        bound.unlink_on_exit = unlink.map(|u: crate::master::handover::SocketFileId| {
+            crate::unix_socket::SocketFile::from_id(u.path, u.dev, u.ino)
+        });
+        bound
+    };
+    for ((name, addr), passed) in addrs.iter().zip(chosen) {
+        match passed {
+            Some(p) => sockets.push(restore(p, name.clone(), &mut extra)),
+            None => {
+                sockets.push(listener::bind(addr, name.clone(), unix)?);
+                added.push(name.clone());
+            }
+        }
+    }
+    let mut retired = Vec::new();
+    for p in pool.into_iter().flatten() {
+        let name = p.name.clone().unwrap_or_default();
+        let bound = restore(p, name, &mut extra);
+        if bound.from_manager {
+            sockets.push(bound);
+        } else {
+            retired.push(bound);
+        }
+    }
+    Ok(AfterReexec {
+        sockets,
+        retired,
+        added,
+    })
 }
 
 /// What a configured TCP address resolves to (nothing for Unix paths, or when it does not resolve:

@@ -196,6 +196,44 @@ impl Notifier {
         }
     }
 
+    /// A notifier taken over from the master's previous image (see `master::handover`): the
+    /// socket named as `NOTIFY_SOCKET` names it, and whether `READY=1` went out already and a
+    /// restart signal is being answered.
+    pub(crate) fn resume(
+        target: Option<&str>,
+        timeouts: Timeouts,
+        ready_once: bool,
+        signalled: bool,
+    ) -> Self {
+        let notifier = Notifier::new(target.and_then(|t| parse_target(OsStr::new(t))), timeouts);
+        notifier.with(|st, _| {
+            st.ready_once = ready_once;
+            st.signalled = signalled;
+            None
+        });
+        notifier
+    }
+
+    /// The socket as `NOTIFY_SOCKET` names it, to hand over across the master's re-exec.
+    pub(crate) fn target_value(&self) -> Option<String> {
+        self.inner.as_ref().map(|i| i.target.to_string())
+    }
+
+    /// Whether `READY=1` went out already.
+    pub(crate) fn ready_sent(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.lock().ready_once)
+    }
+
+    /// Whether a restart signal is waiting for its `RELOADING=1`.
+    pub(crate) fn signalled(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.lock().signalled)
+    }
+
+    /// A `STATUS=` line of its own (the master's re-exec, which no other step reports).
+    pub(crate) fn status(&self, text: &str) {
+        self.with(|_, _| Some(Message::default().status(text)));
+    }
+
     /// A worker is being started.
     pub(crate) fn worker_starting(&self, generation: u64, reason: &str) {
         self.with(|_, _| {

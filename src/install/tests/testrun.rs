@@ -148,7 +148,7 @@ fn a_program_that_hangs_is_killed_with_its_children_at_the_timeout() {
 #[test]
 fn the_child_side_answers_the_handshake() {
     if std::env::var_os(TOKEN_ENV).is_some() {
-        answer_test_run_if_asked();
+        answer_test_run_if_asked(|| Ok(()));
         unreachable!("answer_test_run_if_asked returns only when not asked");
     }
     let dir = TempDir::new("child");
