@@ -30,11 +30,14 @@
 //!
 //! Behaviors (file content, trimmed; a missing file means `ok`):
 //! `ok`, `exit` (exit 3 before ready), `never-ready`, `crash-after-ready MS` (abort MS ms after
-//! ready), `slow-ready MS` (sleep MS before serving).
+//! ready), `slow-ready MS` (sleep MS before serving). A stamp's behavior may also be
+//! `also-listen=ADDR` (this build listens on ADDR too: a release that changes the configuration)
+//! or `old-upshift` (it does not say it reads the master's handover document, as a build of an
+//! older upshift would not).
 //!
 //! Routes: `/` (`fixture pid <pid> gen <generation> exe <current_exe>`), `/sleep?ms=N`, `/env`
 //! (names of visible `UPSHIFT_*` variables), `/fds` (`<fd> cloexec=<0|1> <target>` per open descriptor),
-//! `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received from
+//! `/master` (the build the master runs, as it last told this worker), `/enabled`, `/hups` and `/usr1s` (how many SIGHUP / SIGUSR1 this worker received from
 //! `State::signals`; with `--no-signal-stream` it does not listen, and both stay 0),
 //! `/orphan?n=N&ms=M` (leaves N `sleep` processes of M ms behind: each is started in the background
 //! by an `sh` that exits at once, so it is re-parented to PID 1 or the nearest subreaper).
@@ -286,9 +289,20 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut upgrader = upshift::Upgrader::new();
+    // The stamp names this build to upshift, so that `/master` tells which build the master runs.
+    let mut upgrader = upshift::Upgrader::new().build_id(build.clone());
     for addr in &args.listen {
         upgrader = upgrader.listen(addr.clone());
+    }
+    // A release that changes the configuration: it listens on one more address.
+    if let Some(extra) = (stamped_behavior.as_deref()).and_then(|b| b.strip_prefix("also-listen="))
+    {
+        upgrader = upgrader.listen(extra.to_string());
+    }
+    // A build of an upshift that predates the master's re-exec: asked whether it can read the
+    // master's handover document, it does not answer.
+    if stamped_behavior.as_deref() == Some("old-upshift") {
+        std::env::remove_var("UPSHIFT_TEST_RUN_HANDOVER");
     }
     if let Some(ms) = args.ready_timeout_ms {
         upgrader = upgrader.ready_timeout(Duration::from_millis(ms));
@@ -360,6 +374,7 @@ struct Info {
     enabled: bool,
     hups: AtomicU64,
     usr1s: AtomicU64,
+    lifecycle: upshift::Lifecycle,
 }
 
 impl Info {
@@ -441,6 +456,7 @@ fn worker(
         enabled: state.is_enabled(),
         hups: AtomicU64::new(0),
         usr1s: AtomicU64::new(0),
+        lifecycle: state.lifecycle(),
     });
     tracing::info!(
         pid = info.pid,
@@ -571,8 +587,19 @@ fn routes(info: Arc<Info>) -> Router {
             async move { info.usr1s.load(Ordering::SeqCst).to_string() }
         }
     };
+    let master = {
+        let info = info.clone();
+        move || {
+            let info = info.clone();
+            async move {
+                let build = info.lifecycle.master_build();
+                format!("{}\n", build.as_deref().unwrap_or("unknown"))
+            }
+        }
+    };
     Router::new()
         .route("/", get(root))
+        .route("/master", get(master))
         .route("/sleep", get(sleep))
         .route("/env", get(|| async { upshift_env_names() }))
         .route("/fds", get(|| async { open_fds() }))
