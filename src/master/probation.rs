@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::updater::{Books, Candidate, Updater};
+use super::books::Books;
+use super::updater::{Candidate, Updater};
 use super::{Event, RestartOutcome};
 use crate::events::UpgradeEvent;
 use crate::install::{self, InstallError};

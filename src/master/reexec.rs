@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::books::Books;
 use super::handover::{self, Handover};
-use super::updater::Books;
 use super::Event;
 use crate::release::disk::Hasher;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, mpsc::UnboundedSender, Mutex, Notify};
 
 use super::backoff::{error_backoff, rate_limit_wait};
+use super::books::Books;
 use super::handover::HandedRefusal;
 use super::installing::install_blocking;
 use super::progress::Progress;
@@ -22,10 +23,8 @@ use crate::events::UpgradeEvent;
 use crate::fetch::{FetchError, Fetcher, Release, StagingArea};
 use crate::install::{self, InstallError, StageOptions};
 use crate::release::disk::RestorePoint;
-use crate::release::model::{
-    refusal_kind, Admission, Build, Offer, Policy, Refusal, RefusalKind, Staging,
-};
-use crate::release::{parse_version, vouch, Expected, Ledger};
+use crate::release::model::{refusal_kind, Admission, Build, Offer, Policy, Staging};
+use crate::release::{parse_version, vouch, Expected};
 
 /// Called with every event; runs in the master.
 pub(crate) type EventHook = Arc<dyn Fn(&UpgradeEvent) + Send + Sync>;
@@ -69,60 +68,6 @@ enum Checked {
     RetryAfterFault(String),
 }
 
-/// What the pipeline keeps behind its lock: the release state and a release to retry.
-pub(super) struct Books {
-    /// Shared with blocking tasks (hashing, installing); the pipeline's lock already keeps two
-    /// users apart, so this one is never contended.
-    ledger: Arc<std::sync::Mutex<Ledger>>,
-    /// A release refused for a fault of this machine (disk full, file too large), not of the
-    /// release: its fetcher is asked to offer it again, after a backoff.
-    retry: Option<String>,
-    /// The lock beside the binary: one master installs (see `install::LockSlot`).
-    lock: install::LockSlot,
-}
-
-impl Books {
-    /// The refusals remembered in memory, for the master's next image.
-    pub(super) fn handed_refusals(&self) -> Vec<HandedRefusal> {
-        let now = std::time::Instant::now();
-        let ledger = self.ledger();
-        let refusals = ledger.state.refusals.iter().map(|r| HandedRefusal {
-            key: r.key.clone(),
-            identity: r.identity.clone(),
-            binary_sha256: r.binary_sha256.clone(),
-            reason: r.reason.clone(),
-            release_fault: r.kind == RefusalKind::Release,
-            reminded_ago: now.saturating_duration_since(r.reminded),
-            expires_in: r.expires.map(|t| t.saturating_duration_since(now)),
-        });
-        refusals.collect()
-    }
-
-    /// The ledger, for decisions (no I/O while it is held).
-    pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Runs file work on the ledger off the master's runtime.
-    pub(super) async fn blocking<T: Send + 'static>(
-        &self,
-        what: &str,
-        work: impl FnOnce(&mut Ledger) -> Result<T, InstallError> + Send + 'static,
-    ) -> Result<T, InstallError> {
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut l = ledger
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut l)
-        })
-        .await
-        .map_err(|e| InstallError::io(what.to_string(), std::io::Error::other(e.to_string())))?
-    }
-}
-
 /// A release from the moment it is installed: what to remember if it fails, and what to put back.
 pub(super) struct Candidate {
     pub(super) identity: String,
@@ -157,7 +102,7 @@ pub(crate) struct Updater {
     pub(super) master: UnboundedSender<Event>,
     /// Also held by the master's re-exec, so that no release is half-done when it happens.
     pub(super) books: super::reexec::PipelineLock,
-    invoked: PathBuf,
+    pub(super) invoked: PathBuf,
     /// With a minisign key: what a release's signed metadata must say.
     expected: Option<Expected>,
     /// The master's arguments, which the test-run gets too.
@@ -165,7 +110,7 @@ pub(crate) struct Updater {
     /// Who serves now, published by the master.
     serving: tokio::sync::watch::Receiver<Option<ServingWorker>>,
     /// Refusals the master's previous image remembered, taken into the ledger when it loads.
-    handed: std::sync::Mutex<Vec<HandedRefusal>>,
+    pub(super) handed: std::sync::Mutex<Vec<HandedRefusal>>,
 }
 
 impl Updater {
@@ -312,59 +257,6 @@ impl Updater {
             return Ok(Checked::RetryAfterFault(identity));
         }
         Ok(Checked::Done)
-    }
-
-    /// Loads the persisted state and sweeps what an interrupted upgrade left, off the first
-    /// worker's critical path.
-    async fn open_books(&self) -> Result<Books, FetchError> {
-        let invoked = self.invoked.clone();
-        let version = self.cfg.version.clone();
-        let mode = self.cfg.install_mode;
-        let (ledger, lock) = tokio::task::spawn_blocking(move || {
-            let target = install::resolve_target(&invoked);
-            // The lock goes beside what an install replaces: the file, or the release link.
-            let locked = match (&target, mode) {
-                (Ok(target), InstallMode::InPlace) => target.clone(),
-                _ => invoked.clone(),
-            };
-            let lock = install::LockSlot::take(locked);
-            // Holding the lock beside a path, this master is the only one that writes temps
-            // there: whatever it finds is a dead master's, however young.
-            let ours = |path: &std::path::Path| lock.holds() && lock.guards() == path;
-            if let Ok(target) = &target {
-                install::sweep_leftovers(target, ours(target));
-            }
-            if invoked.is_symlink() {
-                install::sweep_leftovers(&invoked, ours(&invoked));
-            }
-            (Ledger::load(&invoked, version.as_deref()), lock)
-        })
-        .await
-        .map_err(|e| FetchError::Source(format!("loading the release state: {e}")))?;
-        let mut ledger = ledger;
-        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
-        let now = std::time::Instant::now();
-        ledger
-            .state
-            .refusals
-            .extend(handed.into_iter().map(|r| Refusal {
-                key: r.key,
-                identity: r.identity,
-                binary_sha256: r.binary_sha256,
-                reason: r.reason,
-                kind: if r.release_fault {
-                    RefusalKind::Release
-                } else {
-                    RefusalKind::Transient
-                },
-                reminded: now.checked_sub(r.reminded_ago).unwrap_or(now),
-                expires: r.expires_in.map(|d| now + d),
-            }));
-        Ok(Books {
-            ledger: Arc::new(std::sync::Mutex::new(ledger)),
-            retry: None,
-            lock,
-        })
     }
 
     async fn upgrade(self: &Arc<Self>, books: &mut Books, mut release: Release) {
