@@ -394,3 +394,35 @@ fn inherited_sockets_are_matched_by_address_adopted_by_name_and_the_rest_bound()
     master.signal(Signal::SIGTERM);
     assert!(master.wait_exit(STEP).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn after_the_masters_reexec_the_same_pid_goes_on_notifying_and_a_signalled_reload_is_answered() {
+    let (rig, _dir, sd, i) = rig_notified("sd-reexec");
+    let master = rig.m().pid() as i32;
+    // The restart signal, with a new binary on disk: the new image does the restart, and must
+    // send the RELOADING=1 that `Type=notify-reload` waits for, then READY=1.
+    write_build(&rig.path("app.new"), "v2", 0);
+    std::fs::rename(rig.path("app.new"), &rig.app).unwrap();
+    rig.m().signal(Signal::SIGUSR2);
+    let (j, reexec) = sd
+        .wait(i + 1, STEP, |n| n.status().contains("master re-executed"))
+        .unwrap_or_else(|| rig.fail(format!("no re-exec status: {:#?}", sd.all())));
+    assert!(
+        reexec.status().contains("base -> v2"),
+        "{:?}",
+        reexec.status()
+    );
+    assert_eq!(reexec.sender, Some(master), "another process notified");
+    sd.wait(j, STEP, |n| n.status().starts_with("serving: generation 2"))
+        .unwrap_or_else(|| rig.fail(format!("no serving status after it: {:#?}", sd.all())));
+    let all = sd.all();
+    let states: Vec<&str> = all[i + 1..]
+        .iter()
+        .filter_map(|n| ["READY", "RELOADING"].into_iter().find(|k| n.has(k)))
+        .collect();
+    assert_eq!(states, ["RELOADING", "READY"], "{all:#?}");
+    assert!(
+        all[i + 1..].iter().all(|n| n.sender == Some(master)),
+        "{all:#?}"
+    );
+}
