@@ -31,8 +31,8 @@
 //! Behaviors (file content, trimmed; a missing file means `ok`):
 //! `ok`, `exit` (exit 3 before ready), `never-ready`, `crash-after-ready MS` (abort MS ms after
 //! ready), `slow-ready MS` (sleep MS before serving). A stamp's behavior may also be
-//! `also-listen=ADDR` (this build listens on ADDR too: a release that changes the configuration)
-//! or `old-upshift` (it does not say it reads the master's handover document, as a build of an
+//! `also-listen=ADDR` (this build listens on ADDR too: a release that changes the configuration),
+//! `only-first-listen` (it listens on the first `--listen` only) or `old-upshift` (it does not say it reads the master's handover document, as a build of an
 //! older upshift would not).
 //!
 //! Routes: `/` (`fixture pid <pid> gen <generation> exe <current_exe>`), `/sleep?ms=N`, `/env`
@@ -291,7 +291,12 @@ fn main() -> ExitCode {
 
     // The stamp names this build to upshift, so that `/master` tells which build the master runs.
     let mut upgrader = upshift::Upgrader::new().build_id(build.clone());
-    for addr in &args.listen {
+    // A release that drops every listener but the first from the configuration.
+    let listens = match stamped_behavior.as_deref() {
+        Some("only-first-listen") => &args.listen[..1],
+        _ => &args.listen[..],
+    };
+    for addr in listens {
         upgrader = upgrader.listen(addr.clone());
     }
     // A release that changes the configuration: it listens on one more address.

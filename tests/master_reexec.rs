@@ -292,3 +292,32 @@ fn a_release_refused_before_the_reexec_stays_refused_after_it() {
         "the new image staged the refused release again",
     );
 }
+
+#[test]
+fn a_listener_the_release_no_longer_names_is_closed_once_its_worker_has_drained() {
+    let mut rig = Rig::new("reexec-drop-listener");
+    let (second, second_addr) = free_tcp_addr();
+    rig.start(&["--listen", &second]);
+    rig.expect(
+        get_timeout(&second_addr, "/", Duration::from_secs(5)).is_ok(),
+        "the second listener does not serve at first",
+    );
+    let traffic = rig.watch();
+    rig.publish_build("v2:only-first-listen");
+    let proven_worker = rig.wait_build("v2", VERDICT);
+    wait_master_build(&rig, "v2", REEXEC);
+    // The new image restarts the worker without the dropped listener; once the worker that
+    // held it has drained, nothing accepts there any more.
+    let replaced = wait_until(REEXEC, || {
+        rig.serving().is_some_and(|(pid, _)| pid != proven_worker) && !is_alive(proven_worker)
+    });
+    rig.expect(
+        replaced,
+        "the worker holding the dropped listener was not replaced",
+    );
+    let closed = wait_until(Duration::from_secs(10), || connect_refused(&second_addr));
+    let seen = traffic.stop();
+    rig.expect(closed, format!("{second} still accepts connections"));
+    assert_none_failed(&rig, &seen);
+    rig.wait_log("listeners removed", REEXEC);
+}
