@@ -58,7 +58,7 @@ pub(crate) trait Env {
 
     /// Starts checking the binary on disk for a re-exec; the result comes back as
     /// [`Event::ReexecPrepared`].
-    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>);
+    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>, expected: Option<String>);
 
     /// Becomes `image`, handing `doc` over. Returns only if that failed.
     fn exec(&mut self, image: &Image, doc: &Handover) -> std::io::Error;
@@ -211,8 +211,8 @@ impl Env for Processes {
         stream.as_raw_fd()
     }
 
-    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>) {
-        self.preparer.start(events.clone());
+    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>, expected: Option<String>) {
+        self.preparer.start(events.clone(), expected);
     }
 
     fn exec(&mut self, image: &Image, doc: &Handover) -> std::io::Error {

@@ -38,8 +38,10 @@ pub(super) enum Call {
         generation: u64,
         sig: Signal,
     },
-    /// The binary on disk is to be checked for the master's re-exec.
-    PrepareReexec,
+    /// The binary on disk is to be checked for the master's re-exec (and must have this sha256).
+    PrepareReexec {
+        expected: Option<String>,
+    },
 }
 
 #[derive(Default)]
@@ -125,9 +127,9 @@ impl Env for FakeEnv {
         100 + generation_of(*control) as RawFd
     }
 
-    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>) {
+    fn prepare_reexec(&mut self, events: &UnboundedSender<Event>, expected: Option<String>) {
         let mut world = self.world();
-        world.calls.push(Call::PrepareReexec);
+        world.calls.push(Call::PrepareReexec { expected });
         if !world.hold_reexec_checks {
             let _ = events.send(Event::ReexecPrepared(Prepared::SameImage));
         }
@@ -259,8 +261,18 @@ impl Harness {
         let calls = self.calls();
         calls
             .iter()
-            .filter(|c| matches!(c, Call::PrepareReexec))
+            .filter(|c| matches!(c, Call::PrepareReexec { .. }))
             .count()
+    }
+
+    /// The sha256 each check of the binary on disk required.
+    pub(super) fn reexec_expectations(&self) -> Vec<Option<String>> {
+        let calls = self.calls();
+        let checks = calls.iter().filter_map(|c| match c {
+            Call::PrepareReexec { expected } => Some(expected.clone()),
+            _ => None,
+        });
+        checks.collect()
     }
 
     pub(super) fn calls(&self) -> Vec<Call> {

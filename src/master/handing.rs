@@ -18,10 +18,15 @@ use super::{Master, Worker};
 
 impl<E: Env> Master<E> {
     /// Asks for a re-exec; a second wish joins the first (a restart asked for is never lost).
-    pub(super) fn want_reexec(&mut self, wanted: Wanted) {
+    pub(super) fn want_reexec(&mut self, mut wanted: Wanted) {
         if self.stopping.is_some() {
             tracing::info!(reason = %wanted.reason, "not re-executing the master: it is stopping");
             return;
+        }
+        if wanted.restart && self.reexec.awaiting_clear {
+            // A new image is known to be waiting for the exec: the restart does not wait too.
+            self.request_restart(&wanted.reason, None);
+            wanted.restart = false;
         }
         match &mut self.reexec.wanted {
             Some(already) => {
@@ -29,6 +34,11 @@ impl<E: Env> Master<E> {
                 if wanted.restart {
                     already.reason = wanted.reason;
                 }
+                // The operator's signal means "the binary on disk", whatever proved itself.
+                already.expected = match (already.expected.take(), wanted.expected) {
+                    (Some(_), Some(newer)) => Some(newer),
+                    _ => None,
+                };
             }
             None => self.reexec.wanted = Some(wanted),
         }
@@ -73,7 +83,8 @@ impl<E: Env> Master<E> {
         }
         self.reexec.awaiting_clear = false;
         self.reexec.preparing = true;
-        self.env.prepare_reexec(&self.events);
+        let expected = self.reexec.wanted.as_ref().and_then(|w| w.expected.clone());
+        self.env.prepare_reexec(&self.events, expected);
     }
 
     pub(super) fn on_prepared(&mut self, prepared: Prepared) {

@@ -307,6 +307,7 @@ impl<E: Env> Master<E> {
                     self.want_reexec(reexec::Wanted {
                         reason,
                         restart: true,
+                        expected: None,
                     });
                 } else {
                     self.request_restart(&reason, None)

@@ -43,6 +43,7 @@ impl Updater {
                     let wanted = super::reexec::Wanted {
                         reason,
                         restart: false,
+                        expected: Some(candidate.build.sha256.clone()),
                     };
                     let _ = self.master.send(Event::Reexec(wanted));
                 }

@@ -36,6 +36,9 @@ pub(crate) struct Wanted {
     pub(crate) reason: String,
     /// The restart signal asked for new workers too: the new image starts them.
     pub(crate) restart: bool,
+    /// The sha256 the binary on disk must have (the release that proved itself); `None`: the
+    /// operator's binary, whatever it is (the restart signal).
+    pub(crate) expected: Option<String>,
 }
 
 /// The binary to become, open and checked.
@@ -122,16 +125,17 @@ pub(super) struct Preparer {
 
 impl Preparer {
     /// Runs [`prepare`] on the master's runtime and reports with [`Event::ReexecPrepared`].
-    pub(crate) fn start(&self, events: UnboundedSender<Event>) {
+    pub(crate) fn start(&self, events: UnboundedSender<Event>, expected: Option<String>) {
         let me = self.clone();
         tokio::spawn(async move {
-            let prepared = me.prepare().await;
+            let prepared = me.prepare(expected.as_deref()).await;
             let _ = events.send(Event::ReexecPrepared(prepared));
         });
     }
 
-    /// Waits for the pipeline to be idle, then opens and checks the binary on disk.
-    pub(crate) async fn prepare(&self) -> Prepared {
+    /// Waits for the pipeline to be idle, then opens and checks the binary on disk (which must
+    /// be `expected`, when given).
+    pub(crate) async fn prepare(&self, expected: Option<&str>) -> Prepared {
         let quiet = match &self.pipeline {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
@@ -144,6 +148,12 @@ impl Preparer {
             Ok(Err(e)) => return Prepared::Refused(e),
             Err(e) => return Prepared::Refused(format!("checking the binary on disk: {e}")),
         };
+        if let Some(expected) = expected.filter(|e| *e != sha256) {
+            // Something replaced the release after it proved itself: not what was vouched for.
+            return Prepared::Refused(format!(
+                "the binary on disk (sha256 {sha256}) is not the release that proved itself                  (sha256 {expected})"
+            ));
+        }
         // The file just hashed, by its descriptor: a rename over the path since cannot swap it.
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let tested = crate::install::test_run(
@@ -305,4 +315,57 @@ pub(crate) fn unblock_signals() {
 pub(crate) fn this_thread() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preparer(invoked: PathBuf) -> Preparer {
+        Preparer {
+            invoked,
+            args: Vec::new(),
+            test_run_timeout: Duration::from_secs(10),
+            pipeline: None,
+            own: Arc::new(std::sync::Mutex::new(OwnImage::read().unwrap())),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_masters_own_image_is_nothing_to_become() {
+        let own = std::env::current_exe().unwrap();
+        assert!(matches!(
+            preparer(own).prepare(None).await,
+            Prepared::SameImage
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_binary_other_than_the_release_that_proved_itself_is_refused_unrun() {
+        let dir = crate::install::tests::TempDir::new("reexec-expected");
+        let other = dir.exe("app", b"#!/bin/sh\nexit 0\n");
+        let sha = crate::install::file_sha256(&other).unwrap();
+        match preparer(other.clone()).prepare(Some(&"0".repeat(64))).await {
+            Prepared::Refused(why) => {
+                assert!(why.contains("not the release that proved itself"), "{why}");
+                assert!(why.contains(&sha), "{why}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The right one gets as far as its test run, which this script cannot answer.
+        match preparer(other).prepare(Some(&sha)).await {
+            Prepared::Refused(why) => assert!(why.contains("test run"), "{why}"),
+            other => panic!("expected the test run to refuse it, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_refused_with_its_path() {
+        let dir = crate::install::tests::TempDir::new("reexec-missing");
+        let gone = dir.path().join("app");
+        match preparer(gone).prepare(None).await {
+            Prepared::Refused(why) => assert!(why.contains("opening"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
 }

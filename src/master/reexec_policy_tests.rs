@@ -24,6 +24,7 @@ fn proven(reason: &str) -> Event {
     Event::Reexec(Wanted {
         reason: reason.into(),
         restart: false,
+        expected: Some("ab".repeat(32)),
     })
 }
 
@@ -164,6 +165,30 @@ async fn a_restart_signal_during_a_pending_reexec_is_not_lost() {
     h.send(Event::ReexecPrepared(ready_image())).await;
     let doc = &h.execs()[0];
     assert_eq!(doc.restart.as_deref(), Some("SIGUSR2 received"));
+    assert_eq!(h.reexec_expectations(), vec![Some("ab".repeat(32))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_restart_signal_joining_a_proven_release_takes_whatever_binary_is_on_disk() {
+    let h = Harness::serving(config()).await;
+    h.hold_reexec_checks();
+    let _outcomes = h.restart().await;
+    h.send(proven("release v2 proved itself")).await;
+    h.send(Event::ReexecPrepared(ready_image())).await;
+    assert!(h.execs().is_empty(), "worker 2 is starting");
+    h.signal(Signal::SIGUSR2, Action::Restart).await;
+    h.ready(2).await;
+    assert_eq!(
+        h.spawned(),
+        vec![1, 2, 3],
+        "the signal's restart did not wait"
+    );
+    h.ready(3).await;
+    assert_eq!(
+        h.reexec_expectations(),
+        vec![Some("ab".repeat(32)), None],
+        "after the operator's signal, the binary on disk is what the master becomes"
+    );
 }
 
 #[tokio::test(start_paused = true)]
