@@ -61,6 +61,8 @@ impl Master<Processes> {
             cfg.build_id.clone(),
         )?;
         let env = Processes::new(launch)?;
+        (env.preparer.own.lock().unwrap_or_else(|p| p.into_inner()))
+            .set_known_sha256(doc.image_sha256.clone());
         let listeners = crate::systemd::activation::after_reexec(
             &cfg.addrs,
             doc.listeners.clone(),
@@ -169,10 +171,13 @@ impl<E: Env> Master<E> {
     /// now, closes retired listeners and starts a new worker if one is needed.
     pub(super) fn carry_on(&mut self, adopted: Adopted) {
         let label = self.build_label();
-        let env = &mut self.env;
-        for w in self.serving.iter_mut().chain(self.draining.iter_mut()) {
-            // A worker that misses it still serves; only its `State::master_build` is stale.
-            let _ = env.tell(&mut w.control, ToWorker::MasterBuild(label.clone()));
+        // Workers know a master by its `build_id` only (`State::master_build`).
+        if let Some(id) = self.reexec.build.clone() {
+            let env = &mut self.env;
+            for w in self.serving.iter_mut().chain(self.draining.iter_mut()) {
+                // A worker that misses it still serves; only its `State::master_build` is stale.
+                let _ = env.tell(&mut w.control, ToWorker::MasterBuild(id.clone()));
+            }
         }
         for socket in adopted.retired {
             tracing::info!(listener = %socket.name, "listener no longer configured: closed (workers that hold it keep it until they drain)");

@@ -65,6 +65,9 @@ pub(crate) trait Env {
 
     /// Whether the serving worker `pid` runs the master's own image.
     fn runs_own_image(&self, pid: Pid) -> bool;
+
+    /// The sha256 of the master's own image, if it is known without reading it.
+    fn own_sha256(&self) -> Option<String>;
 }
 
 /// Where one worker's messages go: readiness to the master's event loop, a check request to the
@@ -227,5 +230,10 @@ impl Env for Processes {
     fn runs_own_image(&self, pid: Pid) -> bool {
         let own = self.preparer.own.lock().unwrap_or_else(|p| p.into_inner());
         own.runs_in(pid.as_raw())
+    }
+
+    fn own_sha256(&self) -> Option<String> {
+        let own = self.preparer.own.lock().unwrap_or_else(|p| p.into_inner());
+        own.known_sha256()
     }
 }

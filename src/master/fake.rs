@@ -143,6 +143,10 @@ impl Env for FakeEnv {
     fn runs_own_image(&self, pid: Pid) -> bool {
         !self.world().other_image.contains(&pid)
     }
+
+    fn own_sha256(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The timeouts are distinct from each other, so that a test cannot pass on the wrong one.

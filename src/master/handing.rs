@@ -120,6 +120,7 @@ impl<E: Env> Master<E> {
         }
         let mut doc = self.handover(&wanted);
         doc.refusals = image.refusals();
+        doc.image_sha256 = Some(image.sha256.clone());
         tracing::info!(
             reason = %wanted.reason,
             from = %doc.build,
@@ -160,6 +161,7 @@ impl<E: Env> Master<E> {
         let draining = self.draining.iter().map(|w| worker(w, Role::Draining));
         Handover {
             build: self.build_label(),
+            image_sha256: None,
             next_generation: self.next_generation,
             crash_streak: self.crash_streak,
             restart: wanted.restart.then(|| wanted.reason.clone()),
@@ -190,11 +192,15 @@ impl<E: Env> Master<E> {
         }
     }
 
-    /// This master's build as workers and events name it.
+    /// This master's build as events name it: its `build_id`, else the start of its sha256 when
+    /// known (hashed when it compared itself with the binary on disk, or handed over).
     pub(super) fn build_label(&self) -> String {
-        self.reexec
-            .build
-            .clone()
-            .unwrap_or_else(|| "unnamed build".into())
+        if let Some(id) = &self.reexec.build {
+            return id.clone();
+        }
+        match self.env.own_sha256() {
+            Some(sha) => format!("sha256:{}", sha.get(..12).unwrap_or(&sha)),
+            None => "a build without build_id".into(),
+        }
     }
 }

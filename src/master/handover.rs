@@ -12,6 +12,7 @@
 //! ```text
 //! upshift-handover 1
 //! build v1.4.2
+//! image_sha256 9f86…
 //! next_generation 7
 //! crash_streak 0
 //! restart SIGUSR2 received
@@ -49,6 +50,9 @@ const MAX_BYTES: u64 = 256 * 1024;
 pub(crate) struct Handover {
     /// The old master's build label (its `build_id`, else a short sha256), for the event.
     pub(crate) build: String,
+    /// The sha256 of the image being executed, as the old master hashed the very descriptor it
+    /// executes: the new image's identity without hashing itself again.
+    pub(crate) image_sha256: Option<String>,
     pub(crate) next_generation: u64,
     pub(crate) crash_streak: u32,
     /// A restart was asked for and is carried out by the new image (why, for its log line).
@@ -145,6 +149,9 @@ impl Handover {
             let _ = writeln!(out, "{key} {value}");
         };
         line("build", &one_line(&self.build));
+        if let Some(sha) = &self.image_sha256 {
+            line("image_sha256", &one_line(sha));
+        }
         line("next_generation", &self.next_generation);
         line("crash_streak", &self.crash_streak);
         if let Some(reason) = &self.restart {
@@ -228,6 +235,7 @@ impl Handover {
             let (key, value) = raw.split_once(' ').unwrap_or((raw, ""));
             match key {
                 "build" => doc.build = value.to_string(),
+                "image_sha256" => doc.image_sha256 = Some(value.to_string()),
                 "next_generation" => {
                     doc.next_generation = number(value).ok_or_else(|| corrupt("not a number"))?;
                     seen_generation = true;

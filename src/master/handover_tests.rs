@@ -7,6 +7,7 @@ use super::*;
 fn sample() -> Handover {
     Handover {
         build: "v1.4.2".into(),
+        image_sha256: Some("cd".repeat(32)),
         next_generation: 7,
         crash_streak: 2,
         restart: Some("SIGUSR2 received".into()),
@@ -220,6 +221,7 @@ proptest! {
     #[test]
     fn any_document_reads_back_as_written(
         build in "[ -~]{0,40}",
+        image_sha256 in proptest::option::of("[0-9a-f]{64}"),
         next_generation in any::<u64>(),
         crash_streak in any::<u32>(),
         restart in proptest::option::of("[ -~]{0,40}"),
@@ -231,7 +233,7 @@ proptest! {
         refusals in proptest::collection::vec(any_refusal(), 0..4),
     ) {
         let doc = Handover {
-            build, next_generation, crash_streak, restart, notify, notify_ready, notify_signalled,
+            build, image_sha256, next_generation, crash_streak, restart, notify, notify_ready, notify_signalled,
             listeners, workers, refusals,
         };
         prop_assert_eq!(Handover::decode(&doc.encode()).unwrap(), doc);

@@ -96,6 +96,18 @@ impl OwnImage {
         })
     }
 
+    /// Its sha256 if already known.
+    pub(crate) fn known_sha256(&self) -> Option<String> {
+        self.sha256.clone()
+    }
+
+    /// Takes the sha256 the previous image hashed this very file to (see `handover`).
+    pub(crate) fn set_known_sha256(&mut self, sha256: Option<String>) {
+        if sha256.is_some() {
+            self.sha256 = sha256;
+        }
+    }
+
     /// Its sha256, hashed once.
     fn sha256(&mut self, hasher: &mut Hasher) -> io::Result<String> {
         if let Some(sha) = &self.sha256 {
