@@ -16,7 +16,7 @@
 //! S3 fetchers (`--interval`) is shown apart from what follows it.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Scenario;
@@ -29,7 +29,7 @@ use crate::origins::Origin;
 use crate::phases::{self, Trigger};
 use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{self, ms};
-use crate::{machine, procs, wrk};
+use crate::{machine, procs, release, wrk};
 
 pub static SPEC: Scenario = Scenario {
     name: "upgrade-latency",
@@ -182,7 +182,7 @@ struct Ctx {
     interval: Duration,
     probe: Duration,
     load: Option<wrk::Config>,
-    images: [Vec<u8>; 2],
+    images: Vec<Vec<u8>>,
     ids: [String; 2],
 }
 
@@ -221,7 +221,7 @@ fn run(opts: &Opts) -> Result<Report, String> {
         interval: opts.secs("--interval")?,
         probe: Duration::from_millis(opts.count("--probe-ms")?),
         load,
-        images: [read(&builds[0])?, read(&builds[1])?],
+        images: vec![read(&builds[0])?, read(&builds[1])?],
         ids,
     };
     let mut series = Vec::new();
@@ -234,19 +234,9 @@ fn run(opts: &Opts) -> Result<Report, String> {
     Ok(render(opts, &ctx, runs, &sources, &size, &series))
 }
 
-/// Release `k`: build `k % 2` with a trailer naming `k` (bytes after an ELF file's last segment
-/// are never loaded), so that each release is a binary the master has not seen.
-fn release(ctx: &Ctx, k: u64) -> Vec<u8> {
-    let mut bytes = ctx.images[(k % 2) as usize].clone();
-    bytes.extend_from_slice(format!("\nupshift-bench release {k}\n").as_bytes());
-    bytes
-}
-
-fn write_exe(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))
+/// Release `k` of the series (see [`release::numbered`]).
+fn release_bytes(ctx: &Ctx, k: u64) -> Vec<u8> {
+    release::numbered(&ctx.images, k)
 }
 
 fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Series, String> {
@@ -256,7 +246,7 @@ fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Seri
     let app = dir.join("app");
     let next = dir.join("next");
     let staged = dir.join("release.tmp");
-    write_exe(&app, &release(ctx, 0))?;
+    release::write_exe(&app, &release_bytes(ctx, 0))?;
     // Kept alive (and stopped by pid when dropped) for the series.
     let origin = match source {
         Source::Http => Some(Origin::http(&dir.join("nginx"), &app)?),
@@ -289,13 +279,13 @@ fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Seri
     let t0 = Instant::now();
     let mut upgrades = Vec::new();
     for k in 1..=ctx.upgrades {
-        let bytes = release(ctx, k);
+        let bytes = release_bytes(ctx, k);
         let build = ctx.ids[(k % 2) as usize].clone();
         // Prepared before the slot: the slot is only the publish itself.
         let prepared = match &origin {
             Some(o) => Some(o.prepare(bytes, &dir.join(format!("release-{k:02}")))?),
             None => {
-                write_exe(&staged, &bytes)?;
+                release::write_exe(&staged, &bytes)?;
                 None
             }
         };
