@@ -33,6 +33,7 @@ use crate::firstanswer::FirstAnswers;
 use crate::hello::{log_lines, log_problems, Server};
 use crate::logtime::{self, Line};
 use crate::opts::{OptSpec, Opts};
+use crate::phases::{REEXECUTING, TOOK_OVER};
 use crate::procfs::{self, Vitals};
 use crate::report::Report;
 use crate::wrk::Load;
@@ -106,9 +107,6 @@ const REEXEC_LIMIT: Duration = Duration::from_secs(15);
 /// after it has told the workers, so a reading in the first few milliseconds would catch it half
 /// set up (four descriptors short, in the first smoke run).
 const SETTLE: Duration = Duration::from_millis(250);
-/// The old image's line just before `fexecve`, and the new image's once it has adopted.
-pub(super) const EXECUTING: &str = "master re-executing in place";
-pub(super) const TOOK_OVER: &str = "re-executed in place: took over the workers and listeners";
 /// The `UpgradeEvent::MasterReexecuted` line: `event=master re-executed in place: <from> -> <to>`.
 const EVENT: &str = "event=master re-executed in place: ";
 
@@ -177,7 +175,7 @@ pub(super) const PHASES: [(&str, &str); 5] = [
     ),
     ("passed probation", "→ `passed probation` (`--probation`)"),
     (
-        EXECUTING,
+        REEXECUTING,
         "→ `master re-executing in place` (pipeline idle; the binary opened, hashed, test-run)",
     ),
     (
@@ -407,7 +405,7 @@ fn one_cell(run: u64, load: Load, mode: Mode, ctx: &Ctx, tmp: &TempDir) -> Resul
         readings,
         upgrades,
         within_load,
-        reexecs_logged: log_lines(&server.log, EXECUTING).len(),
+        reexecs_logged: log_lines(&server.log, REEXECUTING).len(),
         master_alive_end,
         master_exit,
         load1: (load_before, load_after),

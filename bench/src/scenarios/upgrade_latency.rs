@@ -2,7 +2,9 @@
 //!
 //! One fresh `hello` server per source and run, then `--upgrades` upgrades in a row, one every
 //! `--every` seconds (a publish also waits until the previous upgrade answers):
-//! - sigusr2: the release is renamed over the binary, then SIGUSR2; timed from the signal;
+//! - sigusr2: the release is renamed over the binary, then SIGUSR2; timed from the signal. The
+//!   binary on disk is then not the master's own image, so the master re-executes into it first
+//!   (issue 15) and its new image starts the worker: the phases show the re-exec apart;
 //! - file: `--watch next`, the release renamed onto `next`; timed from the rename;
 //! - http: `--url`, nginx serving a directory; `app.sha256` then `app` renamed into it; timed from
 //!   the second rename;
@@ -399,7 +401,8 @@ fn render(
          {} upgrades in a row, one every {} s (and each after the previous one answered). \
          Releases alternate between builds u0 and u1, each with a distinct trailer, so every \
          release is new to the master. **sigusr2**: release renamed over the binary, then \
-         SIGUSR2; timed from the signal. **file**: `--watch next`, release renamed onto `next`; \
+         SIGUSR2; timed from the signal; the master re-executes into the new binary first \
+         (issue 15), and its new image starts the worker. **file**: `--watch next`, release renamed onto `next`; \
          timed from the rename. **http**: `--url` on nginx serving a directory, `app.sha256` \
          then `app` renamed into it; timed from the second rename. **s3**: `--s3` on s3s-fs, one \
          signed PUT with `x-amz-meta-sha256`; timed from the PUT's answer. HTTP and S3 poll \
@@ -565,7 +568,8 @@ fn render(
                 Status::met_if(med(src).is_some_and(|v| v < 150.0) && all_reached),
             ),
             Source::Sigusr2 => r.verdict(
-                "SIGUSR2 → first response from the new build (issue 5: compared with the anchors)",
+                "SIGUSR2 → first response from the new build, through the master's re-exec \
+                 (issues 5, 15: compared with the anchors)",
                 measured,
                 Status::NoTarget,
             ),
@@ -581,7 +585,7 @@ fn render(
         }
         lines.push(match src {
             Source::Sigusr2 => format!(
-                "- sigusr2: signal → new build median {m} (tableflip 18 ms, grace 17 ms); every upgrade reached traffic: {}.",
+                "- sigusr2: signal → new build median {m}, the master's re-exec included (tableflip 18 ms, grace 17 ms, which replace the whole process too); every upgrade reached traffic: {}.",
                 yes(all_reached)
             ),
             Source::File => format!(
