@@ -11,6 +11,10 @@ use crate::logtime::{self, Line};
 pub const CHECKING: &str = "event=checking";
 /// The updater's line once a check has found a release it has not installed.
 pub const FOUND: &str = "new release found";
+/// The master's re-exec in place (issue 15): the old image's line just before `fexecve`, and the
+/// new image's once it has adopted the listeners and the workers.
+pub const REEXECUTING: &str = "master re-executing in place";
+pub const TOOK_OVER: &str = "re-executed in place: took over the workers and listeners";
 
 /// What starts an upgrade.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,8 +36,21 @@ const PIPELINE: [(&str, &str); 4] = [
     ("worker starting", "→ `worker starting` (install, spawn)"),
     ("worker ready", "→ `worker ready` (new worker's startup)"),
 ];
-const SIGNAL: [(&str, &str); 2] = [
-    ("worker starting", "signal → `worker starting` (fork+exec)"),
+// A restart signal with a new binary on disk re-executes the master first (issue 15): the new
+// image starts the worker. With the same binary there is no re-exec, and these phases are `–`.
+const SIGNAL: [(&str, &str); 4] = [
+    (
+        REEXECUTING,
+        "signal → `master re-executing in place` (the binary on disk hashed and test-run)",
+    ),
+    (
+        TOOK_OVER,
+        "→ `re-executed in place: took over` (the master's exec and adoption)",
+    ),
+    (
+        "worker starting",
+        "→ `worker starting` (the new image starts the worker: fork+exec)",
+    ),
     ("worker ready", "→ `worker ready` (new worker's startup)"),
 ];
 const WATCHED: [(&str, &str); 5] = [

@@ -135,6 +135,47 @@ pub fn rollup(pid: u32) -> Option<Rollup> {
     })
 }
 
+/// The figures that must not grow in a long-lived process: descriptors, memory (VmRSS and the
+/// smaps rollup), threads and children, read together.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Vitals {
+    pub fds: usize,
+    /// VmRSS, KiB.
+    pub rss: u64,
+    pub rollup: Rollup,
+    pub threads: u64,
+    pub children: usize,
+}
+
+pub fn vitals(pid: u32) -> Option<Vitals> {
+    Some(Vitals {
+        fds: fd_count(pid)?,
+        rss: rss_kib(pid)?,
+        rollup: rollup(pid)?,
+        threads: threads(pid)?,
+        children: children(pid)?.len(),
+    })
+}
+
+/// Hex sha256 of the file the process runs: /proc/<pid>/exe opens that very file, even when the
+/// path it was started from has been replaced since.
+pub fn exe_sha256(pid: u32) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(hex::encode(h.finalize()))
+}
+
 /// One kind of mapping in a memory breakdown, in KiB.
 #[derive(Clone, Debug, Default)]
 pub struct Share {
@@ -226,6 +267,29 @@ pub fn slope(xs: &[f64], ys: &[f64]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
+/// The standard error of [`slope`], from the residuals around the fitted line: how far the
+/// slope of a noisy series could be from the true one. `None` for fewer than three points.
+pub fn slope_stderr(xs: &[f64], ys: &[f64]) -> Option<f64> {
+    let n = xs.len().min(ys.len());
+    if n < 3 {
+        return None;
+    }
+    let b = slope(xs, ys)?;
+    let nf = n as f64;
+    let mx = xs[..n].iter().sum::<f64>() / nf;
+    let my = ys[..n].iter().sum::<f64>() / nf;
+    let sxx: f64 = xs[..n].iter().map(|x| (x - mx) * (x - mx)).sum();
+    let rss: f64 = xs[..n]
+        .iter()
+        .zip(&ys[..n])
+        .map(|(x, y)| {
+            let r = y - (my + b * (x - mx));
+            r * r
+        })
+        .sum();
+    Some((rss / (nf - 2.0) / sxx).sqrt())
+}
+
 /// `7.3 MiB` from KiB.
 pub fn mib(kib: u64) -> String {
     format!("{:.2} MiB", kib as f64 / 1024.0)
@@ -242,6 +306,14 @@ mod tests {
         assert!(threads(me).unwrap() >= 1);
         assert!(fd_count(me).unwrap() >= 3);
         assert!(cpu_secs(me).is_some());
+        let v = vitals(me).unwrap();
+        assert!(v.fds >= 3 && v.rss > 0 && v.threads >= 1);
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            exe_sha256(me).unwrap(),
+            hex::encode(sha2::Sha256::digest(&exe))
+        );
         let r = rollup(me).unwrap();
         assert!(r.rss >= r.anon);
         let exe = std::env::current_exe().unwrap();
@@ -253,5 +325,10 @@ mod tests {
     fn slopes() {
         assert_eq!(slope(&[0.0, 1.0, 2.0], &[1.0, 3.0, 5.0]), Some(2.0));
         assert_eq!(slope(&[1.0], &[1.0]), None);
+        assert_eq!(slope_stderr(&[0.0, 1.0, 2.0], &[1.0, 3.0, 5.0]), Some(0.0));
+        // Residuals +1, −2, +1 around a flat line: s² = 6 / 1, Sxx = 2.
+        let se = slope_stderr(&[0.0, 1.0, 2.0], &[1.0, -2.0, 1.0]).unwrap();
+        assert!((se - 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(slope_stderr(&[0.0, 1.0], &[0.0, 1.0]), None);
     }
 }

@@ -95,6 +95,28 @@ pub fn stamped_fixture(fixture: &Path, dest: &Path, stamp: &str) -> Result<(), S
     )
 }
 
+/// Release `k` of a series that alternates between `images` (builds with distinct `BUILD_ID`s):
+/// `images[k % len]` with a trailer naming `k`. Bytes after an ELF file's last segment are never
+/// loaded, so it runs as that build, yet every release is a binary the master has not seen (the
+/// File fetcher and the master's re-exec compare by sha256), and consecutive releases answer
+/// with different BUILD_IDs.
+pub fn numbered(images: &[Vec<u8>], k: u64) -> Vec<u8> {
+    let Some(image) = images.get((k % images.len().max(1) as u64) as usize) else {
+        return Vec::new();
+    };
+    let mut bytes = image.clone();
+    bytes.extend_from_slice(format!("\nupshift-bench release {k}\n").as_bytes());
+    bytes
+}
+
+/// Writes `bytes` to `path` as an executable (mode 0755).
+pub fn write_exe(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
 /// Publishes `src` at `dest` as a deploy does: copy to `<dest>.tmp`, then rename over `dest`.
 pub fn publish_by_rename(src: &Path, dest: &Path) -> Result<Instant, String> {
     let tmp = dest.with_file_name(format!(

@@ -12,6 +12,7 @@ mod bombs;
 mod faults;
 mod file_upgrades;
 mod footprint;
+mod master_reexec;
 mod overhead;
 mod restarts;
 mod soak;
@@ -39,6 +40,7 @@ pub static ALL: &[&Scenario] = &[
     &overhead::SPEC,
     &startup::SPEC,
     &upgrade_latency::SPEC,
+    &master_reexec::SPEC,
     &bombs::SPEC,
 ];
 

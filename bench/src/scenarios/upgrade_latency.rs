@@ -2,7 +2,9 @@
 //!
 //! One fresh `hello` server per source and run, then `--upgrades` upgrades in a row, one every
 //! `--every` seconds (a publish also waits until the previous upgrade answers):
-//! - sigusr2: the release is renamed over the binary, then SIGUSR2; timed from the signal;
+//! - sigusr2: the release is renamed over the binary, then SIGUSR2; timed from the signal. The
+//!   binary on disk is then not the master's own image, so the master re-executes into it first
+//!   (issue 15) and its new image starts the worker: the phases show the re-exec apart;
 //! - file: `--watch next`, the release renamed onto `next`; timed from the rename;
 //! - http: `--url`, nginx serving a directory; `app.sha256` then `app` renamed into it; timed from
 //!   the second rename;
@@ -16,7 +18,7 @@
 //! S3 fetchers (`--interval`) is shown apart from what follows it.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Scenario;
@@ -29,7 +31,7 @@ use crate::origins::Origin;
 use crate::phases::{self, Trigger};
 use crate::report::{yes, Report, Status, Table, OTHERS_NOTE};
 use crate::stats::{self, ms};
-use crate::{machine, procs, wrk};
+use crate::{machine, procs, release, wrk};
 
 pub static SPEC: Scenario = Scenario {
     name: "upgrade-latency",
@@ -182,7 +184,7 @@ struct Ctx {
     interval: Duration,
     probe: Duration,
     load: Option<wrk::Config>,
-    images: [Vec<u8>; 2],
+    images: Vec<Vec<u8>>,
     ids: [String; 2],
 }
 
@@ -221,7 +223,7 @@ fn run(opts: &Opts) -> Result<Report, String> {
         interval: opts.secs("--interval")?,
         probe: Duration::from_millis(opts.count("--probe-ms")?),
         load,
-        images: [read(&builds[0])?, read(&builds[1])?],
+        images: vec![read(&builds[0])?, read(&builds[1])?],
         ids,
     };
     let mut series = Vec::new();
@@ -234,19 +236,9 @@ fn run(opts: &Opts) -> Result<Report, String> {
     Ok(render(opts, &ctx, runs, &sources, &size, &series))
 }
 
-/// Release `k`: build `k % 2` with a trailer naming `k` (bytes after an ELF file's last segment
-/// are never loaded), so that each release is a binary the master has not seen.
-fn release(ctx: &Ctx, k: u64) -> Vec<u8> {
-    let mut bytes = ctx.images[(k % 2) as usize].clone();
-    bytes.extend_from_slice(format!("\nupshift-bench release {k}\n").as_bytes());
-    bytes
-}
-
-fn write_exe(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))
+/// Release `k` of the series (see [`release::numbered`]).
+fn release_bytes(ctx: &Ctx, k: u64) -> Vec<u8> {
+    release::numbered(&ctx.images, k)
 }
 
 fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Series, String> {
@@ -256,7 +248,7 @@ fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Seri
     let app = dir.join("app");
     let next = dir.join("next");
     let staged = dir.join("release.tmp");
-    write_exe(&app, &release(ctx, 0))?;
+    release::write_exe(&app, &release_bytes(ctx, 0))?;
     // Kept alive (and stopped by pid when dropped) for the series.
     let origin = match source {
         Source::Http => Some(Origin::http(&dir.join("nginx"), &app)?),
@@ -289,13 +281,13 @@ fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Seri
     let t0 = Instant::now();
     let mut upgrades = Vec::new();
     for k in 1..=ctx.upgrades {
-        let bytes = release(ctx, k);
+        let bytes = release_bytes(ctx, k);
         let build = ctx.ids[(k % 2) as usize].clone();
         // Prepared before the slot: the slot is only the publish itself.
         let prepared = match &origin {
             Some(o) => Some(o.prepare(bytes, &dir.join(format!("release-{k:02}")))?),
             None => {
-                write_exe(&staged, &bytes)?;
+                release::write_exe(&staged, &bytes)?;
                 None
             }
         };
@@ -409,7 +401,8 @@ fn render(
          {} upgrades in a row, one every {} s (and each after the previous one answered). \
          Releases alternate between builds u0 and u1, each with a distinct trailer, so every \
          release is new to the master. **sigusr2**: release renamed over the binary, then \
-         SIGUSR2; timed from the signal. **file**: `--watch next`, release renamed onto `next`; \
+         SIGUSR2; timed from the signal; the master re-executes into the new binary first \
+         (issue 15), and its new image starts the worker. **file**: `--watch next`, release renamed onto `next`; \
          timed from the rename. **http**: `--url` on nginx serving a directory, `app.sha256` \
          then `app` renamed into it; timed from the second rename. **s3**: `--s3` on s3s-fs, one \
          signed PUT with `x-amz-meta-sha256`; timed from the PUT's answer. HTTP and S3 poll \
@@ -575,7 +568,8 @@ fn render(
                 Status::met_if(med(src).is_some_and(|v| v < 150.0) && all_reached),
             ),
             Source::Sigusr2 => r.verdict(
-                "SIGUSR2 → first response from the new build (issue 5: compared with the anchors)",
+                "SIGUSR2 → first response from the new build, through the master's re-exec \
+                 (issues 5, 15: compared with the anchors)",
                 measured,
                 Status::NoTarget,
             ),
@@ -591,7 +585,7 @@ fn render(
         }
         lines.push(match src {
             Source::Sigusr2 => format!(
-                "- sigusr2: signal → new build median {m} (tableflip 18 ms, grace 17 ms); every upgrade reached traffic: {}.",
+                "- sigusr2: signal → new build median {m}, the master's re-exec included (tableflip 18 ms, grace 17 ms, which replace the whole process too); every upgrade reached traffic: {}.",
                 yes(all_reached)
             ),
             Source::File => format!(

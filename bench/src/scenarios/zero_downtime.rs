@@ -4,8 +4,12 @@
 //! connection per request) — four cells, each a fresh server under `wrk -t2 -c100 -d20s`:
 //! - control: `hello` build b00, no upgrades;
 //! - SIGUSR2: every `--every` s the next build is renamed over the binary and the master gets
-//!   SIGUSR2 (a deploy that replaces the file and signals);
+//!   SIGUSR2 (a deploy that replaces the file and signals); the binary on disk is then not the
+//!   master's own, so the master re-executes into it (issue 15) and its new image starts the
+//!   worker;
 //! - File fetcher: `hello --watch next`, every `--every` s the next build is renamed onto `next`;
+//!   each is replaced within its probation (hello's default, 10 s), so the master does not
+//!   re-execute in this cell (`master-reexec` has that under load);
 //! - naive kill+start: `plain_hello` (the same router without upshift) is killed (SIGTERM, no
 //!   handler, so at once) and started again on the same port every `--every` s.
 //!
@@ -343,8 +347,11 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
          connections, and the same with `-H 'Connection: close'` (a new connection per request). \
          Each cell is a fresh server. **control**: the `hello` example (release build, {size}), \
          no upgrades. **SIGUSR2**: every {every} s from {half} s on, the next build (b01, b02, …) \
-         is renamed over the binary and the master gets SIGUSR2. **File fetcher**: `hello --watch \
-         <dir>/next`, the next build renamed onto `next` at the same times. **naive kill+start**: \
+         is renamed over the binary and the master gets SIGUSR2; the master re-executes into the \
+         new binary (issue 15) and its new image starts the worker. **File fetcher**: `hello \
+         --watch <dir>/next`, the next build renamed onto `next` at the same times; each is \
+         replaced within its 10 s probation, so the master does not re-execute in this cell \
+         (`master-reexec` measures that under load). **naive kill+start**: \
          `plain_hello`, the same router and runtime without upshift, gets SIGTERM (it has no \
          handler, so it exits at once), and is started again on the same port (builds n00, n01, \
          … by `--build-id`). {} upgrades or restarts per run. {runs} run(s).",
