@@ -68,7 +68,7 @@ impl<E: Env> Master<E> {
     /// Starts checking the binary on disk when a re-exec is wanted (after an exec was blocked:
     /// once nothing blocks it any more).
     pub(super) fn try_reexec(&mut self) {
-        if self.reexec.preparing || self.reexec.wanted.is_none() {
+        if self.reexec.preparing.is_some() || self.reexec.wanted.is_none() {
             return;
         }
         if self.stopping.is_some() {
@@ -82,16 +82,23 @@ impl<E: Env> Master<E> {
             }
         }
         self.reexec.awaiting_clear = false;
-        self.reexec.preparing = true;
         let expected = self.reexec.wanted.as_ref().and_then(|w| w.expected.clone());
+        self.reexec.preparing = Some(expected.clone());
         self.env.prepare_reexec(&self.events, expected);
     }
 
     pub(super) fn on_prepared(&mut self, prepared: Prepared) {
-        self.reexec.preparing = false;
+        let checked_for = self.reexec.preparing.take();
         let Some(wanted) = self.reexec.wanted.take() else {
             return;
         };
+        if matches!(prepared, Prepared::Refused(_)) && checked_for != Some(wanted.expected.clone())
+        {
+            // The restart signal joined while a proven release's binary was checked: the binary
+            // on disk is now wanted whatever it is, so it is checked again on those terms.
+            self.reexec.wanted = Some(wanted);
+            return;
+        }
         let image = match prepared {
             Prepared::SameImage => {
                 tracing::debug!(reason = %wanted.reason, "the binary on disk is the master's own image: no re-exec");

@@ -146,8 +146,8 @@ struct ReexecState {
     build: Option<String>,
     /// A re-exec asked for and not yet done.
     wanted: Option<reexec::Wanted>,
-    /// The binary on disk is being checked (`reexec::prepare`).
-    preparing: bool,
+    /// The binary on disk is being checked (`reexec::prepare`), for this expected sha256.
+    preparing: Option<Option<String>>,
     /// The binary on disk can take over, but something blocked the exec: it is checked again
     /// once nothing does.
     awaiting_clear: bool,
@@ -258,7 +258,7 @@ impl<E: Env> Master<E> {
                 enabled: cfg.master_reexec,
                 build: cfg.build_id.clone(),
                 wanted: None,
-                preparing: false,
+                preparing: None,
                 awaiting_clear: false,
             },
             cfg,

@@ -192,6 +192,27 @@ async fn the_restart_signal_joining_a_proven_release_takes_whatever_binary_is_on
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refusal_of_the_proven_release_does_not_swallow_a_restart_signal_that_came_meanwhile() {
+    let h = Harness::serving(config()).await;
+    h.hold_reexec_checks();
+    h.send(proven("release v2 proved itself")).await;
+    // The operator replaced the binary and signalled while the release's check ran.
+    h.signal(Signal::SIGUSR2, Action::Restart).await;
+    h.send(Event::ReexecPrepared(Prepared::Refused(
+        "not the release that proved itself".into(),
+    )))
+    .await;
+    assert_eq!(
+        h.reexec_expectations(),
+        vec![Some("ab".repeat(32)), None],
+        "checked again for whatever is on disk"
+    );
+    h.send(Event::ReexecPrepared(ready_image())).await;
+    assert_eq!(h.execs().len(), 1);
+    assert_eq!(h.execs()[0].restart.as_deref(), Some("SIGUSR2 received"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stopping_master_does_not_reexec() {
     let h = Harness::serving(config()).await;
     h.hold_reexec_checks();
