@@ -117,22 +117,40 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
     update_flags(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)
 }
 
+/// Clears `FD_CLOEXEC`: the descriptor crosses the next exec (the master's own re-exec).
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    change_flags(fd, libc::F_GETFD, libc::F_SETFD, |flags| {
+        flags & !libc::FD_CLOEXEC
+    })
+}
+
 fn update_flags(
     fd: RawFd,
     get: libc::c_int,
     set: libc::c_int,
     flag: libc::c_int,
 ) -> io::Result<()> {
+    change_flags(fd, get, set, |flags| flags | flag)
+}
+
+/// Reads a descriptor's flags with `get` and, if `change` alters them, writes them with `set`.
+fn change_flags(
+    fd: RawFd,
+    get: libc::c_int,
+    set: libc::c_int,
+    change: impl FnOnce(libc::c_int) -> libc::c_int,
+) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor number has no memory-safety requirements; errors are returned.
     let flags = unsafe { libc::fcntl(fd, get) };
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    if flags & flag != 0 {
+    let new = change(flags);
+    if new == flags {
         return Ok(());
     }
     // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, set, flags | flag) } < 0 {
+    if unsafe { libc::fcntl(fd, set, new) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -11,7 +11,7 @@
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -251,7 +251,7 @@ pub(crate) fn exec(image: &File, argv: &[OsString], doc: &Handover) -> io::Error
     };
     let mut err = None;
     for &fd in &crossing {
-        if let Err(e) = set_cloexec(fd, false) {
+        if let Err(e) = crate::fds::clear_cloexec(fd) {
             err = Some(e);
             break;
         }
@@ -263,7 +263,7 @@ pub(crate) fn exec(image: &File, argv: &[OsString], doc: &Handover) -> io::Error
         err = Some(io::Error::last_os_error());
     }
     for &fd in &crossing {
-        let _ = set_cloexec(fd, true);
+        let _ = crate::fds::set_cloexec(fd);
     }
     restore_signals(&old_mask);
     err.unwrap_or_else(|| io::Error::other("exec did not happen"))
@@ -271,24 +271,6 @@ pub(crate) fn exec(image: &File, argv: &[OsString], doc: &Handover) -> io::Error
 
 fn c_strings(items: impl Iterator<Item = Vec<u8>>) -> Option<Vec<CString>> {
     items.map(|b| CString::new(b).ok()).collect()
-}
-
-fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor number only reads and sets its flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let new = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn block_all_signals() -> io::Result<libc::sigset_t> {
