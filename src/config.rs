@@ -135,6 +135,8 @@ pub(crate) struct MasterConfig {
     pub(crate) build_id: Option<String>,
     /// [`Upgrader::master_reexec`].
     pub(crate) master_reexec: bool,
+    /// [`Upgrader::test_run_timeout`]: a release's test run, and the check before a re-exec.
+    pub(crate) test_run_timeout: Duration,
 }
 
 enum Role {
@@ -675,6 +677,7 @@ impl Upgrader {
             updates: None,
             build_id: self.build_id.clone(),
             master_reexec: self.master_reexec,
+            test_run_timeout: self.test_run_timeout,
         })
     }
 }

@@ -60,7 +60,7 @@ impl Master<Processes> {
             cfg.restart_signal as i32,
             cfg.build_id.clone(),
         )?;
-        let env = Processes::new(launch)?;
+        let env = Processes::new(launch, cfg.test_run_timeout)?;
         (env.preparer.own.lock().unwrap_or_else(|p| p.into_inner()))
             .set_known_sha256(doc.image_sha256.clone());
         let listeners = crate::systemd::activation::after_reexec(
@@ -172,7 +172,7 @@ impl<E: Env> Master<E> {
     pub(super) fn carry_on(&mut self, adopted: Adopted) {
         let label = self.build_label();
         // Workers know a master by its `build_id` only (`State::master_build`).
-        if let Some(id) = self.reexec.build.clone() {
+        if let Some(id) = self.cfg.build_id.clone() {
             let env = &mut self.env;
             for w in self.serving.iter_mut().chain(self.draining.iter_mut()) {
                 // A worker that misses it still serves; only its `State::master_build` is stale.

@@ -108,7 +108,10 @@ impl std::fmt::Debug for Processes {
 }
 
 impl Processes {
-    pub(crate) fn new(launch: Launch) -> Result<Self, Error> {
+    pub(crate) fn new(
+        launch: Launch,
+        test_run_timeout: std::time::Duration,
+    ) -> Result<Self, Error> {
         let own = OwnImage::read().map_err(|e| Error::Master {
             what: "cannot read the master's own executable (/proc/self/exe)",
             source: e,
@@ -116,7 +119,7 @@ impl Processes {
         let preparer = Preparer {
             invoked: launch.program.clone(),
             args: launch.args.clone(),
-            test_run_timeout: std::time::Duration::from_secs(10),
+            test_run_timeout,
             pipeline: None,
             own: Arc::new(std::sync::Mutex::new(own)),
         };

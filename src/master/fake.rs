@@ -165,6 +165,7 @@ pub(super) fn config() -> MasterConfig {
         updates: None,
         build_id: None,
         master_reexec: true,
+        test_run_timeout: Duration::from_secs(3),
     }
 }
 

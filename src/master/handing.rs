@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::env::Env;
 use super::handover::{HandedListener, HandedWorker, Handover, Role, SocketFileId};
-use super::reexec::{self, Prepared, Wanted};
+use super::reexec::{self, Image, Prepared, Wanted};
 use super::{Master, Worker};
 
 impl<E: Env> Master<E> {
@@ -125,9 +125,7 @@ impl<E: Env> Master<E> {
             self.reexec.awaiting_clear = true;
             return;
         }
-        let mut doc = self.handover(&wanted);
-        doc.refusals = image.refusals();
-        doc.image_sha256 = Some(image.sha256.clone());
+        let doc = self.handover(&wanted, &image);
         tracing::info!(
             reason = %wanted.reason,
             from = %doc.build,
@@ -151,8 +149,8 @@ impl<E: Env> Master<E> {
         }
     }
 
-    /// The document for the next image: everything it needs to carry on.
-    pub(super) fn handover(&self, wanted: &Wanted) -> Handover {
+    /// The document for the next image, which is `image`: everything it needs to carry on.
+    pub(super) fn handover(&self, wanted: &Wanted, image: &Image) -> Handover {
         let now = Instant::now();
         let here = reexec::this_thread();
         let worker = |w: &Worker<E::Control>, role| HandedWorker {
@@ -168,7 +166,7 @@ impl<E: Env> Master<E> {
         let draining = self.draining.iter().map(|w| worker(w, Role::Draining));
         Handover {
             build: self.build_label(),
-            image_sha256: None,
+            image_sha256: Some(image.sha256.clone()),
             next_generation: self.next_generation,
             crash_streak: self.crash_streak,
             restart: wanted.restart.then(|| wanted.reason.clone()),
@@ -194,15 +192,15 @@ impl<E: Env> Master<E> {
                 })
                 .collect(),
             workers: serving.chain(draining).collect(),
-            // Filled from the pipeline's books, which only the checked image holds.
-            refusals: Vec::new(),
+            // The pipeline's books, which the checked image holds for the exec.
+            refusals: image.refusals(),
         }
     }
 
     /// This master's build as events name it: its `build_id`, else the start of its sha256 when
     /// known (hashed when it compared itself with the binary on disk, or handed over).
     pub(super) fn build_label(&self) -> String {
-        if let Some(id) = &self.reexec.build {
+        if let Some(id) = &self.cfg.build_id {
             return id.clone();
         }
         match self.env.own_sha256() {

@@ -141,9 +141,6 @@ struct Master<E: Env = Processes> {
 
 /// Where the master's own upgrade stands.
 struct ReexecState {
-    enabled: bool,
-    /// This master's build, as workers and events name it (`Upgrader::build_id`).
-    build: Option<String>,
     /// A re-exec asked for and not yet done.
     wanted: Option<reexec::Wanted>,
     /// The binary on disk is being checked (`reexec::prepare`), for this expected sha256.
@@ -170,7 +167,8 @@ impl Master<Processes> {
             drain: cfg.drain_timeout,
         };
         let sd = Notifier::new(sd.notify, timeouts);
-        let (master, rx) = Master::new(cfg, Processes::new(launch)?, sockets, sd);
+        let env = Processes::new(launch, cfg.test_run_timeout)?;
+        let (master, rx) = Master::new(cfg, env, sockets, sd);
         signals::install(master.cfg.restart_signal, &master.events)?;
         // A full disk or a file-size limit must fail the release's write with EFBIG, not kill
         // the master; children get the default back before exec.
@@ -219,7 +217,6 @@ impl Master<Processes> {
             );
             updater.hand_refusals(refusals);
             self.env.preparer.pipeline = Some(updater.books.clone());
-            self.env.preparer.test_run_timeout = test_run;
             for fetcher in updates.fetchers {
                 tracing::info!(fetcher = fetcher.name(), interval = ?fetcher.interval(), "watching for releases");
                 tokio::spawn(updater.clone().poll(fetcher, self.check_now.clone()));
@@ -255,8 +252,6 @@ impl<E: Env> Master<E> {
             stopping: None,
             check_now: Arc::new(Notify::new()),
             reexec: ReexecState {
-                enabled: cfg.master_reexec,
-                build: cfg.build_id.clone(),
                 wanted: None,
                 preparing: None,
                 awaiting_clear: false,
@@ -302,7 +297,7 @@ impl<E: Env> Master<E> {
             Event::Signal(sig, Action::Restart) => {
                 self.sd.restart_signalled();
                 let reason = format!("{sig} received");
-                if self.reexec.enabled {
+                if self.cfg.master_reexec {
                     // The new image, if the binary on disk is one, starts the workers.
                     self.want_reexec(reexec::Wanted {
                         reason,
