@@ -84,6 +84,18 @@ pub fn ms(v: f64) -> String {
     }
 }
 
+/// `min / **median** / p90 / max` in milliseconds, `–` where there is no value.
+pub fn min_median_p90_max_ms(v: &[f64]) -> String {
+    let f = |o: Option<f64>| o.map_or("–".into(), ms);
+    format!(
+        "{} / **{}** / {} / {}",
+        f(min(v)),
+        f(median(v)),
+        f(percentile(v, 90.0)),
+        f(max(v))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

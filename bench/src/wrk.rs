@@ -183,6 +183,28 @@ impl Report {
     pub fn socket_errors(&self) -> u64 {
         self.connect + self.read + self.write + self.timeout
     }
+
+    /// The raw-data fields of a run, from `requests=` to `max_us=`, as the scenarios' raw
+    /// lines write them.
+    pub fn raw_fields(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+        format!(
+            "requests={} seconds={:.2} rps={:.2} connect={} read={} write={} timeout={} \
+             non2xx={} p50_us={:.0} p99_us={:.0} p999_us={} max_us={}",
+            self.requests,
+            self.seconds,
+            self.rps,
+            self.connect,
+            self.read,
+            self.write,
+            self.timeout,
+            self.non2xx,
+            self.p50_us,
+            self.p99_us,
+            opt(self.p999_us),
+            opt(self.max_us),
+        )
+    }
 }
 
 pub fn version() -> String {

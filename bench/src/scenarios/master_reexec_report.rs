@@ -86,17 +86,6 @@ fn fd_growth(c: &Cell) -> Option<f64> {
     Some(v.last()? - v.first()?)
 }
 
-fn triple(v: &[f64]) -> String {
-    let f = |o: Option<f64>| o.map_or("–".into(), ms);
-    format!(
-        "{} / **{}** / {} / {}",
-        f(stats::min(v)),
-        f(stats::median(v)),
-        f(stats::percentile(v, 90.0)),
-        f(stats::max(v))
-    )
-}
-
 pub(super) fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], cells: &[Cell]) -> Report {
     let mut r = Report::new(
         "master-reexec: the master re-executes in place after every proven release, under load",
@@ -312,7 +301,7 @@ fn latency(r: &mut Report, loads: &[Load], cells: &[Cell]) {
                 name.to_string(),
                 load.to_string(),
                 format!("{} of {}", v.len(), ups.len()),
-                triple(&v),
+                stats::min_median_p90_max_ms(&v),
             ]);
         }
     }
@@ -597,27 +586,14 @@ fn raw(r: &mut Report, cells: &[Cell]) {
     let opt = |o: Option<f64>| o.map_or("-".into(), |v| format!("{v:.1}"));
     for c in cells {
         lines.push(format!(
-            "run={} load={} mode={} requests={} seconds={:.2} rps={:.2} connect={} read={} \
-             write={} timeout={} non2xx={} p50_us={:.0} p99_us={:.0} p999_us={} max_us={} \
-             probes={} probe_failures={} master_polls={} master_poll_failures={} upgrades={} \
-             within_load={} reexecs_logged={} master_pid={} master_alive_end={} master_exit=\"{}\" \
+            "run={} load={} mode={} {} probes={} probe_failures={} master_polls={} \
+             master_poll_failures={} upgrades={} within_load={} reexecs_logged={} master_pid={} master_alive_end={} master_exit=\"{}\" \
              leftover_pids={:?} log_warnings={} load1_before={:.2} load1_after={:.2} \
              others_cpus={:.2}",
             c.run,
             c.load,
             c.mode,
-            c.wrk.requests,
-            c.wrk.seconds,
-            c.wrk.rps,
-            c.wrk.connect,
-            c.wrk.read,
-            c.wrk.write,
-            c.wrk.timeout,
-            c.wrk.non2xx,
-            c.wrk.p50_us,
-            c.wrk.p99_us,
-            c.wrk.p999_us.map_or("-".into(), |v| format!("{v:.0}")),
-            c.wrk.max_us.map_or("-".into(), |v| format!("{v:.0}")),
+            c.wrk.raw_fields(),
             c.probes,
             c.probe_failures,
             c.master_polls,

@@ -373,17 +373,6 @@ fn one_series(run: u64, source: Source, ctx: &Ctx, tmp: &TempDir) -> Result<Seri
     })
 }
 
-fn triple(v: &[f64]) -> String {
-    let f = |o: Option<f64>| o.map_or("–".into(), ms);
-    format!(
-        "{} / **{}** / {} / {}",
-        f(stats::min(v)),
-        f(stats::median(v)),
-        f(stats::percentile(v, 90.0)),
-        f(stats::max(v))
-    )
-}
-
 fn render(
     opts: &Opts,
     ctx: &Ctx,
@@ -455,13 +444,13 @@ fn render(
             if v.is_empty() {
                 "–".to_string()
             } else {
-                triple(v)
+                stats::min_median_p90_max_ms(v)
             }
         };
         t.row(vec![
             format!("**{src}**"),
             format!("{} of {total}", all.len()),
-            triple(&all),
+            stats::min_median_p90_max_ms(&all),
             dash(&after_poll),
             dash(&after_found),
             format!(

@@ -604,27 +604,14 @@ fn render(opts: &Opts, ctx: &Ctx, runs: u64, loads: &[Load], size: &str, cells: 
     let mut raw = Vec::new();
     for c in cells {
         raw.push(format!(
-            "run={} load={} mode={} counted={} requests={} seconds={:.2} rps={:.2} connect={} \
-             read={} write={} timeout={} non2xx={} p50_us={:.0} p99_us={:.0} p999_us={} \
-             max_us={} upgrades={} final_build={} expected_final={} master_stable={} \
+            "run={} load={} mode={} counted={} {} upgrades={} final_build={} expected_final={} master_stable={} \
              builds={:?} unmatched={} naive_outages_ms={:?} leftover_pids={:?} log_warnings={} \
              load1_before={:.2} load1_after={:.2} others_cpus={:.2}",
             c.run,
             c.load,
             c.mode,
             c.counted,
-            c.wrk.requests,
-            c.wrk.seconds,
-            c.wrk.rps,
-            c.wrk.connect,
-            c.wrk.read,
-            c.wrk.write,
-            c.wrk.timeout,
-            c.wrk.non2xx,
-            c.wrk.p50_us,
-            c.wrk.p99_us,
-            c.wrk.p999_us.map_or("-".into(), |v| format!("{v:.0}")),
-            c.wrk.max_us.map_or("-".into(), |v| format!("{v:.0}")),
+            c.wrk.raw_fields(),
             c.upgrades,
             c.final_build,
             c.expected_final,
