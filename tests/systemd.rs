@@ -177,6 +177,14 @@ fn abstract_notify_socket() {
 
 /// A release rig whose master notifies a socket of the test's; returns the rig, the socket's
 /// directory (keep it), the listener and the index of the first `READY=1`.
+/// Which of `READY=1` and `RELOADING=1` each notification carried, in order.
+fn reload_states(notes: &[Notification]) -> Vec<&'static str> {
+    notes
+        .iter()
+        .filter_map(|n| ["READY", "RELOADING"].into_iter().find(|k| n.has(k)))
+        .collect()
+}
+
 fn rig_notified(tag: &str) -> (Rig, TestDir, NotifyListener, usize) {
     let mut rig = Rig::new(tag);
     let dir = TestDir::new(&format!("{tag}-sock"));
@@ -215,10 +223,7 @@ fn a_release_is_a_reload_with_its_phases_in_the_status() {
         position("serving: generation 2"),
     ];
     assert!(phases.windows(2).all(|w| w[0] < w[1]), "{statuses:#?}");
-    let states: Vec<&str> = all[i + 1..]
-        .iter()
-        .filter_map(|n| ["READY", "RELOADING"].into_iter().find(|k| n.has(k)))
-        .collect();
+    let states = reload_states(&all[i + 1..]);
     assert_eq!(states, ["RELOADING", "READY"], "{all:#?}");
     assert!(
         all[i + 1..]
@@ -416,10 +421,7 @@ fn after_the_masters_reexec_the_same_pid_goes_on_notifying_and_a_signalled_reloa
     sd.wait(j, STEP, |n| n.status().starts_with("serving: generation 2"))
         .unwrap_or_else(|| rig.fail(format!("no serving status after it: {:#?}", sd.all())));
     let all = sd.all();
-    let states: Vec<&str> = all[i + 1..]
-        .iter()
-        .filter_map(|n| ["READY", "RELOADING"].into_iter().find(|k| n.has(k)))
-        .collect();
+    let states = reload_states(&all[i + 1..]);
     assert_eq!(states, ["RELOADING", "READY"], "{all:#?}");
     assert!(
         all[i + 1..].iter().all(|n| n.sender == Some(master)),
