@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -87,8 +86,7 @@ fn the_restart_signal_reexecs_into_a_new_binary_on_disk_then_restarts_workers() 
     let mut rig = Rig::new("reexec-signal");
     rig.start(&[]);
     let (master, base_worker) = (rig.m().pid(), rig.base_pid);
-    let sha = write_build(&rig.path("app.new"), "v3", 0);
-    fs::rename(rig.path("app.new"), &rig.app).unwrap();
+    let sha = rig.deploy_build("v3");
 
     let traffic = rig.watch();
     rig.m().signal(Signal::SIGUSR2);
@@ -172,8 +170,7 @@ fn killing_the_master_at_any_point_of_a_reexec_leaves_no_worker_behind() {
         let mut rig = Rig::new(&format!("reexec-kill-{round}"));
         rig.start(&["--drain-timeout-ms", "1500"]);
         let master = rig.m().pid();
-        write_build(&rig.path("app.new"), &format!("k{round}"), 0);
-        fs::rename(rig.path("app.new"), &rig.app).unwrap();
+        rig.deploy_build(&format!("k{round}"));
         rig.m().signal(Signal::SIGUSR2);
         std::thread::sleep(Duration::from_millis(delay_ms));
         let workers = rig.m().live_descendants_seen();
@@ -249,8 +246,7 @@ fn a_stop_signal_sent_during_the_reexec_is_handled_by_the_new_image() {
     for (round, delay_ms) in [0u64, 1, 3, 6, 12, 25].into_iter().enumerate() {
         let mut rig = Rig::new(&format!("reexec-stop-{round}"));
         rig.start(&["--drain-timeout-ms", "3000"]);
-        write_build(&rig.path("app.new"), &format!("s{round}"), 0);
-        fs::rename(rig.path("app.new"), &rig.app).unwrap();
+        rig.deploy_build(&format!("s{round}"));
         rig.m().signal(Signal::SIGUSR2);
         std::thread::sleep(Duration::from_millis(delay_ms));
         rig.m().signal(Signal::SIGTERM);
@@ -276,8 +272,7 @@ fn a_release_refused_before_the_reexec_stays_refused_after_it() {
     let (identity, _) = rig.publish_build("bad:exit-at-start");
     rig.wait_rejected(&identity);
     // The master becomes a new build while the refused release still sits at `next`.
-    write_build(&rig.path("app.new"), "v2", 0);
-    fs::rename(rig.path("app.new"), &rig.app).unwrap();
+    rig.deploy_build("v2");
     rig.m().signal(Signal::SIGUSR2);
     wait_master_build(&rig, "v2", REEXEC);
     // The new image's File fetcher looks at `next` at once, and again every second.

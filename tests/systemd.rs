@@ -406,8 +406,7 @@ fn after_the_masters_reexec_the_same_pid_goes_on_notifying_and_a_signalled_reloa
     let master = rig.m().pid() as i32;
     // The restart signal, with a new binary on disk: the new image does the restart, and must
     // send the RELOADING=1 that `Type=notify-reload` waits for, then READY=1.
-    write_build(&rig.path("app.new"), "v2", 0);
-    std::fs::rename(rig.path("app.new"), &rig.app).unwrap();
+    rig.deploy_build("v2");
     rig.m().signal(Signal::SIGUSR2);
     let (j, reexec) = sd
         .wait(i + 1, STEP, |n| n.status().contains("master re-executed"))

@@ -163,6 +163,15 @@ impl Rig {
         identity_of(sha)
     }
 
+    /// A manual deploy: a stamped build written beside `app` and renamed over it; returns its
+    /// sha256.
+    pub fn deploy_build(&self, stamp: &str) -> String {
+        let tmp = self.path("app.deploy.tmp");
+        let sha = write_build(&tmp, stamp, 0);
+        fs::rename(&tmp, &self.app).unwrap();
+        sha
+    }
+
     /// A stamped build, published; returns (identity, sha256).
     pub fn publish_build(&self, stamp: &str) -> (String, String) {
         let sha = self.prepare_build(stamp, 0);
