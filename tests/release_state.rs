@@ -274,19 +274,15 @@ fn a_release_is_installed_again_after_a_manual_deploy_replaced_it() {
     let (a_id, a_sha) = rig.publish_build("a");
     rig.wait_log(&format!("release {a_id} passed probation"), VERDICT);
     rig.wait_build("a", RESTART);
-    // The master becomes A after its probation. A deploy landing between that re-exec and the
-    // new image's first look at `next` would see A installed over it again (noted on issue 15);
-    // this test is about the ledger after a deploy, so it deploys once the re-exec is done.
+    // The master becomes A after its probation. The deploy lands as the re-exec begins: the new
+    // image's File fetcher then sees A at `next` for the first time, after the deploy, and the
+    // release state must know that the operator replaced this very publication of A.
+    rig.wait_log("re-executing", VERDICT);
+    let b_sha = rig.deploy_build("b");
     rig.wait_log("re-executed in place: took over", VERDICT);
-    // The new image's pipeline has looked once (it takes the install lock as it does).
-    let looked = wait_until(VERDICT, || {
-        log_lines_with(rig.m(), "this master now installs releases").len() >= 2
-    });
-    rig.expect(looked, "the re-executed master's pipeline never started");
-
-    rig.deploy_build("b");
     rig.m().signal(Signal::SIGUSR2);
     rig.wait_build("b", RESTART);
+    assert_operator_build_stays(&rig, "b", &b_sha, "after the re-exec");
 
     let again = rig.prepare_build("a", 0);
     assert_eq!(again, a_sha, "the same build A, byte for byte");
@@ -296,6 +292,51 @@ fn a_release_is_installed_again_after_a_manual_deploy_replaced_it() {
     rig.expect(
         app == a_sha,
         format!("A serves again, but app is sha256 {app}, not A ({a_sha})"),
+    );
+}
+
+/// A master started after a manual deploy has no memory of having offered the release at `next`:
+/// the release state (persisted beside the binary) must stop it from installing that release over
+/// the operator's build, until the release is published again.
+#[test]
+fn a_restarted_master_does_not_install_the_release_a_manual_deploy_replaced() {
+    let mut rig = Rig::new("rs-manual-restart");
+    rig.start(&[]);
+    let (a_id, a_sha) = rig.publish_build("a");
+    rig.wait_log(&format!("release {a_id} passed probation"), VERDICT);
+    rig.wait_build("a", RESTART);
+    rig.m().signal(Signal::SIGTERM);
+    let exited = rig.m_mut().wait_exit(RESTART);
+    rig.expect(
+        exited.is_some_and(|st| st.success()),
+        format!("the master did not drain and exit 0: {exited:?}"),
+    );
+
+    let b_sha = rig.deploy_build("b");
+    let first = rig.start_any(&[], &[], None);
+    rig.expect(first == "b", format!("the restarted master serves {first}"));
+    assert_operator_build_stays(&rig, "b", &b_sha, "after a master restart");
+
+    let again = rig.prepare_build("a", 0);
+    assert_eq!(again, a_sha, "the same build A, byte for byte");
+    rig.publish_prepared(&again);
+    rig.wait_build("a", VERDICT);
+}
+
+/// Waits while the master's pipeline looks at `next` a few times, then asserts that the
+/// operator's `build` (sha256 `sha`) still serves and is still the file at the path.
+fn assert_operator_build_stays(rig: &Rig, build: &str, sha: &str, when: &str) {
+    // The File fetcher looks once its pipeline starts (well within a second of the master
+    // serving), then on every change: a few seconds cover its first looks.
+    std::thread::sleep(Duration::from_secs(3));
+    let serving = rig.serving().map(|(_, b)| b);
+    let app = file_sha(&rig.app);
+    rig.expect(
+        serving.as_deref() == Some(build) && app == sha,
+        format!(
+            "{when}: the operator's build {build} ({sha}) was replaced: serving {serving:?}, \
+             app is sha256 {app}"
+        ),
     );
 }
 

@@ -42,6 +42,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A short digest of what a source said about a release's bytes ([`Release::source`]): what the
+/// release state keeps of it, so that an ETag or a file's stamp of any length or content fits one
+/// line of the state file.
+pub(crate) fn source_digest(source: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(source.as_bytes())[..8])
+}
+
 /// A boxed byte stream: a release's body.
 pub type ReleaseBody = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
@@ -148,11 +156,10 @@ impl Current {
         signature: Option<&str>,
         source: &str,
     ) -> String {
-        use sha2::Digest;
-        let source = hex::encode(&sha2::Sha256::digest(source.as_bytes())[..8]);
         format!(
-            "{}@{source}",
-            Current::rejection_key(identity, sha256, signature)
+            "{}@{}",
+            Current::rejection_key(identity, sha256, signature),
+            source_digest(source)
         )
     }
 

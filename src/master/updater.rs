@@ -396,7 +396,7 @@ impl Updater {
                 let mut ledger = books.ledger();
                 ledger
                     .state
-                    .name_installed(&identity, release_version.as_ref());
+                    .name_installed(&offer, release_version.as_ref());
                 ledger.save();
                 drop(ledger);
                 self.emit(UpgradeEvent::Skipped {
@@ -445,6 +445,7 @@ impl Updater {
             sha256: binary_sha256.clone(),
             identity: Some(identity.clone()),
             version: release_version,
+            source: source.as_deref().map(crate::fetch::source_digest),
         };
         let placed = self.install(books, staged, build.clone()).await;
         let (restore, restored) = match placed {

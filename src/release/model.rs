@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::version::{parse_version, Version};
-use crate::fetch::{Current, Origin};
+use crate::fetch::{source_digest, Current, Origin};
 
 /// How many refusals are remembered (oldest forgotten first).
 pub(crate) const REFUSAL_MEMORY: usize = 64;
@@ -23,6 +23,9 @@ pub(crate) struct Build {
     /// with, or one the operator put in place).
     pub(crate) identity: Option<String>,
     pub(crate) version: Option<Version>,
+    /// A digest ([`source_digest`]) of what the source said about the release's bytes when it
+    /// was installed (an ETag, a file's stamp), if it said anything.
+    pub(crate) source: Option<String>,
 }
 
 impl Build {
@@ -32,7 +35,15 @@ impl Build {
             sha256: sha256.into(),
             identity: None,
             version: None,
+            source: None,
         }
+    }
+
+    /// Whether `offer` is the very publication this build was installed from: the same
+    /// identity, and the same description of its bytes by the source.
+    fn installed_from(&self, offer: &Offer<'_>) -> bool {
+        self.identity.as_deref() == Some(offer.identity)
+            && self.source.as_deref() == offer.source.map(source_digest).as_deref()
     }
 }
 
@@ -45,6 +56,12 @@ pub(crate) struct Persisted {
     pub(crate) highest_version: Option<Version>,
     /// The sha256 of the last build that proved itself (passed probation).
     pub(crate) proven: Option<String>,
+    /// The release upshift installed that the operator then replaced with a build of their own
+    /// (a manual deploy). Its publication is not installed over their build again; published
+    /// anew (its source describes new bytes or a new upload), it is. Kept until the next
+    /// install, and across restarts: a master that starts (or re-executes) after the deploy
+    /// has no fetcher memory of having offered it.
+    pub(crate) replaced: Option<Build>,
 }
 
 /// Why a release was refused, as far as deciding whether to try it again goes.
@@ -195,6 +212,14 @@ impl ReleaseState {
             }
             _ => DiskChange::Adopted,
         };
+        if let Some(release) = self
+            .persisted
+            .installed
+            .take()
+            .filter(|b| b.identity.is_some())
+        {
+            self.persisted.replaced = Some(release);
+        }
         self.persisted.installed = Some(Build::found(sha256));
         // The operator's build counts as proven: it is what they chose to run, and a failing
         // candidate after it falls back to it, not to something older.
@@ -240,15 +265,34 @@ impl ReleaseState {
                 remind,
             };
         }
-        let installed = self.persisted.installed.as_ref();
+        let installed = self.persisted.installed.as_mut();
         if let Some(sha) = offer.sha256 {
-            if installed.is_some_and(|b| b.sha256.eq_ignore_ascii_case(sha)) {
-                // Not new; a fetcher should not have offered it, but nothing is refused.
+            if let Some(b) = installed.filter(|b| b.sha256.eq_ignore_ascii_case(sha)) {
+                // Not new; a fetcher should not have offered it, but nothing is refused. The
+                // installed build is this publication now (the same bytes uploaded again), should
+                // the operator replace it.
+                b.identity = Some(offer.identity.to_string());
+                b.source = offer.source.map(source_digest);
                 return Admission::AlreadyRefused {
                     reason: "it is the build already installed".into(),
                     remind: false,
                 };
             }
+        }
+        if self
+            .persisted
+            .replaced
+            .as_ref()
+            .is_some_and(|r| r.installed_from(offer))
+        {
+            // The operator chose another build over this one: offering the same publication
+            // again (a restarted master's fetchers have no memory of it) must not undo that.
+            return Admission::AlreadyRefused {
+                reason: "the operator replaced it with another build; it is installed again \
+                         only once it is published again"
+                    .into(),
+                remind: false,
+            };
         }
         if let Some(reason) = offer.unvouched {
             return Admission::Refuse {
@@ -360,16 +404,19 @@ impl ReleaseState {
             self.accept_version(v);
         }
         self.persisted.installed = Some(build.clone());
+        self.persisted.replaced = None;
         self.probation = Some(build);
     }
 
-    /// A release turned out to be the installed build already: remember its name and version
-    /// (so fetchers that compare identities stop offering it), and count its version as accepted.
-    pub(crate) fn name_installed(&mut self, identity: &str, version: Option<&Version>) {
+    /// A release turned out to be the installed build already: remember its name, version and
+    /// source (so fetchers that compare identities stop offering it, and a manual deploy over it
+    /// is known to replace this publication), and count its version as accepted.
+    pub(crate) fn name_installed(&mut self, offer: &Offer<'_>, version: Option<&Version>) {
         let Some(b) = self.persisted.installed.as_mut() else {
             return;
         };
-        b.identity = Some(identity.to_string());
+        b.identity = Some(offer.identity.to_string());
+        b.source = offer.source.map(source_digest);
         if let Some(v) = version {
             b.version = Some(v.clone());
             self.accept_version(v);

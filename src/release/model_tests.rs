@@ -37,6 +37,8 @@ enum Step {
         version: Option<u8>,
     },
     Poll,
+    /// The same build published again (uploaded anew: a new ETag), then a poll.
+    Republish,
     /// The operator copies a new build over the binary (or flips its symlink to one).
     ManualDeploy {
         restart: bool,
@@ -66,6 +68,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (kind(), version.clone()).prop_map(|(kind, version)| Step::Publish { kind, version }),
         1 => version.prop_map(|version| Step::UploadInPlace { version }),
         3 => Just(Step::Poll),
+        1 => Just(Step::Republish),
         1 => any::<bool>().prop_map(|restart| Step::ManualDeploy { restart }),
         1 => Just(Step::RestartSignal),
         2 => Just(Step::ProbationEnds),
@@ -118,6 +121,8 @@ struct Host {
     prev: Option<u32>,
     /// Builds the operator placed at the path.
     operator: HashSet<u32>,
+    /// The publication (its source) whose build the operator last replaced at the path.
+    replaced_publication: Option<String>,
     published: Option<Published>,
     pending: Vec<Pending>,
     kinds: Vec<(u32, Kind)>,
@@ -141,6 +146,7 @@ impl Host {
             serving: 1,
             prev: None,
             operator: HashSet::from([1]),
+            replaced_publication: None,
             published: None,
             pending: Vec::new(),
             kinds: vec![(1, Kind::Good)],
@@ -216,7 +222,20 @@ impl Host {
                 }
             }
             Step::Poll => self.poll()?,
+            Step::Republish => {
+                if let Some(p) = self.published.as_mut() {
+                    if !p.partial {
+                        p.source = format!("{}-again", p.source);
+                    }
+                }
+                self.poll()?;
+            }
             Step::ManualDeploy { restart } => {
+                self.replaced_publication = self
+                    .published
+                    .as_ref()
+                    .filter(|p| p.build == self.disk)
+                    .map(|p| p.source.clone());
                 let build = self.fresh(Kind::Good);
                 self.operator.insert(build);
                 self.disk = build;
@@ -316,11 +335,12 @@ impl Host {
             sha256: sha(p.build),
             identity: Some(identity.clone()),
             version: p.version.as_deref().and_then(parse_version),
+            source: Some(crate::fetch::source_digest(&p.source)),
         };
         match self.st.after_staging(&build.sha256) {
             Staging::Proceed => {}
             Staging::AlreadyInstalled => {
-                self.st.name_installed(&identity, build.version.as_ref());
+                self.st.name_installed(&offer, build.version.as_ref());
                 return Ok(());
             }
             Staging::RefusedBefore { reason } => {
@@ -472,6 +492,15 @@ impl Host {
             self.disk,
             kind
         );
+        // A publication whose build the operator replaced is not installed over their build
+        // again; only a new publication is.
+        if let (Some(p), Some(replaced)) = (&self.published, &self.replaced_publication) {
+            prop_assert!(
+                !(p.source == *replaced && self.disk == p.build),
+                "build {} was installed again from the publication the operator replaced",
+                p.build
+            );
+        }
         // `.prev` is a build that proved itself, never a failed one.
         if let Some(prev) = self.prev {
             let kind = self.kinds.iter().find(|(b, _)| *b == prev).map(|(_, k)| *k);
@@ -533,18 +562,31 @@ fn the_floor_survives_a_master_restart_and_refuses_downgrades() {
 }
 
 #[test]
-fn a_manual_deploy_makes_the_previous_release_new_again() {
-    let mut h = Host::new();
-    h.publish(Kind::Good, None);
-    let a = h.disk;
-    h.step(&Step::ProbationEnds).unwrap();
-    h.step(&Step::ManualDeploy { restart: true }).unwrap();
-    assert_ne!(h.disk, a);
-    // A is offered again: it is not the installed build any more.
-    let current = h.st.current(&h.policy, h.now);
-    assert_ne!(current.sha256, sha(a));
-    h.step(&Step::Poll).unwrap();
-    assert_eq!(h.disk, a);
+fn a_release_a_manual_deploy_replaced_is_installed_again_only_once_published_again() {
+    for master_restart in [false, true] {
+        let mut h = Host::new();
+        h.publish(Kind::Good, None);
+        let a = h.disk;
+        h.step(&Step::ProbationEnds).unwrap();
+        h.step(&Step::ManualDeploy { restart: true }).unwrap();
+        let b = h.disk;
+        assert_ne!(b, a);
+        if master_restart {
+            // A new master (or a re-executed one) has no fetcher memory of having offered A.
+            h.step(&Step::MasterRestart).unwrap();
+        }
+        // A is not the installed build any more, but the same publication of it stays out.
+        let current = h.st.current(&h.policy, h.now);
+        assert_ne!(current.sha256, sha(a));
+        h.step(&Step::Poll).unwrap();
+        assert_eq!(
+            h.disk, b,
+            "the operator's build was replaced by the same publication"
+        );
+        // Published again, A is new again.
+        h.step(&Step::Republish).unwrap();
+        assert_eq!(h.disk, a, "restart {master_restart}");
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The state file beside the binary (`<binary>.upshift-state`): what upshift installed, the
-//! highest version it ever accepted, and the last build that proved itself. Written atomically
+//! highest version it ever accepted, the last build that proved itself, and the release an
+//! operator's manual deploy replaced. Written atomically
 //! (temp file, fsync, rename, directory fsync); a missing or unreadable file is rebuilt from the
 //! disk with a warning, never a crash and never an upgrade storm.
 //!
@@ -11,6 +12,10 @@
 //! installed_sha256 9f86…
 //! installed_identity v1.4.0
 //! installed_version 1.4.0
+//! installed_source 5c1f…
+//! replaced_sha256 07d2…
+//! replaced_identity sha256:07d2…
+//! replaced_source e4a0…
 //! highest_version 1.4.0
 //! proven_sha256 9f86…
 //! check 3a7b…
@@ -107,13 +112,20 @@ pub(crate) fn store(path: &Path, state: &Persisted) -> io::Result<()> {
 fn render(state: &Persisted) -> String {
     let mut body = format!("{MAGIC}\n");
     let mut line = |k: &str, v: &str| body.push_str(&format!("{k} {v}\n"));
-    if let Some(b) = &state.installed {
-        line("installed_sha256", &b.sha256);
+    for (prefix, build) in [
+        ("installed", &state.installed),
+        ("replaced", &state.replaced),
+    ] {
+        let Some(b) = build else { continue };
+        line(&format!("{prefix}_sha256"), &b.sha256);
         if let Some(id) = &b.identity {
-            line("installed_identity", &one_line(id));
+            line(&format!("{prefix}_identity"), &one_line(id));
         }
         if let Some(v) = &b.version {
-            line("installed_version", &v.to_string());
+            line(&format!("{prefix}_version"), &v.to_string());
+        }
+        if let Some(source) = &b.source {
+            line(&format!("{prefix}_source"), &one_line(source));
         }
     }
     if let Some(v) = &state.highest_version {
@@ -143,25 +155,36 @@ fn parse(text: &str) -> Result<Persisted, String> {
         return Err(format!("the first line is not {MAGIC:?}"));
     }
     let mut out = Persisted::default();
-    let mut installed: Option<Build> = None;
     for l in lines {
         let (k, v) = l.split_once(' ').ok_or_else(|| format!("bad line {l:?}"))?;
         let version = || parse_version(v).ok_or_else(|| format!("{k}: {v:?} is not a version"));
-        match k {
-            "installed_sha256" => installed = Some(Build::found(sha(v)?)),
-            "installed_identity" => {
-                installed.as_mut().ok_or("identity before sha256")?.identity = Some(v.into())
+        let (build, field) = match k.split_once('_') {
+            Some(("installed", field)) => (&mut out.installed, field),
+            Some(("replaced", field)) => (&mut out.replaced, field),
+            _ => {
+                match k {
+                    "highest_version" => out.highest_version = Some(version()?),
+                    "proven_sha256" => out.proven = Some(sha(v)?),
+                    // Written by a newer upshift: what this one does not know it leaves alone.
+                    _ => {}
+                }
+                continue;
             }
-            "installed_version" => {
-                installed.as_mut().ok_or("version before sha256")?.version = Some(version()?)
-            }
-            "highest_version" => out.highest_version = Some(version()?),
-            "proven_sha256" => out.proven = Some(sha(v)?),
-            // Written by a newer upshift: what this one does not know it leaves alone.
+        };
+        if field == "sha256" {
+            *build = Some(Build::found(sha(v)?));
+            continue;
+        }
+        let b = build
+            .as_mut()
+            .ok_or_else(|| format!("{k} before its sha256"))?;
+        match field {
+            "identity" => b.identity = Some(v.into()),
+            "version" => b.version = Some(version()?),
+            "source" => b.source = Some(v.into()),
             _ => {}
         }
     }
-    out.installed = installed;
     Ok(out)
 }
 
@@ -187,9 +210,16 @@ mod tests {
                 sha256: "ab".repeat(32),
                 identity: Some("v1.4.0".into()),
                 version: parse_version("1.4.0"),
+                source: Some("0123456789abcdef".into()),
             }),
             highest_version: parse_version("2.0.0"),
             proven: Some("cd".repeat(32)),
+            replaced: Some(Build {
+                sha256: "ef".repeat(32),
+                identity: Some("sha256:ef".into()),
+                version: None,
+                source: Some("fedcba9876543210".into()),
+            }),
         }
     }
 
