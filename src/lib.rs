@@ -45,6 +45,7 @@
 mod children;
 mod config;
 mod control;
+pub mod delta;
 mod env;
 mod error;
 mod events;
