@@ -102,6 +102,7 @@ fn a_signed_release_must_name_this_product_this_target_and_a_newer_version() {
                 version: "2.0.0".into(),
                 target: BUILD_TARGET.into(),
                 sha256: "00".repeat(32),
+                base: None,
             };
             sign_with_comment(k, p, &meta.to_trusted_comment(1, "next").unwrap())
         },

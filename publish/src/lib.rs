@@ -255,6 +255,7 @@ pub async fn publish(config: &Config) -> Result<Published, Error> {
                 version: sign.version.clone(),
                 target: config.target.clone(),
                 sha256: artifact.sha256.clone(),
+                base: None,
             };
             let (text, pk) = blocking("signing", move || {
                 let signer = Signer::load(&sign)?;

@@ -191,6 +191,7 @@ mod tests {
             version: "1.2.0".into(),
             target: "x86_64-unknown-linux-gnu".into(),
             sha256: crate::artifact::sha256_file(path).unwrap().0,
+            base: None,
         }
     }
 

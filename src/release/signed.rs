@@ -15,6 +15,19 @@
 //! timestamp:1764770000	file:app	product:app	version:1.4.0	target:x86_64-unknown-linux-gnu	sha256:9f86…
 //! ```
 //!
+//! A [delta patch](crate::delta)'s signature says the same of the patch (its own `sha256`, the
+//! release's product, version and target) and adds `base:`, the sha256 of the build the patch
+//! applies to:
+//!
+//! ```text
+//! timestamp:1764770000	file:app.from-0f1e….bidiff.zst	product:app	version:1.4.0	target:…	sha256:5d41…	base:0f1e…
+//! ```
+//!
+//! A master reading a signature as a full release's refuses one with `base:` (`vouch` here), so
+//! a patch's signature cannot pass for a release's. Masters from before delta releases ignore
+//! the field, as every field they do not know, and never download a patch: its name is not the
+//! release's, and the GitHub fetcher passes over `.zst` assets.
+//!
 //! `upshift-publish --sign` writes it. By hand (bash), after computing the sha256:
 //!
 //! ```text
@@ -46,12 +59,32 @@ const MAX_COMMENT: usize = 4096;
 ///     version: "1.4.0".into(),
 ///     target: "x86_64-unknown-linux-gnu".into(),
 ///     sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+///     base: None,
 /// };
 /// let comment = meta.to_trusted_comment(1_764_770_000, "app").unwrap();
 /// assert!(comment.starts_with("timestamp:1764770000\tfile:app\tproduct:app\tversion:1.4.0"));
 /// assert_eq!(SignedMetadata::from_trusted_comment(&comment).unwrap(), meta);
 /// // minisign's default comment carries none of it.
 /// assert!(SignedMetadata::from_trusted_comment("timestamp:1764770000\tfile:app").is_err());
+/// ```
+///
+/// A delta patch's, which names the build it applies to:
+///
+/// ```
+/// use upshift::release::SignedMetadata;
+///
+/// let old_build = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+/// let patch = SignedMetadata {
+///     product: "app".into(),
+///     version: "1.4.0".into(),
+///     target: "x86_64-unknown-linux-gnu".into(),
+///     sha256: "5d41402abc4b2a76b9719d911017c592ae2a6b1f2bd7d8ba1f6c0b52ac0d2b4d".into(),
+///     base: Some(old_build.into()),
+/// };
+/// let name = upshift::delta::patch_name("app", old_build);
+/// let comment = patch.to_trusted_comment(1_764_770_000, &name).unwrap();
+/// assert!(comment.ends_with(&format!("\tbase:{old_build}")));
+/// assert_eq!(SignedMetadata::from_trusted_comment(&comment).unwrap(), patch);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedMetadata {
@@ -62,8 +95,12 @@ pub struct SignedMetadata {
     pub version: String,
     /// The target triple the binary is built for (`x86_64-unknown-linux-gnu`).
     pub target: String,
-    /// The lower-case hex sha256 of the published file (the archive, for archives).
+    /// The lower-case hex sha256 of the published file (the archive, for archives; the patch,
+    /// for a delta patch).
     pub sha256: String,
+    /// For a [delta patch](crate::delta) only: the lower-case hex sha256 of the build it
+    /// applies to (`base:` in the comment). `None` for a full release.
+    pub base: Option<String>,
 }
 
 /// Why a trusted comment is not usable release metadata.
@@ -101,15 +138,19 @@ impl SignedMetadata {
     pub fn to_trusted_comment(&self, timestamp: u64, file: &str) -> Result<String, MetadataError> {
         self.validate()?;
         check_text("file", file)?;
+        let base = match &self.base {
+            Some(base) => format!("\tbase:{base}"),
+            None => String::new(),
+        };
         Ok(format!(
-            "timestamp:{timestamp}\tfile:{file}\tproduct:{}\tversion:{}\ttarget:{}\tsha256:{}",
+            "timestamp:{timestamp}\tfile:{file}\tproduct:{}\tversion:{}\ttarget:{}\tsha256:{}{base}",
             self.product, self.version, self.target, self.sha256
         ))
     }
 
     /// Reads the metadata from a trusted comment (without its `trusted comment: ` prefix).
     /// Fields it does not know (`timestamp`, `file`, anything else) are ignored; each of its own
-    /// must appear exactly once.
+    /// must appear exactly once, `base` at most once.
     ///
     /// # Errors
     /// A missing, repeated or invalid field.
@@ -121,11 +162,12 @@ impl SignedMetadata {
                 why: "longer than 4096 bytes",
             });
         }
-        let mut fields: [(&'static str, Option<&str>); 4] = [
+        let mut fields: [(&'static str, Option<&str>); 5] = [
             ("product", None),
             ("version", None),
             ("target", None),
             ("sha256", None),
+            ("base", None),
         ];
         for part in comment.split('\t') {
             let Some((key, value)) = part.split_once(':') else {
@@ -138,7 +180,7 @@ impl SignedMetadata {
                 *slot = Some(value.trim());
             }
         }
-        let [product, version, target, sha256] = fields;
+        let [product, version, target, sha256, (_, base)] = fields;
         let take = |(name, value): (&'static str, Option<&str>)| {
             value
                 .map(str::to_string)
@@ -149,6 +191,7 @@ impl SignedMetadata {
             version: take(version)?,
             target: take(target)?,
             sha256: take(sha256)?.to_ascii_lowercase(),
+            base: base.map(str::to_ascii_lowercase),
         };
         meta.validate()?;
         Ok(meta)
@@ -165,15 +208,23 @@ impl SignedMetadata {
                 why: "not a semantic version such as 1.4.0",
             });
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(MetadataError::Invalid {
-                field: "sha256",
-                value: self.sha256.clone(),
-                why: "not 64 hex digits",
-            });
+        check_sha256("sha256", &self.sha256)?;
+        if let Some(base) = &self.base {
+            check_sha256("base", base)?;
         }
         Ok(())
     }
+}
+
+fn check_sha256(field: &'static str, value: &str) -> Result<(), MetadataError> {
+    if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(MetadataError::Invalid {
+            field,
+            value: value.to_string(),
+            why: "not 64 hex digits",
+        });
+    }
+    Ok(())
 }
 
 fn check_text(field: &'static str, value: &str) -> Result<(), MetadataError> {
@@ -226,6 +277,13 @@ pub(crate) fn vouch(
         .map_err(|e| format!("cannot read the release's minisign signature: {e}"))?;
     let meta = SignedMetadata::from_trusted_comment(signature.trusted_comment())
         .map_err(|e| e.to_string())?;
+    if let Some(base) = &meta.base {
+        return Err(format!(
+            "the signature is a delta patch's (it names the build it applies to, base {}…), not \
+             a full release's: the release's own .minisig was replaced by a patch's",
+            &base[..12]
+        ));
+    }
     if meta.product != expected.product {
         return Err(format!(
             "the release is signed for product {:?}, not {:?} (another product signed with the \

@@ -8,6 +8,7 @@ fn meta(product: &str, version: &str, target: &str) -> SignedMetadata {
         version: version.into(),
         target: target.into(),
         sha256: SHA.into(),
+        base: None,
     }
 }
 
@@ -137,6 +138,39 @@ fn vouch_refuses_another_product_another_target_and_a_mismatched_tag() {
     assert!(why.contains("not signed"), "{why}");
     let why = vouch(Some("garbage"), None, &expected()).unwrap_err();
     assert!(why.contains("cannot read"), "{why}");
+}
+
+#[test]
+fn a_patch_names_its_base_once_and_a_full_release_none() {
+    let base = "0F1E2D3C4B5A69788796A5B4C3D2E1F00F1E2D3C4B5A69788796A5B4C3D2E1F0";
+    let full = format!("product:app\tversion:1.0.0\ttarget:t\tsha256:{SHA}");
+    assert_eq!(
+        SignedMetadata::from_trusted_comment(&full).unwrap().base,
+        None
+    );
+    let patch = SignedMetadata::from_trusted_comment(&format!("{full}\tbase:{base}")).unwrap();
+    assert_eq!(patch.base.as_deref(), Some(&*base.to_ascii_lowercase()));
+    let twice = format!("{full}\tbase:{base}\tbase:{base}");
+    assert_eq!(
+        SignedMetadata::from_trusted_comment(&twice).unwrap_err(),
+        MetadataError::Duplicate("base".into())
+    );
+    match SignedMetadata::from_trusted_comment(&format!("{full}\tbase:abc")) {
+        Err(MetadataError::Invalid { field: "base", .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut m = meta("app", "1.0.0", "t");
+    m.base = Some("xyz".into());
+    assert!(m.to_trusted_comment(1, "app").is_err());
+}
+
+#[test]
+fn vouch_refuses_a_patchs_signature_for_a_full_release() {
+    let mut patch = meta("app", "1.4.0", "x86_64-unknown-linux-gnu");
+    patch.base = Some(SHA.into());
+    let sig = signed(&patch.to_trusted_comment(1, "app").unwrap());
+    let why = vouch(Some(&sig), None, &expected()).unwrap_err();
+    assert!(why.contains("delta patch"), "{why}");
 }
 
 #[test]

@@ -474,6 +474,7 @@ pub fn sign_for(
         version: version.into(),
         target: target.into(),
         sha256: file_sha(path),
+        base: None,
     };
     let comment = meta.to_trusted_comment(1_764_770_000, "next").unwrap();
     sign_with_comment(kp, path, &comment)

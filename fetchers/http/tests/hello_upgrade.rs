@@ -422,6 +422,7 @@ fn a_replayed_older_signed_release_is_refused_and_not_downloaded_again() {
         version: "0.0.9".into(),
         target: upshift::release::BUILD_TARGET.into(),
         sha256: sha.clone(),
+        base: None,
     };
     let comment = meta.to_trusted_comment(1_764_770_000, "hello").unwrap();
     let sig = minisign::sign(
