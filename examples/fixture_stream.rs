@@ -77,6 +77,7 @@ impl Fetcher for StreamFetcher {
             origin: Origin::Remote,
             body: Box::new(body),
             local_file: None,
+            delta: None,
             version: None,
             source: None,
             rollout_percent: None,

@@ -609,6 +609,8 @@ impl Upgrader {
                     && public_keys.is_empty(),
                 public_keys,
                 deadline: self.download_deadline,
+                // The serving worker's image is added at each release (it changes).
+                delta_bases: crate::install::base_candidates(None),
             };
             cfg.updates = Some(UpdateSettings {
                 fetchers: std::mem::take(&mut self.fetchers),

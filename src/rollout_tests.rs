@@ -17,6 +17,7 @@ fn release(identity: &str, sha256: Option<&str>, rollout: Option<f64>) -> Releas
         origin: Origin::Local,
         body: Box::new(std::io::Cursor::new(Vec::new())),
         local_file: None,
+        delta: None,
         rollout_percent: rollout,
         version: None,
         source: None,

@@ -384,3 +384,68 @@ impl<R: AsyncRead + Unpin> AsyncRead for BoundedBody<R> {
 #[cfg(test)]
 #[path = "body_tests.rs"]
 mod tests;
+
+/// A release body that is not requested until it is first read: what a fetcher hands over as
+/// [`Release::body`](super::Release::body) beside a [`Delta`](super::Delta), so that the full
+/// release costs no request when the patch applies. `open` runs on the first read; its error is
+/// that read's error. Dropped unread, nothing is requested.
+///
+/// ```
+/// use tokio::io::AsyncReadExt;
+/// use upshift::fetch::{body, ReleaseBody};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// let flag = opened.clone();
+/// let mut full = body::lazy(async move {
+///     flag.store(true, std::sync::atomic::Ordering::SeqCst);
+///     Ok(Box::new(&b"the full release"[..]) as ReleaseBody)
+/// });
+/// assert!(!opened.load(std::sync::atomic::Ordering::SeqCst), "nothing requested yet");
+/// let mut text = String::new();
+/// full.read_to_string(&mut text).await?;
+/// assert_eq!(text, "the full release");
+/// # Ok(()) }
+/// ```
+pub fn lazy<F>(open: F) -> super::ReleaseBody
+where
+    F: Future<Output = io::Result<super::ReleaseBody>> + Send + 'static,
+{
+    Box::new(LazyBody::Opening(Box::pin(open)))
+}
+
+type Opening = Pin<Box<dyn Future<Output = io::Result<super::ReleaseBody>> + Send>>;
+
+enum LazyBody {
+    Opening(Opening),
+    Open(super::ReleaseBody),
+    Failed,
+}
+
+impl AsyncRead for LazyBody {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                LazyBody::Opening(open) => match open.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(body)) => *this = LazyBody::Open(body),
+                    Poll::Ready(Err(e)) => {
+                        *this = LazyBody::Failed;
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                LazyBody::Open(body) => return Pin::new(body).poll_read(cx, buf),
+                LazyBody::Failed => {
+                    return Poll::Ready(Err(io::Error::other(
+                        "the release body could not be opened",
+                    )))
+                }
+            }
+        }
+    }
+}

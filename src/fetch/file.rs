@@ -349,6 +349,8 @@ impl Fetcher for FileFetcher {
             rollout_percent,
             version: None,
             source: Some(stamp.describe()),
+            // The file is on this machine already: a patch would save no transfer.
+            delta: None,
         }))
     }
 

@@ -257,7 +257,9 @@ pub struct Release {
     pub format: Format,
     /// Local or remote.
     pub origin: Origin,
-    /// The published file's bytes.
+    /// The published file's bytes. When [`delta`](Self::delta) is set, make it lazy
+    /// ([`body::lazy`]): the pipeline reads it only when the patch does not apply, so that a
+    /// delta that works costs no request for the full release.
     pub body: ReleaseBody,
     /// Set by [`FileFetcher`] only (other fetchers leave it `None`): the body is a file on this
     /// machine that the fetcher has already hashed, so staging copies it in the kernel instead of
@@ -276,6 +278,70 @@ pub struct Release {
     /// [`rollout`](crate::rollout)). `None`: [`Upgrader::rollout_percent`](crate::Upgrader::rollout_percent)
     /// decides.
     pub rollout_percent: Option<f64>,
+    /// A patch that rebuilds the published file from the build this host runs, when the
+    /// publisher made one for it (`upshift-publish --delta-from`). The pipeline tries it first
+    /// and falls back to [`body`](Self::body) when it is missing, does not verify, or does not
+    /// rebuild exactly the file [`sha256`](Self::sha256) and [`signature`](Self::signature)
+    /// describe. See [`Delta`].
+    pub delta: Option<Delta>,
+}
+
+/// A patch (a delta release) that rebuilds a release's published file from a build the host
+/// already has, named by [`crate::delta::patch_name`].
+///
+/// A delta is a transport optimisation, never a trust shortcut. The pipeline uses it only for a
+/// raw release (the published file is the binary) that carries a sha256, and only when the build
+/// it applies to is one this machine runs (the master's own image or the serving worker's,
+/// hashed again just before). The patch must match its own published sha256 (and, with a key
+/// configured, its own signature, whose signed metadata names the base) before a byte of it is
+/// applied; the rebuilt file must then hash to the release's sha256 and pass the release's
+/// signature, exactly as a full download would. Anything else falls back to the full release.
+///
+/// ```
+/// use upshift::fetch::{Current, Delta};
+///
+/// let current = Current {
+///     sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+///     ..Current::default()
+/// };
+/// // A fetcher found `app.from-9f86d081884c7d65.zst` and its checksum beside the release.
+/// let delta = Delta {
+///     base_sha256: current.sha256.clone(),
+///     sha256: "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752".into(),
+///     signature: None,
+///     size_hint: Some(812_345),
+///     name: "https://releases.example.com/app.from-9f86d081884c7d65.zst".into(),
+///     body: Box::new(tokio::io::empty()),
+/// };
+/// assert_eq!(delta.base_sha256, current.sha256);
+/// ```
+pub struct Delta {
+    /// Lower-case hex sha256 of the build the patch applies to: the fetcher looked for the patch
+    /// of [`Current::sha256`].
+    pub base_sha256: String,
+    /// Lower-case hex sha256 of the patch file as published (its sidecar or checksum-list
+    /// line). Required: a fetcher offers no patch it has no checksum for.
+    pub sha256: String,
+    /// The patch's detached minisign signature (its `.minisig`), if published.
+    pub signature: Option<String>,
+    /// The patch's size if known, for the size cap and progress.
+    pub size_hint: Option<u64>,
+    /// Where it comes from, for logs and events (a URL, an object key).
+    pub name: String,
+    /// The patch's bytes.
+    pub body: ReleaseBody,
+}
+
+impl fmt::Debug for Delta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delta")
+            .field("name", &self.name)
+            .field("base_sha256", &self.base_sha256)
+            .field("sha256", &self.sha256)
+            .field("signature", &self.signature.is_some())
+            .field("size_hint", &self.size_hint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Release {
@@ -338,6 +404,7 @@ impl fmt::Debug for Release {
             .field("rollout_percent", &self.rollout_percent)
             .field("version", &self.version)
             .field("source", &self.source)
+            .field("delta", &self.delta)
             .finish_non_exhaustive()
     }
 }

@@ -12,6 +12,7 @@
 //! executable at every instant.
 
 mod child;
+mod delta;
 mod flip;
 mod local;
 mod lock;
@@ -27,6 +28,7 @@ pub(crate) mod tests;
 use std::io;
 use std::time::Duration;
 
+pub(crate) use delta::base_candidates;
 pub(crate) use flip::{flip_link, install_flip, read_link};
 pub(crate) use local::{hash_copying, PreStaged};
 #[cfg(test)]

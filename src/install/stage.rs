@@ -36,6 +36,8 @@ pub(crate) struct StageOptions {
     /// The longest a download may take, however steadily bytes trickle in: the upgrade lock is
     /// held meanwhile.
     pub(crate) deadline: Duration,
+    /// Where the build a patch applies to may be found ([`super::delta::base_candidates`]).
+    pub(crate) delta_bases: Vec<PathBuf>,
 }
 
 /// The default of [`StageOptions::deadline`]: a 1 GiB release (the default size limit) at
@@ -49,6 +51,7 @@ impl Default for StageOptions {
             require_checksum_for_remote: true,
             public_keys: Vec::new(),
             deadline: DEFAULT_DOWNLOAD_DEADLINE,
+            delta_bases: super::delta::base_candidates(None),
         }
     }
 }
@@ -143,7 +146,62 @@ fn remove_quietly(path: &Path) {
 /// Checks that need no download (size hint over the limit, missing checksum, missing or unreadable
 /// signature) fail before anything is written. After the stream, a short transfer is reported
 /// before a checksum mismatch, and both before archive errors, which they would explain.
+///
+/// A release with a [`Delta`](crate::fetch::Delta) is rebuilt from its patch when that works
+/// ([`super::delta`]); when it does not, for whatever reason, the full release is read instead.
 pub(crate) async fn stage(
+    mut release: Release,
+    target: &Path,
+    opts: &StageOptions,
+) -> Result<Staged, InstallError> {
+    if let Some(delta) = release.delta.take() {
+        let patch = delta.name.clone();
+        let signature = decode_signature(opts, release.signature.as_deref())?;
+        let rebuilt = super::delta::stage_from_patch(
+            delta,
+            &release.identity,
+            &release.format,
+            release.sha256.as_deref(),
+            signature.as_ref(),
+            target,
+            opts,
+        )
+        .await;
+        match rebuilt {
+            Ok(staged) => return Ok(staged),
+            Err(
+                e @ (super::delta::DeltaSkipped::Failed(_)
+                | super::delta::DeltaSkipped::Unvouched(_)),
+            ) => tracing::warn!(
+                identity = %release.identity, %patch, error = %e,
+                "the release's patch did not work; downloading the full release"
+            ),
+            Err(e) => tracing::info!(
+                identity = %release.identity, %patch, reason = %e,
+                "the release's patch does not apply here; downloading the full release"
+            ),
+        }
+    }
+    stage_full(release, target, opts).await
+}
+
+/// The release's signature, decoded, when keys are configured (`None` without keys: nothing
+/// checks it).
+fn decode_signature(
+    opts: &StageOptions,
+    signature: Option<&str>,
+) -> Result<Option<Signature>, InstallError> {
+    match (opts.public_keys.is_empty(), signature) {
+        (true, _) => Ok(None),
+        (false, None) => Err(InstallError::Unsigned),
+        (false, Some(text)) => Signature::decode(text)
+            .map(Some)
+            .map_err(|e| InstallError::BadSignature(format!("cannot read the signature: {e}"))),
+    }
+}
+
+/// Stages the release's published file itself (see [`stage`]).
+pub(super) async fn stage_full(
     release: Release,
     target: &Path,
     opts: &StageOptions,
@@ -162,6 +220,7 @@ pub(crate) async fn stage(
         rollout_percent: _,
         version: _,
         source: _,
+        delta: _,
     } = release;
     let limit = opts.max_bytes;
     if size_hint.is_some_and(|n| n > limit) {
@@ -173,14 +232,7 @@ pub(crate) async fn stage(
     if expected.is_none() && origin == Origin::Remote && opts.require_checksum_for_remote {
         return Err(InstallError::MissingChecksum);
     }
-    let signature =
-        match (opts.public_keys.is_empty(), signature) {
-            (true, _) => None,
-            (false, None) => return Err(InstallError::Unsigned),
-            (false, Some(text)) => Some(Signature::decode(&text).map_err(|e| {
-                InstallError::BadSignature(format!("cannot read the signature: {e}"))
-            })?),
-        };
+    let signature = decode_signature(opts, signature.as_deref())?;
     let mut verifier = match &signature {
         Some(sig) => Some(start_verifier(&opts.public_keys, sig)?),
         None => None,
@@ -266,7 +318,7 @@ pub(crate) async fn stage(
 
 /// A stream verifier for `signature` with the configured key that made it (the signature names
 /// its key's id, so at most one matches).
-fn start_verifier<'a>(
+pub(super) fn start_verifier<'a>(
     keys: &'a [PublicKey],
     signature: &'a Signature,
 ) -> Result<StreamVerifier<'a>, InstallError> {

@@ -91,7 +91,7 @@ impl BinaryWriter {
         }
     }
 
-    fn write_chunk(&mut self, buf: &[u8]) -> Result<(), InstallError> {
+    pub(super) fn write_chunk(&mut self, buf: &[u8]) -> Result<(), InstallError> {
         self.bytes += buf.len() as u64;
         if self.bytes > self.limit {
             return Err(InstallError::TooLarge {
@@ -129,7 +129,7 @@ impl BinaryWriter {
     /// Makes the file executable by its owner only (`install` copies the real target's mode and
     /// owner over it, see [`STAGED_MODE`](super::STAGED_MODE)); `install` makes it durable before
     /// the rename.
-    fn finish(self) -> Result<Unpacked, InstallError> {
+    pub(super) fn finish(self) -> Result<Unpacked, InstallError> {
         let ctx = |what: &str, e| InstallError::io(format!("{what} {}", self.path.display()), e);
         self.file
             .set_permissions(std::fs::Permissions::from_mode(super::STAGED_MODE))

@@ -355,7 +355,9 @@ impl Updater {
         };
         let installed_sha =
             (books.ledger().state.persisted.installed.as_ref()).map(|b| b.sha256.clone());
-        let staged = match install::stage(release, &target, &self.cfg.stage).await {
+        let mut stage_opts = self.cfg.stage.clone();
+        stage_opts.delta_bases = install::base_candidates((*self.serving.borrow()).map(|w| w.pid));
+        let staged = match install::stage(release, &target, &stage_opts).await {
             Ok(s) => s,
             Err(InstallError::ChecksumMismatch { actual, .. })
                 if Some(&actual) == installed_sha.as_ref() =>

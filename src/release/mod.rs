@@ -19,7 +19,7 @@ mod model_tests;
 
 use std::path::{Path, PathBuf};
 
-pub(crate) use signed::{vouch, Expected};
+pub(crate) use signed::{vouch, vouch_patch, Expected};
 pub use signed::{MetadataError, SignedMetadata, BUILD_TARGET};
 pub use version::{parse_version, Version};
 

@@ -311,6 +311,53 @@ pub(crate) fn vouch(
     Ok(meta)
 }
 
+/// Checks, before a delta patch is downloaded, that its signed metadata binds it to the release
+/// it rebuilds: the same product, version and target as the release's own signed metadata
+/// (`release_comment`), the build it applies to (`base`), and its own sha256 (`patch_sha256`,
+/// from its checksum). The comments are proven later: the patch's signature when it is staged,
+/// the release's when the rebuilt bytes are checked; a forged comment can only make the patch go
+/// unused.
+pub(crate) fn vouch_patch(
+    release_comment: &str,
+    patch_comment: &str,
+    base: &str,
+    patch_sha256: &str,
+) -> Result<(), String> {
+    let release = SignedMetadata::from_trusted_comment(release_comment)
+        .map_err(|e| format!("the release's signature: {e}"))?;
+    let patch = SignedMetadata::from_trusted_comment(patch_comment)
+        .map_err(|e| format!("the patch's signature: {e}"))?;
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    if !patch.base.as_deref().is_some_and(|b| same(b, base)) {
+        return Err(format!(
+            "the patch's signature names base {:?}, not the build it would be applied to ({base})",
+            patch.base
+        ));
+    }
+    if !same(&patch.sha256, patch_sha256) {
+        return Err(format!(
+            "the patch's signature names sha256 {}, but its checksum is {patch_sha256}",
+            patch.sha256
+        ));
+    }
+    if patch.product != release.product
+        || patch.target != release.target
+        || parse_version(&patch.version) != parse_version(&release.version)
+    {
+        return Err(format!(
+            "the patch is signed for {} {} ({}), the release for {} {} ({}): a patch of another \
+             release",
+            patch.product,
+            patch.version,
+            patch.target,
+            release.product,
+            release.version,
+            release.target
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[path = "signed_tests.rs"]
 mod tests;

@@ -177,3 +177,41 @@ fn vouch_refuses_a_patchs_signature_for_a_full_release() {
 fn the_build_target_is_a_triple() {
     assert!(BUILD_TARGET.split('-').count() >= 3, "{BUILD_TARGET}");
 }
+
+#[test]
+fn a_patch_is_vouched_for_only_as_the_patch_of_this_release_and_base() {
+    const PATCH: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+    const BASE: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
+    let release = meta("app", "1.4.0", "x86_64-unknown-linux-gnu");
+    let release_comment = release.to_trusted_comment(7, "app").unwrap();
+    let patch = |edit: &dyn Fn(&mut SignedMetadata)| {
+        let mut m = release.clone();
+        m.sha256 = PATCH.into();
+        m.base = Some(BASE.into());
+        edit(&mut m);
+        m.to_trusted_comment(7, "app.from-ab12ab12ab12ab12.bidiff.zst")
+            .unwrap()
+    };
+    assert_eq!(
+        vouch_patch(&release_comment, &patch(&|_| {}), BASE, PATCH),
+        Ok(())
+    );
+    let refused = [
+        ("no base", patch(&|m| m.base = None)),
+        ("another base", patch(&|m| m.base = Some(SHA.into()))),
+        ("another patch", patch(&|m| m.sha256 = SHA.into())),
+        ("another product", patch(&|m| m.product = "other".into())),
+        ("another version", patch(&|m| m.version = "1.3.9".into())),
+        (
+            "another target",
+            patch(&|m| m.target = "aarch64-apple-darwin".into()),
+        ),
+        ("no metadata", "timestamp:7\tfile:app.from".to_string()),
+    ];
+    for (what, comment) in refused {
+        assert!(
+            vouch_patch(&release_comment, &comment, BASE, PATCH).is_err(),
+            "{what} was vouched for"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use upshift::fetch::{Current, FetchError, Origin, Release};
 
 use crate::body::{self, Commit, Validators};
 use crate::checksum;
+use crate::delta;
 use crate::meta;
 use crate::request::{Doc, Getter, Got};
 use crate::{ChecksumSource, HttpFetcher, SignatureSource, SIDECAR_LIMIT, SUMS_LIMIT};
@@ -98,6 +99,8 @@ impl HttpFetcher {
         // The signature, when step 1 needed it already.
         let mut signature_first = None;
         let mut file_request = FileRequest::Get(remembered.file.clone());
+        // The checksum list this poll read, if the checksum comes from one: it names patches too.
+        let mut sums = None;
         if let Some((kind, url)) = match &self.checksum {
             ChecksumSource::None => None,
             ChecksumSource::Sidecar(u) => Some((Kind::Sidecar, u)),
@@ -135,6 +138,9 @@ impl HttpFetcher {
                 }
                 Doc::Found { text, validators } => {
                     let d = checksum::published(kind, &text, url, &self.url)?;
+                    if kind == Kind::List {
+                        sums = Some(text);
+                    }
                     let identity = format!("sha256:{d}");
                     if d.eq_ignore_ascii_case(&current.sha256)
                         || current.identity.as_deref() == Some(identity.as_str())
@@ -182,7 +188,25 @@ impl HttpFetcher {
             signature_first = Some(signature);
         }
 
-        // 2. The release itself.
+        // 2. A patch from the running build, if one is published: then the release itself is
+        // only asked about (HEAD), and read only if the patch does not work.
+        let mut patch = None;
+        if self.deltas && digest.is_some() && matches!(file_request, FileRequest::Get(None)) {
+            patch = delta::find(
+                &getter,
+                &self.url,
+                current,
+                sums.as_deref(),
+                matches!(signature_first, Some(Some(_))),
+                small_timeout,
+            )
+            .await?;
+            if patch.is_some() {
+                file_request = FileRequest::Head;
+            }
+        }
+
+        // 3. The release itself.
         let timeout = self.timeout;
         let got = match &file_request {
             FileRequest::Get(conditional) => {
@@ -234,7 +258,7 @@ impl HttpFetcher {
             None => meta::guess_format(&final_url, resp.headers(), &self.url),
         };
 
-        // 3. The signature, optional (already fetched if step 1 needed it).
+        // 4. The signature, optional (already fetched if step 1 needed it).
         let signature = match signature_first {
             Some(signature) => signature,
             None => fetch_signature(&getter, &self.signature, small_timeout).await?,
@@ -259,19 +283,33 @@ impl HttpFetcher {
             None => None,
         };
 
+        let requester = delta::Requester {
+            client: getter.client.clone(),
+            origin: self.url.clone(),
+            headers: self.headers.clone(),
+            policy: self.policy,
+            stall: small_timeout,
+            timeout,
+        };
         tracing::debug!(%identity, url = %meta::redact(&final_url), ?size_hint, ?format, ?rollout_percent, ?source, "new release");
         self.remember_offered(&digest, &signature, &source, &file_validators);
+        let commit = Commit::new(
+            self.memory.clone(),
+            seq,
+            checksum_validators.clone(),
+            file_validators.clone(),
+        );
+        let delta = patch.map(|p| p.into_delta(requester.clone()));
         let body: upshift::fetch::ReleaseBody = match file_request {
+            // Read only if the patch does not work.
+            FileRequest::Head if delta.is_some() => {
+                drop(resp);
+                requester.lazy_get(final_url.clone(), Some(commit))
+            }
             // Nothing to read: the pipeline refuses a release without checksum or signature
             // before reading a byte.
             FileRequest::Head => Box::new(tokio::io::empty()),
             FileRequest::Get(_) => {
-                let commit = Commit::new(
-                    self.memory.clone(),
-                    seq,
-                    checksum_validators,
-                    file_validators,
-                );
                 let length = resp.content_length();
                 let what = format!("GET {}", meta::redact(&final_url));
                 Box::new(
@@ -291,6 +329,7 @@ impl HttpFetcher {
             origin: Origin::Remote,
             body,
             local_file: None,
+            delta,
             rollout_percent,
             version: None,
             source,

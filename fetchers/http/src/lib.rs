@@ -111,6 +111,7 @@
 mod body;
 mod check;
 mod checksum;
+mod delta;
 mod meta;
 mod request;
 
@@ -189,6 +190,8 @@ pub struct HttpFetcher {
     last_offered: Option<check::Offered>,
     /// What the configuration allows ([`Fetcher::apply_policy`]); strict until told otherwise.
     policy: TrustPolicy,
+    /// Whether to look for a patch from the running build ([`HttpFetcher::deltas`]).
+    deltas: bool,
 }
 
 impl std::fmt::Debug for HttpFetcher {
@@ -256,6 +259,7 @@ impl HttpFetcher {
             checks: 0,
             last_offered: None,
             policy: TrustPolicy::default(),
+            deltas: true,
         })
     }
 
@@ -453,6 +457,28 @@ impl HttpFetcher {
     /// ```
     pub fn interval(mut self, d: Duration) -> Self {
         self.interval = d;
+        self
+    }
+
+    /// Whether to look for a patch from the running build before downloading a new release
+    /// (default: yes). A publisher's `upshift-publish --delta-from OLD` writes
+    /// `<name>.from-<sha256 prefix of OLD>.zst` beside the release, with its own `.sha256` (or a
+    /// line in the `SHA256SUMS` the release is listed in) and `.minisig`. When a poll finds a new
+    /// release and the patch for the build this host runs, it asks for the release itself with a
+    /// `HEAD` only; the pipeline downloads the patch, rebuilds the release from it, and checks the
+    /// result against the release's own sha256 and signature. The full release is downloaded only
+    /// when that fails. A look costs one small request with a sidecar (a `404` when there is no
+    /// patch), none with a checksum list, and happens only when there is a new release.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), upshift::fetch::FetchError> {
+    /// // Always download the full release.
+    /// let fetcher = upshift_http::HttpFetcher::new("https://example.com/app")?.deltas(false);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deltas(mut self, on: bool) -> Self {
+        self.deltas = on;
         self
     }
 

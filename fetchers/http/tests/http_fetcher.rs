@@ -136,14 +136,20 @@ async fn an_unchanged_poll_is_one_request_and_no_body() {
     assert_eq!(read_all(&mut release).await.expect("body"), bytes);
     let first = nginx.settled_hits();
     let requests: Vec<(&str, u16)> = first.iter().map(|h| (h.uri.as_str(), h.status)).collect();
+    let patch_sidecar = format!(
+        "/releases/{}.sha256",
+        upshift::delta::patch_name("app", &nothing_installed().sha256)
+    );
     assert_eq!(
         requests,
         [
             ("/releases/app.sha256", 200),
             ("/releases/app.minisig", 404),
+            (patch_sidecar.as_str(), 404),
             ("/releases/app", 200)
         ],
-        "a new release costs its checksum, the signature lookup and itself"
+        "a new release costs its checksum, the signature lookup, the lookup of a patch from the \
+         running build, and itself"
     );
     let release_bytes = first
         .iter()
@@ -459,13 +465,13 @@ async fn credentials_reach_their_origin_and_no_other() {
             .header("X-Api-Key", "k-123")
     };
 
-    // Same origin: sent with every request (sidecar, release, signature).
+    // Same origin: sent with every request (sidecar, signature, patch lookup, release).
     let mut f = with_credentials("private/app");
     let mut release = expect_release(&mut f, &nothing_installed(), "authorized").await;
     assert_eq!(release.sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(read_all(&mut release).await.expect("body"), bytes);
     let hits = nginx.settled_hits();
-    assert_eq!(hits.len(), 3, "{hits:#?}");
+    assert_eq!(hits.len(), 4, "{hits:#?}");
     assert!(
         hits.iter().all(|h| h.authorization && h.api_key),
         "{hits:#?}"

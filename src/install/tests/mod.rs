@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bounds;
+mod delta;
 mod local;
 mod replace;
 mod stage;
@@ -77,6 +78,7 @@ pub(super) fn release(body: Vec<u8>, format: Format) -> Release {
         origin: Origin::Local,
         body: Box::new(std::io::Cursor::new(body)),
         local_file: None,
+        delta: None,
         rollout_percent: None,
         version: None,
         source: None,
