@@ -26,6 +26,11 @@
 //! (`If-Match` the ETag just seen, so an object overwritten in between is noticed) and handed to
 //! upshift's install pipeline, which checks the digest and signature.
 //!
+//! A new release may come with a patch from the build the host runs (a delta release,
+//! `upshift-publish --delta-from`): `<key>.from-<sha256 prefix>.zst` beside the object, found
+//! with one `HEAD` (see [`S3Fetcher::deltas`]). Then the release is offered with the patch and
+//! the object is requested only if the pipeline cannot use the patch.
+//!
 //! A release's identity is the object's ETag without quotes (with `@<version id>` in a versioned
 //! bucket); its [`source`](upshift::fetch::Release::source) is that and the object's size. A
 //! release the pipeline refused ([`Current::was_rejected_from`]) costs one `HEAD` per poll while
@@ -89,8 +94,10 @@
 
 #![warn(missing_docs)]
 
+mod delta;
 mod digest;
 mod errors;
+mod get;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +109,7 @@ use aws_sdk_s3::config::{Credentials, Region, ResponseChecksumValidation};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 use aws_smithy_http_client::tls;
+use get::{Got, ObjectGet};
 use upshift::fetch::body::{BodyError, BoundedBody};
 use upshift::fetch::{
     transport, Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy,
@@ -151,6 +159,8 @@ pub struct S3Fetcher {
     missing_logged: bool,
     /// What the configuration allows ([`Fetcher::apply_policy`]); strict until told otherwise.
     policy: TrustPolicy,
+    /// Whether to look for a patch from the running build ([`S3Fetcher::deltas`]).
+    deltas: bool,
 }
 
 impl fmt::Debug for S3Fetcher {
@@ -166,6 +176,7 @@ impl fmt::Debug for S3Fetcher {
             .field("interval", &self.interval)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("deltas", &self.deltas)
             .finish_non_exhaustive()
     }
 }
@@ -271,6 +282,7 @@ impl S3Fetcher {
             seen: None,
             missing_logged: false,
             policy: TrustPolicy::default(),
+            deltas: true,
         }
     }
 
@@ -433,6 +445,28 @@ impl S3Fetcher {
         self
     }
 
+    /// Whether to look for a patch from the running build before downloading a new release
+    /// (default: yes). `upshift-publish --delta-from OLD` writes, beside the object,
+    /// `<key>.from-<sha256 prefix of OLD>.zst` with its sha256 the way it gives the release
+    /// its own (`x-amz-meta-sha256` and S3's SHA256 checksum, the `.sha256` sidecar or a line in
+    /// the [`checksum_key`](Self::checksum_key) list) and its `.minisig`. When a check finds a
+    /// new release with a sha256 and the patch for the build this host runs, the object itself
+    /// is not requested: the pipeline downloads the patch, rebuilds the release from it and
+    /// checks the result against the release's own sha256 and signature, and downloads the
+    /// object only when that fails. A look costs one `HEAD` of the patch (a `404` when there is
+    /// none), and its `.minisig` when the release is signed; it happens only when there is a new
+    /// release, never on an unchanged poll.
+    ///
+    /// ```
+    /// // Always download the full release.
+    /// let fetcher = upshift_s3::S3Fetcher::new("releases", "myapp/myapp").deltas(false);
+    /// # let _ = fetcher;
+    /// ```
+    pub fn deltas(mut self, on: bool) -> Self {
+        self.deltas = on;
+        self
+    }
+
     /// Refuses a configured plain `http://` endpoint where the policy does not allow it.
     fn require_tls(&self) -> Result<(), FetchError> {
         match &self.endpoint {
@@ -529,11 +563,21 @@ impl S3Fetcher {
         s3: &aws_sdk_s3::Client,
         endpoint: &str,
     ) -> Result<Option<Head>, FetchError> {
-        let what = format!("HEAD {}", self.name);
+        self.head_of(s3, endpoint, &self.key).await
+    }
+
+    /// HEADs the object at `key` (the release's, a patch's): `None` if there is none.
+    async fn head_of(
+        &self,
+        s3: &aws_sdk_s3::Client,
+        endpoint: &str,
+        key: &str,
+    ) -> Result<Option<Head>, FetchError> {
+        let what = format!("HEAD {}", self.locate(key));
         let result = s3
             .head_object()
             .bucket(&self.bucket)
-            .key(&self.key)
+            .key(key)
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await;
@@ -542,7 +586,7 @@ impl S3Fetcher {
             Err(e) if errors::is_not_found(&e) => return Ok(None),
             // A HEAD's error has no body, so no code: ask a 1-byte GET why.
             Err(e) if errors::is_unexplained_refusal(&e) => {
-                return self.explain_refusal(s3, endpoint, &what, e).await;
+                return self.explain_refusal(s3, endpoint, key, &what, e).await;
             }
             Err(e) => return Err(errors::convert(e, &what, endpoint)),
         };
@@ -577,7 +621,7 @@ impl S3Fetcher {
             Some(v) => Some(digest::hex_digest(v).ok_or_else(|| {
                 FetchError::Source(format!(
                     "{}: x-amz-meta-sha256 is not a sha256 digest: {:?}",
-                    self.name,
+                    self.locate(key),
                     truncate(v, 80)
                 ))
             })?),
@@ -586,6 +630,7 @@ impl S3Fetcher {
             if c != m {
                 tracing::warn!(
                     fetcher = %self.name,
+                    object = %self.locate(key),
                     s3_checksum = %c,
                     metadata = %m,
                     "the object's SHA256 checksum and x-amz-meta-sha256 disagree; using the checksum"
@@ -607,6 +652,7 @@ impl S3Fetcher {
         &self,
         s3: &aws_sdk_s3::Client,
         endpoint: &str,
+        key: &str,
         what: &str,
         head_error: aws_sdk_s3::error::SdkError<
             aws_sdk_s3::operation::head_object::HeadObjectError,
@@ -616,7 +662,7 @@ impl S3Fetcher {
         let probe = s3
             .get_object()
             .bucket(&self.bucket)
-            .key(&self.key)
+            .key(key)
             .range("bytes=0-0")
             .send()
             .await;
@@ -688,12 +734,24 @@ impl S3Fetcher {
         s3: &aws_sdk_s3::Client,
         endpoint: &str,
     ) -> Result<Option<String>, FetchError> {
+        Ok(self
+            .sidecar_doc(s3, endpoint)
+            .await?
+            .map(|(digest, _)| digest))
+    }
+
+    /// [`sidecar`](Self::sidecar), with the object's text.
+    async fn sidecar_doc(
+        &self,
+        s3: &aws_sdk_s3::Client,
+        endpoint: &str,
+    ) -> Result<Option<(String, String)>, FetchError> {
         let key = self.sidecar_key();
         match self.side_object(s3, endpoint, &key).await? {
             None => Ok(None),
             Some(text) => {
-                let name = self.key.rsplit('/').next().unwrap_or(&self.key);
-                digest::from_sidecar(&text, &self.locate(&key), name).map(Some)
+                let digest = digest::from_sidecar(&text, &self.locate(&key), file_name(&self.key))?;
+                Ok(Some((digest, text)))
             }
         }
     }
@@ -767,9 +825,17 @@ impl S3Fetcher {
             self.seen = Some(settled(&head, head.sha256.clone(), false, None));
             return Ok(Step::Done(None));
         }
+        // The checksum object's text, when this check read it: it may name the patch too.
+        let mut sums = None;
         let (sha256, from_sidecar) = match &head.sha256 {
             Some(s) => (Some(s.clone()), false),
-            None => (self.sidecar(&s3, &endpoint).await?, true),
+            None => match self.sidecar_doc(&s3, &endpoint).await? {
+                Some((digest, text)) => {
+                    sums = Some(text);
+                    (Some(digest), true)
+                }
+                None => (None, true),
+            },
         };
         if same_digest(sha256.as_deref(), &current.sha256) {
             tracing::debug!(fetcher = %self.name, identity = %head.identity, "the installed release");
@@ -779,7 +845,7 @@ impl S3Fetcher {
         let signature = self
             .side_object(&s3, &endpoint, &self.minisig_key())
             .await?;
-        let file_name = self.key.rsplit('/').next().unwrap_or(&self.key);
+        let file_name = file_name(&self.key);
         let seen = |settled: bool| Seen {
             etag: head.etag.clone(),
             identity: head.identity.clone(),
@@ -833,45 +899,52 @@ impl S3Fetcher {
             })));
         }
 
-        let what = format!("GET {}", self.name);
-        let mut get = s3.get_object().bucket(&self.bucket).key(&self.key);
-        // The SDK validates the body against a full-object checksum as it streams. A composite
-        // (multipart) one it cannot check, and says so at WARN on every GET: not asked for.
-        if matches!(head.checksum, digest::S3Checksum::Full(_)) {
-            get = get.checksum_mode(ChecksumMode::Enabled);
-        }
-        if let Some(etag) = &head.raw_etag {
-            get = get.if_match(etag.clone());
-        }
-        let out = match get.send().await {
-            Ok(out) => out,
-            Err(e) if errors::is_not_found(&e) => {
-                self.note_missing();
-                return Ok(Step::Done(None));
+        // A patch from the running build, if one is published: then the object itself, which
+        // its HEAD already described, is requested only if the patch does not work.
+        let patch = match &sha256 {
+            Some(_) if self.deltas => {
+                let signed = signature.is_some();
+                self.find_patch(&s3, &endpoint, current, sums.as_deref(), signed)
+                    .await?
             }
-            Err(e) if errors::status(&e) == Some(412) => return Ok(Step::Raced),
-            Err(e) => return Err(errors::convert(e, &what, &endpoint)),
+            _ => None,
         };
-        // Stores that ignore If-Match: compare the ETag.
-        if let (Some(_), Some(got)) = (&head.raw_etag, out.e_tag()) {
-            if unquote(got) != head.etag {
-                return Ok(Step::Raced);
-            }
-        }
-        let size_hint = out.content_length().and_then(|l| u64::try_from(l).ok());
+        let object = ObjectGet {
+            s3,
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            endpoint,
+            raw_etag: head.raw_etag.clone(),
+            etag: head.etag.clone(),
+            validate: matches!(head.checksum, digest::S3Checksum::Full(_)),
+            stall: self.timeout,
+        };
         let settled_flag = Arc::new(AtomicBool::new(false));
         // Raised when the body was read to its end, complete.
         let delivered = settled_flag.clone();
-        let body = BoundedBody::new(Box::pin(out.body.into_async_read()), what)
-            .stall(self.timeout)
-            .expect_len(size_hint)
-            .on_complete(move || delivered.store(true, Ordering::Release));
+        let on_complete: Box<dyn FnOnce() + Send> =
+            Box::new(move || delivered.store(true, Ordering::Release));
+        let (body, size_hint, delta) = match patch {
+            Some(patch) => {
+                let delta = patch.into_delta(object.clone());
+                (object.lazy(Some(on_complete)), head.size, Some(delta))
+            }
+            None => match object.send(Some(on_complete)).await? {
+                Got::Body(body, size) => (body, size, None),
+                Got::Missing => {
+                    self.note_missing();
+                    return Ok(Step::Done(None));
+                }
+                Got::Changed => return Ok(Step::Raced),
+            },
+        };
         tracing::debug!(
             fetcher = %self.name,
             identity = %head.identity,
             sha256 = sha256.as_deref().unwrap_or("-"),
             signed = signature.is_some(),
             size = ?size_hint,
+            patch = delta.as_ref().map_or("-", |d| d.name.as_str()),
             "new release"
         );
         self.seen = Some(Seen {
@@ -885,9 +958,9 @@ impl S3Fetcher {
             size_hint,
             format: Format::from_name(file_name),
             origin: Origin::Remote,
-            body: Box::new(body),
+            body,
             local_file: None,
-            delta: None,
+            delta,
             rollout_percent: None,
             version: None,
             source: Some(source),
@@ -961,6 +1034,11 @@ fn settled(head: &Head, sha256: Option<String>, from_sidecar: bool, sig: Option<
 
 fn same_digest(expected: Option<&str>, installed: &str) -> bool {
     expected.is_some_and(|e| e.trim().eq_ignore_ascii_case(installed.trim()))
+}
+
+/// The last segment of an object key: the published file's name.
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
 /// An ETag without its quotes (and weak marker).
