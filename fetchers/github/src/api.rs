@@ -5,16 +5,18 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT};
 use http::{HeaderMap, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyDataStream, BodyExt};
 use octocrab::Octocrab;
 use tokio_util::io::StreamReader;
-use upshift::fetch::body::BoundedBody;
+use upshift::fetch::body::{self as shared_body, BoundedBody};
 use upshift::fetch::retry::{self, Retry};
-use upshift::fetch::{error_chain, transport, FetchError, TrustPolicy};
+use upshift::fetch::{error_chain, transport, FetchError, ReleaseBody, TrustPolicy};
 
 use crate::transport::{followed_elsewhere, redirect_target, MAX_REDIRECTS};
+use crate::{WithContext, OCTET_STREAM};
 
 /// A response body as octocrab's client hands it over.
 pub(crate) type Body = BoxBody<Bytes, octocrab::Error>;
@@ -106,6 +108,25 @@ impl Api {
             at = next;
         }
         Err(self.error(target, format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// Starts downloading the asset at `path` (its endpoint, named `name`): `GET` with `Accept:
+    /// application/octet-stream`, following GitHub's redirect to its storage host.
+    pub async fn open_asset(
+        &self,
+        path: &str,
+        name: &str,
+    ) -> Result<http::Response<Body>, FetchError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(OCTET_STREAM));
+        let response = self.get(path, headers).await?;
+        if response.status() != StatusCode::OK {
+            return Err(self
+                .status_error(path, response)
+                .await
+                .with_context(&format!("asset {name}")));
+        }
+        Ok(response)
     }
 
     /// One `GET`, bounded by the timeout until the response head arrives.
@@ -274,6 +295,42 @@ pub(crate) fn body_reader(body: Body, what: impl Into<String>) -> Reader {
         StreamReader::new(BodyDataStream::new(body.map_err(to_io))),
         what,
     )
+}
+
+/// An asset to read, owned: the release's asset read at once, or, beside a patch, on its first
+/// read ([`shared_body::lazy`]), and the patch itself. Streamed through the shared bounded
+/// reader: cut after the timeout without data, and held to the asset's listed size.
+#[derive(Clone)]
+pub(crate) struct AssetGet {
+    pub api: Api,
+    /// The asset endpoint, relative to the API base.
+    pub path: String,
+    pub name: String,
+    /// The size the release document lists.
+    pub size: u64,
+    /// What the body is, in its errors (`github:o/r: release TAG asset NAME`).
+    pub what: String,
+}
+
+impl AssetGet {
+    /// The body, requested now.
+    pub async fn open(&self) -> Result<ReleaseBody, FetchError> {
+        let response = self.api.open_asset(&self.path, &self.name).await?;
+        Ok(Box::new(
+            body_reader(response.into_body(), self.what.clone())
+                .stall(self.api.timeout)
+                .expect_len(Some(self.size)),
+        ))
+    }
+
+    /// The body, requested on its first read: nothing is asked of GitHub while it is not read.
+    pub fn lazy(self) -> ReleaseBody {
+        shared_body::lazy(async move {
+            self.open()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@
 
 mod api;
 mod checksum;
+mod delta;
 mod select;
 mod transport;
 
@@ -62,7 +63,7 @@ use octocrab::models::repos::Release as GhRelease;
 use semver::Version;
 use upshift::fetch::{Current, FetchError, Fetcher, Format, Origin, Release, TrustPolicy};
 
-use api::Api;
+use api::{Api, AssetGet};
 pub use select::TARGET;
 use select::{AssetMeta, Platform, TagPattern};
 
@@ -162,6 +163,8 @@ pub struct GithubFetcher {
     unversioned_warned: HashSet<String>,
     /// What the configuration allows ([`Fetcher::apply_policy`]); strict until told otherwise.
     policy: TrustPolicy,
+    /// Whether to look for a patch from the running build ([`GithubFetcher::deltas`]).
+    deltas: bool,
 }
 
 /// The last 200 answer to the releases request: its ETag and the release it pointed at.
@@ -186,6 +189,8 @@ struct Resolved {
     asset_id: u64,
     sha256: Option<String>,
     signature: Option<String>,
+    /// The patch looked for beside the asset, once looked for.
+    patch: Option<delta::Lookup>,
 }
 
 impl fmt::Debug for GithubFetcher {
@@ -203,6 +208,7 @@ impl fmt::Debug for GithubFetcher {
             .field("asset_pattern", &self.asset_pattern)
             .field("interval", &self.interval)
             .field("timeout", &self.timeout)
+            .field("deltas", &self.deltas)
             .finish_non_exhaustive()
     }
 }
@@ -260,6 +266,7 @@ impl GithubFetcher {
             cache: None,
             unversioned_warned: HashSet::new(),
             policy: TrustPolicy::default(),
+            deltas: true,
         })
     }
 
@@ -413,6 +420,30 @@ impl GithubFetcher {
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d.max(Duration::from_millis(1));
         self.api = None;
+        self
+    }
+
+    /// Whether to look for a patch from the running build before downloading a new release
+    /// (default: yes). `upshift-publish --delta-from OLD` uploads, beside the release's asset,
+    /// `<asset>.from-<sha256 prefix of OLD>.zst`, with its sha256 where the asset's is (GitHub's
+    /// `digest`, a line in the `SHA256SUMS` asset, a `.sha256` asset) and its `.minisig`. When a
+    /// check finds a new release with a sha256 and the patch for the build this host runs, the
+    /// asset itself is not requested: the pipeline downloads the patch, rebuilds the release from
+    /// it and checks the result against the release's own sha256 and signature, and downloads the
+    /// asset only when that fails. The release document names every asset, so finding the patch
+    /// costs no request; its checksum costs none with a `digest` or a list already read, and its
+    /// `.minisig` is read when the release is signed. Nothing is looked for on an unchanged poll.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), upshift::fetch::FetchError> {
+    /// // Always download the full release.
+    /// let fetcher = upshift_github::GithubFetcher::new("acme/server")?.deltas(false);
+    /// # let _ = fetcher;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deltas(mut self, on: bool) -> Self {
+        self.deltas = on;
         self
     }
 
@@ -656,30 +687,21 @@ impl GithubFetcher {
         format!("/repos/{}/{}/releases/assets/{id}", self.owner, self.repo)
     }
 
-    /// Starts downloading an asset: `GET` the asset endpoint with `Accept:
-    /// application/octet-stream`, following GitHub's redirect to its storage host.
-    async fn open_asset(
-        &self,
-        api: &Api,
-        asset: &AssetMeta,
-    ) -> Result<http::Response<api::Body>, FetchError> {
-        let path = self.asset_path(asset.id);
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(OCTET_STREAM));
-        let response = api.get(&path, headers).await?;
-        if response.status() != StatusCode::OK {
-            return Err(api
-                .status_error(&path, response)
-                .await
-                .with_context(&format!("asset {}", asset.name)));
+    /// How to read `asset` of `pick`'s release, at once or on the first read.
+    fn asset_get(&self, api: &Api, pick: &Pick, asset: &AssetMeta) -> AssetGet {
+        AssetGet {
+            api: api.clone(),
+            path: self.asset_path(asset.id),
+            name: asset.name.clone(),
+            size: asset.size,
+            what: format!("{}: release {} asset {}", self.name, pick.tag, asset.name),
         }
-        Ok(response)
     }
 
     /// Reads a small asset (a checksum list, `.sha256`, `.minisig`) as text.
     async fn small_asset(&self, api: &Api, asset: &AssetMeta) -> Result<String, FetchError> {
         let path = self.asset_path(asset.id);
-        let response = self.open_asset(api, asset).await?;
+        let response = api.open_asset(&path, &asset.name).await?;
         let bytes = api
             .collect(response.into_body(), SIDE_LIMIT)
             .await
@@ -694,60 +716,113 @@ impl GithubFetcher {
         api: &Api,
         pick: &Pick,
         asset: &AssetMeta,
+        lists: &mut Lists,
     ) -> Result<Resolved, FetchError> {
         if let Some(r) = pick.resolved.as_ref().filter(|r| r.asset_id == asset.id) {
             return Ok(r.clone());
         }
-        let find = |name: &str| pick.assets.iter().find(|a| a.name == name);
-        let mut sha256 = asset.digest.as_deref().and_then(checksum::from_digest);
-        if sha256.is_none() {
-            let lists = pick
-                .assets
-                .iter()
-                .filter(|a| select::is_checksum_list(&a.name));
-            for list in lists {
-                let text = self.small_asset(api, list).await?;
-                sha256 = checksum::from_list(&text, &asset.name).map_err(|e| {
-                    api.error(
-                        &self.asset_path(list.id),
-                        format_args!("asset {}: {e}", list.name),
-                    )
-                })?;
-                if sha256.is_some() {
-                    break;
-                }
-            }
-        }
-        if sha256.is_none() {
-            let side = find(&format!("{}.sha256", asset.name))
-                .or_else(|| find(&format!("{}.sha256sum", asset.name)));
-            if let Some(side) = side {
-                let text = self.small_asset(api, side).await?;
-                let sha = checksum::from_sidecar(&text, &asset.name).map_err(|e| {
-                    api.error(
-                        &self.asset_path(side.id),
-                        format_args!("asset {}: {e}", side.name),
-                    )
-                })?;
-                sha256 = Some(sha);
-            }
-        }
-        let signature = match find(&format!("{}.minisig", asset.name)) {
-            Some(sig) => Some(self.small_asset(api, sig).await?),
-            None => None,
-        };
+        let sha256 = self.sha256_of(api, pick, asset, lists).await?;
+        let signature = self.signature_of(api, pick, asset).await?;
         let resolved = Resolved {
             asset_id: asset.id,
             sha256,
             signature,
+            patch: None,
         };
-        // Remember it with the document it came from, so an unchanged poll looks up nothing.
+        self.remember(pick, |r| *r = Some(resolved.clone()));
+        Ok(resolved)
+    }
+
+    /// Updates what the cached document's release remembers of its assets (when `pick` is that
+    /// release), so an unchanged poll looks up nothing.
+    fn remember(&mut self, pick: &Pick, update: impl FnOnce(&mut Option<Resolved>)) {
         if let Some(cached) = self.cache.as_mut().and_then(|c| c.pick.as_mut()) {
             if cached.tag == pick.tag {
-                cached.resolved = Some(resolved.clone());
+                update(&mut cached.resolved);
             }
         }
-        Ok(resolved)
+    }
+
+    /// The sha256 published for `asset` of `pick`: GitHub's `digest`, else its line in a
+    /// checksum list asset, else its `<asset>.sha256` asset; `None` without any.
+    async fn sha256_of(
+        &self,
+        api: &Api,
+        pick: &Pick,
+        asset: &AssetMeta,
+        lists: &mut Lists,
+    ) -> Result<Option<String>, FetchError> {
+        if let Some(sha) = asset.digest.as_deref().and_then(checksum::from_digest) {
+            return Ok(Some(sha));
+        }
+        let find = |name: &str| pick.assets.iter().find(|a| a.name == name);
+        for list in pick
+            .assets
+            .iter()
+            .filter(|a| select::is_checksum_list(&a.name))
+        {
+            let text = lists.text(self, api, list).await?;
+            let sha = checksum::from_list(text, &asset.name).map_err(|e| {
+                api.error(
+                    &self.asset_path(list.id),
+                    format_args!("asset {}: {e}", list.name),
+                )
+            })?;
+            if sha.is_some() {
+                return Ok(sha);
+            }
+        }
+        let side = find(&format!("{}.sha256", asset.name))
+            .or_else(|| find(&format!("{}.sha256sum", asset.name)));
+        let Some(side) = side else {
+            return Ok(None);
+        };
+        let text = self.small_asset(api, side).await?;
+        let sha = checksum::from_sidecar(&text, &asset.name).map_err(|e| {
+            api.error(
+                &self.asset_path(side.id),
+                format_args!("asset {}: {e}", side.name),
+            )
+        })?;
+        Ok(Some(sha))
+    }
+
+    /// The text of the `<asset>.minisig` asset of `pick`, if there is one.
+    async fn signature_of(
+        &self,
+        api: &Api,
+        pick: &Pick,
+        asset: &AssetMeta,
+    ) -> Result<Option<String>, FetchError> {
+        let name = format!("{}.minisig", asset.name);
+        match pick.assets.iter().find(|a| a.name == name) {
+            Some(sig) => Ok(Some(self.small_asset(api, sig).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The checksum lists read during one check, by asset id: a patch's line is in the list its
+/// release's was read from, and is not asked for twice.
+#[derive(Default)]
+struct Lists(Vec<(u64, String)>);
+
+impl Lists {
+    async fn text(
+        &mut self,
+        fetcher: &GithubFetcher,
+        api: &Api,
+        list: &AssetMeta,
+    ) -> Result<&str, FetchError> {
+        let at = match self.0.iter().position(|(id, _)| *id == list.id) {
+            Some(at) => at,
+            None => {
+                let text = fetcher.small_asset(api, list).await?;
+                self.0.push((list.id, text));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[at].1)
     }
 }
 
@@ -812,7 +887,8 @@ impl Fetcher for GithubFetcher {
         let asset = select::choose(&pick.assets, self.asset_pattern.as_deref(), &self.platform)
             .map_err(|e| self.config_error(format_args!("release {}: {e}", pick.tag)))?
             .clone();
-        let resolved = self.resolve(&api, &pick, &asset).await?;
+        let mut lists = Lists::default();
+        let resolved = self.resolve(&api, &pick, &asset, &mut lists).await?;
         if let Some(sha) = &resolved.sha256 {
             if sha.eq_ignore_ascii_case(current.sha256.trim()) {
                 tracing::trace!(fetcher = %self.name, tag = %pick.tag, "release's checksum is the installed binary's");
@@ -849,9 +925,28 @@ impl Fetcher for GithubFetcher {
                 source: None,
             }));
         }
-        let response = self.open_asset(&api, &asset).await?;
-        tracing::debug!(fetcher = %self.name, tag = %pick.tag, asset = %asset.name, size = asset.size, "downloading release asset");
-        let what = format!("{}: release {} asset {}", self.name, pick.tag, asset.name);
+        // A patch from the running build, if the release has one: then the asset itself is
+        // requested only if the patch does not work.
+        let patch = match &resolved.sha256 {
+            Some(_) if self.deltas => {
+                self.find_patch(&api, &pick, &asset, &resolved, current, &mut lists)
+                    .await?
+            }
+            _ => None,
+        };
+        let get = self.asset_get(&api, &pick, &asset);
+        let (body, delta) = match patch {
+            Some(patch) => {
+                tracing::debug!(fetcher = %self.name, tag = %pick.tag, asset = %asset.name, patch = %patch.name(), "release offered with a patch from the running build");
+                let patch_get = self.asset_get(&api, &pick, patch.asset());
+                let delta = patch.into_delta(patch_get);
+                (get.lazy(), Some(delta))
+            }
+            None => {
+                tracing::debug!(fetcher = %self.name, tag = %pick.tag, asset = %asset.name, size = asset.size, "downloading release asset");
+                (get.open().await?, None)
+            }
+        };
         Ok(Some(Release {
             identity: pick.tag.clone(),
             sha256: resolved.sha256,
@@ -859,13 +954,9 @@ impl Fetcher for GithubFetcher {
             size_hint: Some(asset.size),
             format: Format::from_name(&asset.name),
             origin: Origin::Remote,
-            body: Box::new(
-                api::body_reader(response.into_body(), what)
-                    .stall(self.timeout)
-                    .expect_len(Some(asset.size)),
-            ),
+            body,
             local_file: None,
-            delta: None,
+            delta,
             rollout_percent: None,
             version,
             source: None,
