@@ -18,11 +18,13 @@ use crate::summary::{Ran, Run};
 const LONG: &[(&str, &str)] = &[("soak", "--soak")];
 
 pub fn usage() -> String {
-    "usage: cargo run --release -p upshift-bench -- all [--soak] [--only a,b,...]\n\n\
+    "usage: cargo run --release -p upshift-bench -- all [--soak] [--only a,b,... [--append]]\n\n\
      Runs every scenario with its defaults, then writes <out>/BENCHMARKS.md (the summary) and\n\
      <out>/bench/results/<scenario>.md and .json (full reports, raw data). Progress on stderr.\n\
      --soak            also run `soak` (1,000 restarts under load; several minutes)\n\
      --only a,b,...    run only these scenarios, in the listed order\n\
+     --append          with --only: keep BENCHMARKS.md and append (or replace) a section\n\
+                       \"Later run: a, b\" with this run's summary and provenance\n\
      --out DIR         where to write (default: the workspace root)\n\
      --allow-dirty     run even if the work tree differs from its commit (the summary says so)"
         .to_string()
@@ -40,6 +42,7 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
     let mut only: Option<Vec<String>> = None;
     let mut out: PathBuf = crate::builds::workspace_root();
     let mut allow_dirty = false;
+    let mut append = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -53,9 +56,13 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
                 None => return Err((String::new(), "--out needs a directory".into())),
             },
             "--allow-dirty" => allow_dirty = true,
+            "--append" => append = true,
             "-h" | "--help" => return Err((String::new(), String::new())),
             other => return Err((String::new(), format!("unknown option {other:?}"))),
         }
+    }
+    if append && only.is_none() {
+        return Err((String::new(), "--append needs --only".into()));
     }
     let chosen: Vec<&Scenario> = match &only {
         Some(names) => {
@@ -117,7 +124,7 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
         command.push(' ');
         command.push_str(a);
     }
-    let summary = crate::summary::render(&Run {
+    let run = Run {
         command,
         started,
         finished: crate::report::chrono_free_now(),
@@ -125,7 +132,30 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
         source_after: &source_after,
         machine: crate::machine::one_line(),
         ran: &ran,
-    });
+    };
+    let summary = match append {
+        false => crate::summary::render(&run),
+        true => {
+            let path = out.join("BENCHMARKS.md");
+            let existing = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    String::new(),
+                    format!("--append: cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let names: Vec<&str> = ran.iter().map(|r| r.name).collect();
+            // A file written before later runs existed says every figure is from one run.
+            let existing = existing.replace(
+                "*Provenance*. The harness builds",
+                crate::summary::LATER_RUNS_NOTE,
+            );
+            with_later_run(
+                &existing,
+                &crate::summary::later_run_heading(&names),
+                &crate::summary::render_later_run(&run),
+            )
+        }
+    };
     let written = write(&out, &summary, &ran).map_err(|e| (String::new(), e))?;
     let failed: Vec<String> = ran
         .iter()
@@ -135,6 +165,30 @@ pub fn run(args: &[String]) -> Result<String, (String, String)> {
         true => Ok(written),
         false => Err((written, failed.join("; "))),
     }
+}
+
+/// `existing` with the section under `heading` (up to the next later run, or the end) replaced
+/// by `section`, or with `section` appended when there is none.
+fn with_later_run(existing: &str, heading: &str, section: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in existing.lines() {
+        if line == heading {
+            skipping = true;
+            continue;
+        }
+        if skipping && line.starts_with("## Later run: ") {
+            skipping = false;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let mut out = out.trim_end().to_string();
+    out.push_str("\n\n");
+    out.push_str(section);
+    out
 }
 
 /// Writes BENCHMARKS.md and each scenario's report and JSON under `out`; returns what it wrote.
@@ -161,4 +215,21 @@ fn write(out: &Path, summary: &str, ran: &[Ran]) -> Result<String, String> {
     put(out.join("BENCHMARKS.md"), summary)?;
     written.insert(0, out.join("BENCHMARKS.md").display().to_string());
     Ok(format!("wrote {}\n", written.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_later_run;
+
+    #[test]
+    fn a_later_run_replaces_its_own_section_and_keeps_the_rest() {
+        let doc = "# Benchmarks\n\nfull run\n\n## Later run: a\n\nold a\n\n## Later run: b\n\nb\n";
+        let new = with_later_run(doc, "## Later run: a", "## Later run: a\n\nnew a\n");
+        assert_eq!(
+            new,
+            "# Benchmarks\n\nfull run\n\n## Later run: b\n\nb\n\n## Later run: a\n\nnew a\n"
+        );
+        let added = with_later_run("# Benchmarks\n", "## Later run: c", "## Later run: c\n");
+        assert_eq!(added, "# Benchmarks\n\n## Later run: c\n");
+    }
 }

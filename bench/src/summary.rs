@@ -66,25 +66,63 @@ pub fn render(run: &Run) -> String {
         "# Benchmarks\n\n\
          This file is written by the harness in [`bench/`](bench/) (crate `upshift-bench`); do \
          not edit it by hand. Every figure below comes from the one run described under \
-         *Provenance*. The harness builds `hello` itself (release profile, one build per \
+         {LATER_RUNS_NOTE} `hello` itself (release profile, one build per \
          `BUILD_ID`), starts real processes on 127.0.0.1 only, drives them with \
          [wrk](https://github.com/wg/wrk), and stops every process it started by pid. Each \
          scenario's full report is in `bench/results/<scenario>.md`, its raw per-run data in \
          `bench/results/<scenario>.json`.\n"
     );
-    provenance(&mut s, run);
-    verdicts(&mut s, run);
-    anchors(&mut s);
-    scenarios(&mut s, run);
-    highlights(&mut s, run);
-    binaries(&mut s, run);
+    body(&mut s, run, true);
+    s
+}
+
+/// What the introduction says of sections appended by later runs (up to "The harness builds").
+pub const LATER_RUNS_NOTE: &str = "*Provenance*, except in a section titled *Later run*, which \
+    the harness appended with the figures, provenance and command of a run of its own (`all \
+    --only ... --append`). The harness builds";
+
+/// The heading of a section [`render_later_run`] writes: a later run of `names`.
+pub fn later_run_heading(names: &[&str]) -> String {
+    format!("## Later run: {}", names.join(", "))
+}
+
+/// The summary of a run of some scenarios, as a section to append to an existing BENCHMARKS.md:
+/// the same parts as [`render`], one heading level down, under [`later_run_heading`].
+pub fn render_later_run(run: &Run) -> String {
+    let names: Vec<&str> = run.ran.iter().map(|r| r.name).collect();
+    let mut inner = String::new();
+    body(&mut inner, run, false);
+    let mut s = format!(
+        "{}\n\nThese scenarios ran after the run above, in a run of their own; every figure in \
+         this section comes from that run.\n\n",
+        later_run_heading(&names)
+    );
+    for line in inner.lines() {
+        match line.strip_prefix("## ") {
+            Some(title) => s.push_str(&format!("### {title}")),
+            None => s.push_str(line),
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Everything after the title; the anchors' table only in a full summary (`with_anchors`).
+fn body(s: &mut String, run: &Run, with_anchors: bool) {
+    provenance(s, run);
+    verdicts(s, run);
+    if with_anchors {
+        anchors(s);
+    }
+    scenarios(s, run);
+    highlights(s, run);
+    binaries(s, run);
     let _ = writeln!(
         s,
         "## Reproduce\n\n```sh\n{}\n```\n\nEach scenario also runs alone and prints its full \
          report: `cargo run --release -p upshift-bench -- <scenario> [--help]`.",
         run.command
     );
-    s
 }
 
 fn provenance(s: &mut String, run: &Run) {
