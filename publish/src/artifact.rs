@@ -154,6 +154,8 @@ pub struct Artifact {
     pub sha256: String,
     /// The packaging.
     pub archive: Archive,
+    /// For a delta patch: the sha256 of the build it applies to.
+    pub base: Option<String>,
 }
 
 /// The media type sent with an upload of `name`.
@@ -314,6 +316,7 @@ pub fn prepare(
         size,
         sha256,
         archive,
+        base: None,
     })
 }
 

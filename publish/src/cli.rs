@@ -37,6 +37,11 @@ What is published:
                             GitHub fetcher picks it (default: TARGET_DEFAULT)
   --archive FORMAT          raw (default), gz, tar.gz or zip
   --archive-entry NAME      the executable's name inside a tar.gz or zip (default: BINARY's name)
+  --delta-from OLD          also publish a delta patch from the previous build OLD (a binary
+                            published before) to BINARY, as NAME.from-<OLD's sha256, 16 hex
+                            digits>.bidiff.zst with its own checksum and signature (signed with
+                            base:<OLD's sha256>), uploaded before NAME; repeat for more builds.
+                            Raw releases only; a patch not under 90 % of BINARY is skipped
   --checksum WHAT           sidecar (NAME.sha256, the default), sums (a SHA256SUMS list beside
                             NAME, updated in place), both, or none
   --sums-name NAME          the checksum list's name (default SHA256SUMS)
@@ -130,6 +135,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
     let mut target = crate::TARGET.to_string();
     let mut archive = Archive::Raw;
     let mut archive_entry = None;
+    let mut delta_from: Vec<PathBuf> = Vec::new();
     let mut checksum = ChecksumMode::Sidecar;
     let mut sums_name = "SHA256SUMS".to_string();
     let mut sign_key: Option<PathBuf> = None;
@@ -166,7 +172,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
             binary = Some(PathBuf::from(arg));
             continue;
         }
-        if seen.contains(&flag) {
+        // --delta-from is the one flag given once per previous build.
+        if seen.contains(&flag) && flag != "--delta-from" {
             return Err(usage_error(format!("{flag} is given twice")));
         }
         seen.push(flag.clone());
@@ -195,6 +202,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
                 })?;
             }
             "--archive-entry" => archive_entry = Some(value()?),
+            "--delta-from" => delta_from.push(PathBuf::from(value()?)),
             "--checksum" => {
                 checksum = match value()?.as_str() {
                     "sidecar" => ChecksumMode::Sidecar,
@@ -377,6 +385,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
             "--archive-entry is for --archive tar.gz or zip",
         ));
     }
+    if !delta_from.is_empty() && archive != Archive::Raw {
+        return Err(crate::delta::refused_archive());
+    }
     if target.trim().is_empty() || target.contains(['/', ' ']) {
         return Err(usage_error(format!(
             "--target {target:?}: not a target triple"
@@ -411,6 +422,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, Error> {
         target,
         archive,
         archive_entry,
+        delta_from,
         checksum,
         sums_name,
         sign,
@@ -656,10 +668,19 @@ mod tests {
         assert!(error("app --dir /x --archive-entry x").contains("tar.gz or zip"));
         assert!(error("app --dir /x --password-env P").contains("--sign"));
         assert!(error("app --dir /x --timeout 0").contains("positive"));
+        assert!(error("app --dir /x --archive tar.gz --delta-from old").contains("raw releases"));
+        assert!(error("app --dir /x --delta-from").contains("--delta-from needs a value"));
         assert_eq!(
             parse(args("app --dir /x --bogus")).unwrap_err().exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn delta_from_is_given_once_per_previous_build() {
+        let c = config("app --dir /x --delta-from v1 --delta-from=v2");
+        assert_eq!(c.delta_from, [PathBuf::from("v1"), PathBuf::from("v2")]);
+        assert!(config("app --dir /x").delta_from.is_empty());
     }
 
     fn signing(s: &str) -> SignConfig {

@@ -129,6 +129,8 @@ pub struct Config {
     pub target: String,
     /// The packaging.
     pub archive: Archive,
+    /// Previous builds to publish delta patches from (`--delta-from`, raw releases only).
+    pub delta_from: Vec<PathBuf>,
     /// The executable's name inside an archive.
     pub archive_entry: Option<String>,
     /// Which checksum files to write.

@@ -162,8 +162,9 @@ impl Store for DirStore {
         let from = artifact.path.clone();
         let counter = progress.counter(0);
         // A raw build is executable where it lands: the File fetcher's path may be run directly.
-        let mode = match artifact.archive {
-            Archive::Raw => 0o755,
+        // A delta patch is not.
+        let mode = match (artifact.archive, &artifact.base) {
+            (Archive::Raw, None) => 0o755,
             _ => 0o644,
         };
         tokio::task::spawn_blocking(move || {

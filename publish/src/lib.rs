@@ -59,6 +59,18 @@
 //! standard AWS chain (environment, profile, IMDS…), or `--s3-access-key-id` with the secret in
 //! `$AWS_SECRET_ACCESS_KEY`.
 //!
+//! # Delta releases
+//!
+//! ```text
+//! upshift-publish target/release/app --dir /srv/app --sign app.key --delta-from old/app-1.3.0
+//! ```
+//!
+//! also publishes `/srv/app/app.from-<16 hex of old/app-1.3.0's sha256>.bidiff.zst`, a patch from
+//! that build to this one (`upshift::delta`), with its own `.sha256` / `SHA256SUMS` line and
+//! `.minisig` (whose signed metadata names the old build: `base:`), to any destination, before
+//! the release itself. `--delta-from` may be repeated; raw releases only; a patch not under 90 %
+//! of the release is skipped with a note.
+//!
 //! # Signing
 //!
 //! `--sign KEYFILE` takes a minisign secret key (`minisign -G` writes one). An encrypted key's
@@ -86,6 +98,7 @@
 //!   (to install ring) come with it.
 //! - `aws-sdk-s3`, `aws-config`, `aws-smithy-http-client` (rustls + ring) and
 //!   `aws-smithy-types` (base64, the progress-counting body), set up as upshift-s3 does.
+//! - `upshift` with `delta-make` for the patches: bidiff and zstd, the format masters apply.
 //! - `flate2`, `tar` and `zip`: the crates, versions and features upshift's installer unpacks
 //!   with, so both sides agree on the formats; `sha2` and `hex` as in the core.
 //! - `tokio`, `tracing` with `tracing-subscriber` (logs on stderr, `RUST_LOG`), `thiserror`.
@@ -97,6 +110,7 @@ pub mod artifact;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod delta;
 mod dir;
 mod error;
 mod github;
@@ -112,7 +126,7 @@ pub use error::Error;
 pub use publish::Published;
 
 use artifact::{published_name, Staging};
-use publish::Sides;
+use publish::{Item, Sides};
 use sign::Signer;
 
 /// The target triple this tool was built for: the default `--target`.
@@ -174,6 +188,28 @@ impl fmt::Display for Published {
         }
         for location in &self.removed {
             writeln!(f, "  removed    {location} (stale)")?;
+        }
+        for patch in &self.patches {
+            writeln!(
+                f,
+                "  patch      {} ({} bytes, {:.2} % of the release)",
+                patch.location,
+                patch.size,
+                100.0 * patch.size as f64 / self.size.max(1) as f64
+            )?;
+            if let Some(base) = &patch.base {
+                writeln!(f, "    from     {base}")?;
+            }
+            writeln!(f, "    sha256   {}", patch.sha256)?;
+            for (what, location) in &patch.sides {
+                writeln!(f, "    {what:<8} {location}")?;
+            }
+            for location in &patch.removed {
+                writeln!(f, "    removed  {location} (stale)")?;
+            }
+        }
+        for note in &self.notes {
+            writeln!(f, "  note       {note}")?;
         }
         if let Some(pk) = &self.public_key {
             writeln!(f, "  verify-key {pk}")?;
@@ -245,51 +281,79 @@ pub async fn publish(config: &Config) -> Result<Published, Error> {
         .await?
     };
 
+    if !config.delta_from.is_empty() && config.archive != artifact::Archive::Raw {
+        return Err(delta::refused_archive());
+    }
+    let patches = {
+        let (release, olds) = (artifact.clone(), config.delta_from.clone());
+        let dir = staging.path().to_path_buf();
+        blocking("making delta patches", move || {
+            delta::stage(&release, &olds, &dir)
+        })
+        .await?
+    };
+
+    // Every file of the run, patches first: each with its checksum and, if asked, signature.
+    let files: Vec<artifact::Artifact> = patches
+        .artifacts
+        .iter()
+        .cloned()
+        .chain(std::iter::once(artifact.clone()))
+        .collect();
     let mut public_key = None;
-    let signature = match &config.sign {
-        None => None,
+    let signatures: Vec<Option<String>> = match &config.sign {
+        None => vec![None; files.len()],
         Some(sign) => {
-            let (sign, path, name) = (sign.clone(), artifact.path.clone(), artifact.name.clone());
-            let metadata = upshift::release::SignedMetadata {
-                product: sign.product.clone(),
-                version: sign.version.clone(),
-                target: config.target.clone(),
-                sha256: artifact.sha256.clone(),
-                base: None,
-            };
-            let (text, pk) = blocking("signing", move || {
+            let (sign, files, target) = (sign.clone(), files.clone(), config.target.clone());
+            let (texts, pk) = blocking("signing", move || {
                 let signer = Signer::load(&sign)?;
-                Ok((
-                    signer.sign_file(&path, &name, &metadata)?,
-                    signer.public_key(),
-                ))
+                let mut texts = Vec::new();
+                for file in &files {
+                    let metadata = upshift::release::SignedMetadata {
+                        product: sign.product.clone(),
+                        version: sign.version.clone(),
+                        target: target.clone(),
+                        sha256: file.sha256.clone(),
+                        base: file.base.clone(),
+                    };
+                    texts.push(Some(signer.sign_file(&file.path, &file.name, &metadata)?));
+                }
+                Ok((texts, signer.public_key()))
             })
             .await?;
             tracing::info!(public_key = %pk, "signed");
             public_key = Some(pk);
-            Some(text)
+            texts
         }
     };
-    let sides = Sides {
-        sidecar: config.checksum.sidecar(),
-        sums: config.checksum.sums().then(|| config.sums_name.clone()),
-        signature,
-    };
+    let items: Vec<Item> = files
+        .into_iter()
+        .zip(signatures)
+        .map(|(artifact, signature)| Item {
+            artifact,
+            sides: Sides {
+                sidecar: config.checksum.sidecar(),
+                sums: config.checksum.sums().then(|| config.sums_name.clone()),
+                signature,
+            },
+        })
+        .collect();
     let (quiet, timeout) = (config.quiet, config.timeout);
     let mut published = match &config.destination {
         Destination::Dir(dir) => {
             let mut store = dir::DirStore::new(dir.clone());
-            publish::publish(&mut store, &artifact, &sides, quiet, timeout).await?
+            publish::publish(&mut store, &items, quiet, timeout).await?
         }
         Destination::Github(g) => {
             let mut store = github::GithubStore::new(g.clone(), timeout);
-            publish::publish(&mut store, &artifact, &sides, quiet, timeout).await?
+            publish::publish(&mut store, &items, quiet, timeout).await?
         }
         Destination::S3(s) => {
             let mut store = s3::S3Store::new(s.clone(), timeout);
-            publish::publish(&mut store, &artifact, &sides, quiet, timeout).await?
+            publish::publish(&mut store, &items, quiet, timeout).await?
         }
     };
+    published.notes = patches.notes;
     published.public_key = public_key;
     Ok(published)
 }

@@ -10,7 +10,12 @@
 //! 5. the file itself is uploaded, with progress;
 //! 6. the destination is committed (`commit`: a draft release is published).
 //!
-//! If 4–6 fail, the side files are restored and the destination's own `abort` undoes `begin`.
+//! With delta patches (`--delta-from`), 2–4 cover every patch and the release (one checksum list
+//! write with a line for each), then 5 uploads the patches and last the release, so a patch too
+//! is never visible before its checksum, and the release never before its patches.
+//!
+//! If 4–6 fail, the patches this run uploaded are removed, the side files are restored and the
+//! destination's own `abort` undoes `begin`.
 
 use std::time::Duration;
 
@@ -76,6 +81,19 @@ pub struct Published {
     pub extra: Vec<String>,
     /// The public key that verifies the signature, if signed.
     pub public_key: Option<String>,
+    /// For a delta patch: the sha256 of the build it applies to.
+    pub base: Option<String>,
+    /// The delta patches published before the release (`--delta-from`).
+    pub patches: Vec<Published>,
+    /// What the run chose not to publish, and why (a patch no smaller than the release).
+    pub notes: Vec<String>,
+}
+
+/// One file to publish with what goes next to it.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    pub artifact: Artifact,
+    pub sides: Sides,
 }
 
 enum Action {
@@ -87,23 +105,34 @@ struct Step {
     what: &'static str,
     name: String,
     action: Action,
+    /// The item whose report lists it; `None`: every item's (the shared checksum list).
+    item: Option<usize>,
 }
 
-/// Publishes `artifact` to `store` in the order described in the module documentation.
+/// Publishes `items` to `store` in the order described in the module documentation: the side
+/// files of all of them, then the files in the order given (delta patches first, the release
+/// last), then one commit. Returns the report of the last item, the others as its `patches`.
 pub(crate) async fn publish<S: Store>(
     store: &mut S,
-    artifact: &Artifact,
-    sides: &Sides,
+    items: &[Item],
     quiet: bool,
     timeout: Duration,
 ) -> Result<Published, Error> {
     store.begin().await?;
     let mut written: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-    match run(store, artifact, sides, quiet, timeout, &mut written).await {
+    let mut uploaded: Vec<String> = Vec::new();
+    match run(store, items, quiet, timeout, &mut written, &mut uploaded).await {
         Ok(p) => Ok(p),
         Err(e) => {
             let mut notes = Vec::new();
             if !store.abort_removes_all() {
+                // Patches uploaded before the release failed: their checksums are about to be
+                // put back as they were, so the files go too.
+                for name in uploaded.iter().rev() {
+                    if let Err(e) = store.remove(name).await {
+                        notes.push(format!("could not remove {}: {e}", store.location(name)));
+                    }
+                }
                 notes.extend(restore(store, written).await);
             }
             let abort = store.abort().await;
@@ -117,24 +146,28 @@ pub(crate) async fn publish<S: Store>(
 
 async fn run<S: Store>(
     store: &mut S,
-    artifact: &Artifact,
-    sides: &Sides,
+    items: &[Item],
     quiet: bool,
     timeout: Duration,
     written: &mut Vec<(String, Option<Vec<u8>>)>,
+    uploaded: &mut Vec<String>,
 ) -> Result<Published, Error> {
-    let name = &artifact.name;
-    let sidecar_name = format!("{name}.sha256");
-    let minisig_name = format!("{name}.minisig");
-    let mut steps: Vec<Step> = Vec::new();
-
     // Names this release owns: refused when they exist and may not be replaced.
-    let mut owned = vec![name.clone()];
-    if store.exists(&sidecar_name).await? || sides.sidecar {
-        owned.push(sidecar_name.clone());
-    }
-    if store.exists(&minisig_name).await? || sides.signature.is_some() {
-        owned.push(minisig_name.clone());
+    let mut owned = Vec::new();
+    let mut existed = Vec::new();
+    for Item { artifact, sides } in items {
+        let name = &artifact.name;
+        let (sidecar_name, minisig_name) = (format!("{name}.sha256"), format!("{name}.minisig"));
+        if store.exists(name).await? {
+            existed.push(name.clone());
+        }
+        owned.push(name.clone());
+        if store.exists(&sidecar_name).await? || sides.sidecar {
+            owned.push(sidecar_name);
+        }
+        if store.exists(&minisig_name).await? || sides.signature.is_some() {
+            owned.push(minisig_name);
+        }
     }
     if !store.may_replace() {
         let mut taken = Vec::new();
@@ -157,46 +190,66 @@ async fn run<S: Store>(
         }
     }
 
-    let sidecar_text = checksum::sidecar_text(&artifact.sha256, name);
-    match sides.sidecar {
-        true => steps.push(Step {
-            what: "sha256",
-            name: sidecar_name.clone(),
-            action: Action::Write(sidecar_text.into_bytes()),
-        }),
-        false if owned.contains(&sidecar_name) => steps.push(Step {
-            what: "stale sha256",
-            name: sidecar_name.clone(),
-            action: Action::Remove,
-        }),
-        false => {}
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, Item { artifact, sides }) in items.iter().enumerate() {
+        let name = &artifact.name;
+        let sidecar_name = format!("{name}.sha256");
+        match sides.sidecar {
+            true => steps.push(Step {
+                what: "sha256",
+                name: sidecar_name,
+                action: Action::Write(checksum::sidecar_text(&artifact.sha256, name).into_bytes()),
+                item: Some(i),
+            }),
+            false if owned.contains(&sidecar_name) => steps.push(Step {
+                what: "stale sha256",
+                name: sidecar_name,
+                action: Action::Remove,
+                item: Some(i),
+            }),
+            false => {}
+        }
     }
-    if let Some(list) = &sides.sums {
-        let old = store.read_small(list).await?;
-        let merged = checksum::merge_sums(
-            old.as_deref(),
-            name,
-            &artifact.sha256,
-            &store.location(list),
-        )?;
+    // One checksum list for the run (its name is the run's `--sums-name`), written once with a
+    // line for each file.
+    if let Some(list) = items.iter().find_map(|i| i.sides.sums.clone()) {
+        let location = store.location(&list);
+        let mut text = store.read_small(&list).await?;
+        for Item { artifact, sides } in items {
+            if sides.sums.as_ref() == Some(&list) {
+                let merged = checksum::merge_sums(
+                    text.as_deref(),
+                    &artifact.name,
+                    &artifact.sha256,
+                    &location,
+                )?;
+                text = Some(merged.into_bytes());
+            }
+        }
         steps.push(Step {
             what: "sums",
-            name: list.clone(),
-            action: Action::Write(merged.into_bytes()),
+            name: list,
+            action: Action::Write(text.unwrap_or_default()),
+            item: None,
         });
     }
-    match &sides.signature {
-        Some(sig) => steps.push(Step {
-            what: "signature",
-            name: minisig_name.clone(),
-            action: Action::Write(sig.clone().into_bytes()),
-        }),
-        None if owned.contains(&minisig_name) => steps.push(Step {
-            what: "stale signature",
-            name: minisig_name.clone(),
-            action: Action::Remove,
-        }),
-        None => {}
+    for (i, Item { artifact, sides }) in items.iter().enumerate() {
+        let minisig_name = format!("{}.minisig", artifact.name);
+        match &sides.signature {
+            Some(sig) => steps.push(Step {
+                what: "signature",
+                name: minisig_name,
+                action: Action::Write(sig.clone().into_bytes()),
+                item: Some(i),
+            }),
+            None if owned.contains(&minisig_name) => steps.push(Step {
+                what: "stale signature",
+                name: minisig_name,
+                action: Action::Remove,
+                item: Some(i),
+            }),
+            None => {}
+        }
     }
 
     if !store.abort_removes_all() {
@@ -205,42 +258,65 @@ async fn run<S: Store>(
             written.push((step.name.clone(), old));
         }
     }
-    let mut published = Published {
-        location: store.location(name),
-        name: name.clone(),
-        sha256: artifact.sha256.clone(),
-        size: artifact.size,
-        sides: Vec::new(),
-        removed: Vec::new(),
-        extra: Vec::new(),
-        public_key: None,
-    };
+    let mut published: Vec<Published> = items
+        .iter()
+        .map(|Item { artifact, .. }| Published {
+            location: store.location(&artifact.name),
+            name: artifact.name.clone(),
+            sha256: artifact.sha256.clone(),
+            size: artifact.size,
+            sides: Vec::new(),
+            removed: Vec::new(),
+            extra: Vec::new(),
+            public_key: None,
+            base: artifact.base.clone(),
+            patches: Vec::new(),
+            notes: Vec::new(),
+        })
+        .collect();
     for step in steps {
+        let location = store.location(&step.name);
+        let reports: Vec<usize> = match step.item {
+            Some(i) => vec![i],
+            None => (0..items.len()).collect(),
+        };
         match step.action {
             Action::Write(bytes) => {
                 store.put_small(&step.name, bytes).await?;
-                tracing::info!(what = step.what, location = %store.location(&step.name), "written");
-                published
-                    .sides
-                    .push((step.what, store.location(&step.name)));
+                tracing::info!(what = step.what, %location, "written");
+                for i in reports {
+                    published[i].sides.push((step.what, location.clone()));
+                }
             }
             Action::Remove => {
                 store.remove(&step.name).await?;
-                tracing::info!(what = step.what, location = %store.location(&step.name), "removed");
-                published.removed.push(store.location(&step.name));
+                tracing::info!(what = step.what, %location, "removed");
+                for i in reports {
+                    published[i].removed.push(location.clone());
+                }
             }
         }
     }
 
-    let label = format!("uploading {}", store.location(name));
-    let progress = Progress::start(label, artifact.size, parts_hint(artifact), !quiet);
-    let sent = progress
-        .watch(store.put_main(artifact, &progress), timeout)
-        .await;
-    progress.finish(sent.is_ok());
-    sent?;
-    published.extra = store.commit().await?;
-    Ok(published)
+    for Item { artifact, .. } in items {
+        let label = format!("uploading {}", store.location(&artifact.name));
+        let progress = Progress::start(label, artifact.size, parts_hint(artifact), !quiet);
+        let sent = progress
+            .watch(store.put_main(artifact, &progress), timeout)
+            .await;
+        progress.finish(sent.is_ok());
+        sent?;
+        if !existed.contains(&artifact.name) {
+            uploaded.push(artifact.name.clone());
+        }
+    }
+    let extra = store.commit().await?;
+    let mut release = published
+        .pop()
+        .ok_or_else(|| Error::io("publishing", std::io::Error::other("nothing to publish")))?;
+    release.extra = extra;
+    release.patches = published;
+    Ok(release)
 }
 
 /// The number of parts the progress display tracks: S3 multipart uploads need more than one;

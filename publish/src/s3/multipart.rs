@@ -287,6 +287,7 @@ mod tests {
             size: 11_000_000,
             sha256: "ab".repeat(32),
             archive: Archive::Raw,
+            base: None,
         }
     }
 
