@@ -106,7 +106,16 @@ pub fn patch_base_prefix(name: &str) -> Option<&str> {
     ok.then_some(prefix)
 }
 
-/// Why a patch could not be made or applied.
+/// Why a patch could not be made or applied. Every message ends in what to do; for a master
+/// that is to fall back to the full release.
+///
+/// ```
+/// use upshift::delta::{apply, DeltaError};
+///
+/// let err = apply(b"old build", &mut &b"not a patch"[..], &mut Vec::new(), 1 << 20).unwrap_err();
+/// assert!(matches!(err, DeltaError::NotAPatch(_)));
+/// assert!(err.to_string().contains("download the full release"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeltaError {
