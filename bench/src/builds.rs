@@ -93,42 +93,11 @@ impl Drop for TempDir {
 /// not redo for a new `BUILD_ID` cannot pass for a new version.
 pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut paths = Vec::new();
     let mut previous: Option<Vec<u8>> = None;
     for id in ids {
-        crate::procs::check()?;
-        let started = Instant::now();
-        let mut cmd = Command::new(&cargo);
-        cmd.args([
-            "build",
-            "--release",
-            "--example",
-            "hello",
-            "--features",
-            "remote-fetchers",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(&root)
-        .env("BUILD_ID", id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let child = Guard::spawn(&mut cmd, "cargo build", std::time::Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        let output = wait_output(child)?;
-        let stdout = String::from_utf8_lossy(&output.0);
-        if !output.2 {
-            return Err(format!(
-                "`BUILD_ID={id} cargo build --release --example hello --features remote-fetchers` failed:\n{}",
-                String::from_utf8_lossy(&output.1)
-            ));
-        }
-        let built = executable_from_json(&stdout)
-            .unwrap_or_else(|| root.join("target/release/examples/hello"));
         let dest = out.join(id);
-        std::fs::copy(&built, &dest)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), dest.display()))?;
+        build_hello_at(&root, id, &dest, &format!("hello BUILD_ID={id}"))?;
         let bytes = std::fs::read(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
         if previous.as_ref() == Some(&bytes) {
             return Err(format!(
@@ -136,14 +105,109 @@ pub fn build_hello(ids: &[String], out: &Path) -> Result<Vec<PathBuf>, String> {
             ));
         }
         previous = Some(bytes);
-        crate::provenance::record_build(&format!("hello BUILD_ID={id}"), &dest)?;
-        eprintln!(
-            "upshift-bench: built hello BUILD_ID={id} in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
         paths.push(dest);
     }
     Ok(paths)
+}
+
+/// Builds `hello` as [`build_hello`] does, from the workspace at `root` (the real one or a
+/// [`scratch_copy`]), copies it to `dest` and records it as built under `name`.
+pub fn build_hello_at(root: &Path, id: &str, dest: &Path, name: &str) -> Result<(), String> {
+    crate::procs::check()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let mut cmd = Command::new(&cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--example",
+        "hello",
+        "--features",
+        "remote-fetchers",
+        "--message-format=json-render-diagnostics",
+    ])
+    .current_dir(root)
+    .env("BUILD_ID", id)
+    // A scratch copy builds into the real workspace's target directory, where all but what
+    // the copy changed is up to date.
+    .env(
+        "CARGO_TARGET_DIR",
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target")),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = Guard::spawn(&mut cmd, "cargo build", std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let output = wait_output(child)?;
+    let stdout = String::from_utf8_lossy(&output.0);
+    if !output.2 {
+        return Err(format!(
+            "`BUILD_ID={id} cargo build --release --example hello --features remote-fetchers` in {} failed:\n{}",
+            root.display(),
+            String::from_utf8_lossy(&output.1)
+        ));
+    }
+    let built = executable_from_json(&stdout)
+        .unwrap_or_else(|| workspace_root().join("target/release/examples/hello"));
+    std::fs::copy(&built, dest)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), dest.display()))?;
+    crate::provenance::record_build(name, dest)?;
+    eprintln!(
+        "upshift-bench: built {name} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Copies the workspace's source (the files git tracks, and untracked ones it does not ignore,
+/// as they are in the work tree) to `dest`, keeping modification times: cargo then finds the
+/// copy's units up to date in the same target directory and rebuilds only what a change to the
+/// copy touches.
+pub fn scratch_copy(dest: &Path) -> Result<(), String> {
+    let root = workspace_root();
+    let listed = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("git ls-files: {e}"))?;
+    if !listed.status.success() {
+        return Err(format!("git ls-files failed in {}", root.display()));
+    }
+    for name in listed.stdout.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name);
+        let (from, to) = (root.join(name.as_ref()), dest.join(name.as_ref()));
+        let Ok(meta) = std::fs::symlink_metadata(&from) else {
+            continue; // deleted in the work tree
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::copy(&from, &to).map_err(|e| format!("copying {}: {e}", from.display()))?;
+        let copied = std::fs::File::options()
+            .write(true)
+            .open(&to)
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        if let Ok(mtime) = meta.modified() {
+            copied
+                .set_modified(mtime)
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Builds the `fixture` example once (`cargo build --release --example fixture`) and copies it

@@ -54,6 +54,19 @@ fn main() -> ExitCode {
         eprintln!("{}", usage());
         return ExitCode::from(2);
     };
+    // The deltas scenario's child, which measures its own memory: no lock (the harness holds it).
+    if name == scenarios::DELTAS_CHILD {
+        return match scenarios::deltas_child(&args[1..]) {
+            Ok(line) => {
+                print!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("upshift-bench {name}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if name == "-h" || name == "--help" || name == "help" {
         println!("{}", usage());
         return ExitCode::SUCCESS;

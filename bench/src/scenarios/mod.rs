@@ -9,6 +9,7 @@
 //! Each becomes a module here and an entry in [`ALL`].
 
 mod bombs;
+mod deltas;
 mod faults;
 mod file_upgrades;
 mod footprint;
@@ -42,7 +43,11 @@ pub static ALL: &[&Scenario] = &[
     &upgrade_latency::SPEC,
     &master_reexec::SPEC,
     &bombs::SPEC,
+    &deltas::SPEC,
 ];
+
+/// The applying child of the `deltas` scenario (`upshift-bench __deltas-apply …`).
+pub use deltas::{child as deltas_child, CHILD as DELTAS_CHILD};
 
 /// Every option a scenario takes: the common ones, then its own. A scenario that lists a common
 /// option itself (say `--duration` with another default) replaces the common one.
