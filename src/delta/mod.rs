@@ -29,10 +29,10 @@
 //! the mapped old build, whatever the patch claims.
 //!
 //! Measured on the `hello` example (22.2 MiB; `cargo run --release -p upshift-bench --
-//! deltas`): a build that differs only by its `BUILD_ID` gives a 13 KB patch, a one-line source
-//! change 34 KB, a dependency's patch-version bump 0.46 MB (2 % of the full release). zstd's own
-//! `--patch-from` mode made patches 2.2 to 4.5 times larger, and its streaming decoder buffers
-//! the whole output (23 MiB) on the heap.
+//! deltas`): a build that differs only by its `BUILD_ID` gives a 12 KB patch, a one-line source
+//! change 30 KB, a dependency's patch-version change 0.46 MB (2 % of the full release). zstd's
+//! own `--patch-from` mode made patches 2.4 to 4.6 times larger, and its streaming decoder
+//! buffers the whole output (22 MiB) on the heap.
 //!
 //! [bidiff]: https://docs.rs/bidiff
 //! [`SignedMetadata::base`]: crate::release::SignedMetadata::base
