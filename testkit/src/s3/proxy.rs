@@ -54,6 +54,10 @@ pub struct Exchange {
     pub response_head_bytes: u64,
     /// The response body's bytes as sent (for a transfer cut short, what was sent of it).
     pub body_bytes: u64,
+    /// When the request had been read (head and body).
+    pub started: std::time::SystemTime,
+    /// When the exchange ended: the response sent, or the transfer cut.
+    pub finished: std::time::SystemTime,
 }
 
 struct Shared {
@@ -406,6 +410,8 @@ impl InFlight {
                 request_bytes,
                 response_head_bytes: 0,
                 body_bytes: 0,
+                started: std::time::SystemTime::now(),
+                finished: std::time::SystemTime::UNIX_EPOCH,
             },
             body: Arc::new(AtomicU64::new(0)),
         }
@@ -415,6 +421,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.exchange.body_bytes = self.body.load(Ordering::Acquire);
+        self.exchange.finished = std::time::SystemTime::now();
         lock(&self.shared.log).push(self.exchange.clone());
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::get;
@@ -46,20 +46,23 @@ pub struct Fixture {
     data: PathBuf,
 }
 
-/// Starts `binary --data <data> <args>` and reads its three origins (at most 20 s).
-fn spawn(binary: &Path, data: &Path, args: &[String]) -> Result<(ChildGuard, [String; 3]), String> {
-    let mut child = ChildGuard::new(
-        Command::new(binary)
-            .arg("--data")
-            .arg(data)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawn the fixture {}: {e}", binary.display()))?,
-    );
-    let stdout = child.stdout().ok_or("the fixture has no stdout pipe")?;
+/// `binary --data <data> <args>`: stdout piped (for [`read_origins`]), stdin closed, stderr
+/// inherited (the bench redirects it).
+pub fn command(binary: &Path, data: &Path, args: &[String]) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Reads the three origins the fixture announces on its first lines (at most 20 s): `http://`
+/// URLs of its API, objects and uploads hosts. A thread keeps reading the rest so that the
+/// fixture never blocks on a full pipe.
+pub fn read_origins(stdout: ChildStdout) -> Result<[String; 3], String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -78,14 +81,22 @@ fn spawn(binary: &Path, data: &Path, args: &[String]) -> Result<(ChildGuard, [St
             .map(str::to_string)
             .ok_or_else(|| format!("unexpected first lines from the fixture: {lines:?}"))
     };
-    Ok((
-        child,
-        [
-            origin(0, "api ")?,
-            origin(1, "objects ")?,
-            origin(2, "uploads ")?,
-        ],
-    ))
+    Ok([
+        origin(0, "api ")?,
+        origin(1, "objects ")?,
+        origin(2, "uploads ")?,
+    ])
+}
+
+/// Starts `binary --data <data> <args>` and reads its three origins (at most 20 s).
+fn spawn(binary: &Path, data: &Path, args: &[String]) -> Result<(ChildGuard, [String; 3]), String> {
+    let mut child = ChildGuard::new(
+        command(binary, data, args)
+            .spawn()
+            .map_err(|e| format!("spawn the fixture {}: {e}", binary.display()))?,
+    );
+    let stdout = child.stdout().ok_or("the fixture has no stdout pipe")?;
+    Ok((child, read_origins(stdout)?))
 }
 
 fn addr_of(url: &str) -> SocketAddr {

@@ -518,6 +518,12 @@ pub fn have_openssl() -> bool {
 /// assert!(conf.contains("pid /t/nginx.pid;") && conf.ends_with("etag on;"));
 /// ```
 pub fn config_head(dir: &Path) -> String {
+    config_head_with(dir, 256)
+}
+
+/// [`config_head`] with room for `connections` simultaneous connections (a simulated fleet keeps
+/// one open per host).
+pub fn config_head_with(dir: &Path, connections: u32) -> String {
     let d = dir.display();
     format!(
         "daemon off;
@@ -525,7 +531,7 @@ master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
-events {{ worker_connections 256; }}
+events {{ worker_connections {connections}; }}
 http {{
     default_type application/octet-stream;
     client_body_temp_path {d}/tmp/client_body;
