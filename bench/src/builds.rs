@@ -227,6 +227,14 @@ pub fn build_plain(out: &Path) -> Result<PathBuf, String> {
     build_one(&what, "plain_hello", fallback, out)
 }
 
+/// Builds the GitHub REST fixture server (`fixtures/github`: `cargo build --release -p
+/// upshift-github-fixture`) and copies it to `<out>/upshift-github-fixture`.
+pub fn build_github_fixture(out: &Path) -> Result<PathBuf, String> {
+    let name = "upshift-github-fixture";
+    let fallback = workspace_root().join("target/release").join(name);
+    build_one(&["-p", name, "--bin", name], name, fallback, out)
+}
+
 /// `cargo build --release <what>` of one executable `name`, copied to `<out>/<name>`.
 fn build_one(what: &[&str], name: &str, fallback: PathBuf, out: &Path) -> Result<PathBuf, String> {
     crate::procs::check()?;

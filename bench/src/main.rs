@@ -29,6 +29,7 @@ mod logtime;
 mod machine;
 mod nginx;
 mod opts;
+mod originlog;
 mod origins;
 mod phases;
 mod prober;

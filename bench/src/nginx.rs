@@ -4,6 +4,10 @@
 //! that serves: SIGKILL to it is "the release server died", mid-body if need be.
 //!
 //! Locations: `/` at full speed; `/slow/` (same files, `www/slow/`) throttled with `limit_rate`.
+//!
+//! The access log (`access.log`) is the origin's own count of what it served, one tab-separated
+//! line a request: `$msec` (when it ended), `$request_time`, `$status`, `$request_method`,
+//! `$uri`, `$bytes_sent` (headers included) and `$body_bytes_sent` (see [`crate::originlog`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +26,11 @@ impl Nginx {
     /// Starts nginx serving `<dir>/www`, with `/slow/` limited to `slow_rate` (nginx syntax:
     /// `2m` is 2 MB/s).
     pub fn start(dir: &Path, slow_rate: &str) -> Result<Nginx, String> {
+        Nginx::start_with(dir, slow_rate, 256)
+    }
+
+    /// Like [`Nginx::start`], with room for `connections` simultaneous connections.
+    pub fn start_with(dir: &Path, slow_rate: &str, connections: u32) -> Result<Nginx, String> {
         for sub in ["www/slow", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("creating {}: {e}", dir.join(sub).display()))?;
@@ -29,8 +38,11 @@ impl Nginx {
         let mut last = String::new();
         for _ in 0..3 {
             let port = crate::hello::free_port()?;
-            std::fs::write(dir.join("nginx.conf"), config(dir, port, slow_rate))
-                .map_err(|e| format!("writing nginx.conf: {e}"))?;
+            std::fs::write(
+                dir.join("nginx.conf"),
+                config(dir, port, slow_rate, connections),
+            )
+            .map_err(|e| format!("writing nginx.conf: {e}"))?;
             let mut n = Nginx {
                 dir: dir.to_path_buf(),
                 port,
@@ -78,12 +90,30 @@ impl Nginx {
         Ok(())
     }
 
+    /// The serving process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().map(Guard::pid)
+    }
+
     pub fn url(&self, rel: &str) -> String {
         format!("http://127.0.0.1:{}/{rel}", self.port)
     }
 
     pub fn www(&self) -> PathBuf {
         self.dir.join("www")
+    }
+
+    pub fn access_log(&self) -> PathBuf {
+        self.dir.join("access.log")
+    }
+
+    /// Writes `text` at `www/<rel>` through a temporary name and a rename (a rollout document).
+    pub fn put_text(&self, rel: &str, text: &str) -> Result<(), String> {
+        let dest = self.www().join(rel);
+        let tmp = dest.with_extension("part");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &dest))
+            .map_err(|e| format!("publishing {}: {e}", dest.display()))
     }
 
     /// Publishes a release at `www/<rel>`: `<rel>.sha256` first, then the file, each through a
@@ -113,12 +143,13 @@ impl Nginx {
     }
 }
 
-fn config(dir: &Path, port: u16, slow_rate: &str) -> String {
+fn config(dir: &Path, port: u16, slow_rate: &str, connections: u32) -> String {
     let d = dir.display();
-    let head = nginx::config_head(dir);
+    let head = nginx::config_head_with(dir, connections);
     format!(
         r#"{head}
-    access_log {d}/access.log;
+    log_format counting '$msec\t$request_time\t$status\t$request_method\t$uri\t$bytes_sent\t$body_bytes_sent';
+    access_log {d}/access.log counting;
     server {{
         listen 127.0.0.1:{port};
         root {d}/www;

@@ -21,7 +21,7 @@ pub const REGION: &str = "us-east-1";
 
 /// s3s-fs serving `<dir>/root`, its output in `<dir>/s3s-fs.log`; stopped by pid when dropped.
 pub struct S3sFs {
-    _guard: Guard,
+    guard: Guard,
     pub addr: SocketAddr,
 }
 
@@ -45,14 +45,15 @@ impl S3sFs {
             .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let addr = s3s_fs::read_address(stdout, Some(log))
             .map_err(|e| format!("{e} (see {})", log_path.display()))?;
-        Ok(S3sFs {
-            _guard: guard,
-            addr,
-        })
+        Ok(S3sFs { guard, addr })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
     }
 
     /// Creates `bucket` (PUT /bucket).

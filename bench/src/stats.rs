@@ -63,6 +63,20 @@ pub fn int(v: f64) -> String {
     }
 }
 
+/// A byte count as `0 B`, `812 B`, `41.2 KiB`, `22.1 MiB` or `3.40 GiB`.
+pub fn bytes(v: f64) -> String {
+    const K: f64 = 1024.0;
+    if v < K {
+        format!("{v:.0} B")
+    } else if v < K * K {
+        format!("{:.1} KiB", v / K)
+    } else if v < K * K * K {
+        format!("{:.1} MiB", v / K / K)
+    } else {
+        format!("{:.2} GiB", v / K / K / K)
+    }
+}
+
 /// Microseconds as `812 µs`, `1.25 ms` or `2.10 s`.
 pub fn us(v: f64) -> String {
     if v < 1000.0 {
@@ -117,5 +131,7 @@ mod tests {
         assert_eq!(us(812.4), "812 µs");
         assert_eq!(us(1250.0), "1.25 ms");
         assert_eq!(ms(87.2), "87 ms");
+        assert_eq!(bytes(0.0), "0 B");
+        assert_eq!(bytes(23_261_064.0), "22.2 MiB");
     }
 }

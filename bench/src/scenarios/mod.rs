@@ -12,6 +12,7 @@ mod bombs;
 mod deltas;
 mod faults;
 mod file_upgrades;
+mod fleet;
 mod footprint;
 mod master_reexec;
 mod overhead;
@@ -44,6 +45,7 @@ pub static ALL: &[&Scenario] = &[
     &master_reexec::SPEC,
     &bombs::SPEC,
     &deltas::SPEC,
+    &fleet::SPEC,
 ];
 
 /// The applying child of the `deltas` scenario (`upshift-bench __deltas-apply …`).
