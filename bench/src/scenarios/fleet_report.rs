@@ -576,10 +576,10 @@ fn rate_limit_section(r: &mut Report, o: &Outcome) {
     r.para(
         "What the hosts do: a host told `RateLimited` waits exactly until the reset the fixture \
          announced, without jitter (`src/master/backoff.rs`, `rate_limit_wait`), so every limited \
-         host comes back in the same second: the peak bucket above sits at the window's reset. \
-         Without a token a fleet of this size spends the whole hour's limit in its first second \
-         of polling; each host gets a check through only when it happens to be among the first \
-         60 after a reset.",
+         host comes back in the same second: the peak bucket above sits at a reset of the window. \
+         Without a token a fleet of this size spends a window's 60 requests in its first seconds \
+         of polling; after that a host gets a check through only when it is among the first 60 \
+         after a reset.",
     );
 }
 
