@@ -47,7 +47,7 @@ mod origins;
 mod report;
 
 use hosts::{Fleet, Host, HostLog};
-use origins::{Kind, Origin, FIRST_VERSION, PUBLISHER_TOKEN};
+use origins::{DeltaFiles, Kind, Origin, FIRST_VERSION, PUBLISHER_TOKEN};
 
 pub static SPEC: Scenario = Scenario {
     name: "fleet",
@@ -284,14 +284,21 @@ fn run(opts: &Opts) -> Result<Report, String> {
     let s = Settings::from(opts)?;
     let tmp = TempDir::new(opts.flag("--keep"))?;
     let builds_dir = tmp.sub("builds")?;
-    let hello = build_hello(&["fleet".to_string()], &builds_dir)?;
+    // Two real builds that differ by their BUILD_ID: what every host runs, and what it is
+    // released to (the deltas scenario's smallest kind of change).
+    let hello = build_hello(
+        &["fleet".to_string(), "fleet-next".to_string()],
+        &builds_dir,
+    )?;
     let fixture = match s.has(Kind::Github) {
         true => Some(build_github_fixture(&builds_dir)?),
         false => None,
     };
-    // Release k: the build with a trailer naming k (never loaded: it runs as the build), so each
-    // is a distinct file of the build's size. 0 is what every host runs at the start.
-    let image = std::fs::read(&hello[0]).map_err(|e| format!("{}: {e}", hello[0].display()))?;
+    // Release k: the next build with a trailer naming k (never loaded: it runs as the build), so
+    // each is a distinct file of the build's size. 0 is what every host runs at the start: the
+    // first build, with its own trailer.
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let images = [read(&hello[0])?, read(&hello[1])?];
     let releases_dir = tmp.sub("releases")?;
     let files: Vec<PathBuf> = (0..=s.origins.len() as u64)
         .map(|k| {
@@ -299,7 +306,8 @@ fn run(opts: &Opts) -> Result<Report, String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             // Named `hello`: upshift-publish names the GitHub asset after it.
             let path = dir.join("hello");
-            release::write_exe(&path, &release::numbered(std::slice::from_ref(&image), k))?;
+            let image = &images[usize::from(k > 0)];
+            release::write_exe(&path, &release::numbered(std::slice::from_ref(image), k))?;
             Ok(path)
         })
         .collect::<Result<_, String>>()?;
@@ -495,7 +503,7 @@ async fn simulate(
             origin.kind.name()
         );
         let cpu = CpuMeter::start(&origin.pid().into_iter().collect::<Vec<_>>());
-        let mut r = release_phase(&s, origin, &initial_sha, &files[k + 1], k).await?;
+        let mut r = release_phase(&s, origin, initial, &initial_sha, &files[k + 1], k).await?;
         r.cpu = cpu.finish();
         releases.push(r);
     }
@@ -518,17 +526,23 @@ fn spawn_group(
     group: &'static str,
     hosts: usize,
     interval: Duration,
-    sha: &str,
+    running: Running<'_>,
     start: f64,
     mut first: impl FnMut(usize) -> f64,
 ) -> Result<(Arc<Fleet>, Vec<tokio::task::JoinHandle<HostLog>>), String> {
+    let Running {
+        sha256: sha,
+        image: base,
+    } = running;
     let fleet = Fleet::new();
     let mut handles = Vec::with_capacity(hosts);
     for i in 0..hosts {
         let host = Host {
             name: format!("{}-{group}-{i:05}", origin.kind.name()),
-            fetcher: origin.fetcher(group, interval)?,
+            // Every other host looks for patches: one release measures both ways.
+            fetcher: origin.fetcher(group, interval, i % 2 == 0)?,
             current: origin.current(sha),
+            base: base.clone(),
             first: Duration::from_secs_f64((start + first(i) - now()).max(0.0)),
         };
         handles.push(tokio::spawn(hosts::run(host, fleet.clone())));
@@ -545,6 +559,13 @@ async fn join(handles: Vec<tokio::task::JoinHandle<HostLog>>) -> Result<Vec<Host
         );
     }
     Ok(logs)
+}
+
+/// The build every host of a group runs: its sha256, and its bytes (which patches apply to).
+#[derive(Clone, Copy)]
+struct Running<'a> {
+    sha256: &'a str,
+    image: &'a Arc<Vec<u8>>,
 }
 
 /// A random offset in `[0, interval)` for each host: a fleet whose polls are spread.
@@ -570,6 +591,12 @@ async fn idle_phase(
 ) -> Result<Vec<GroupRun>, String> {
     // A moment for the spawning: every group's clock starts after it.
     let t0 = now() + 2.0 + s.hosts as f64 * 1e-3;
+    // Nothing new is published while idle: no host applies a patch, and needs no image.
+    let no_image = Arc::new(Vec::new());
+    let running = |sha256| Running {
+        sha256,
+        image: &no_image,
+    };
     let idle = s.idle.as_secs_f64();
     let mut plans: Vec<Planned> = Vec::new();
     for (i, origin) in origins.iter().enumerate() {
@@ -579,8 +606,15 @@ async fn idle_phase(
                 "herd" => Box::new(|_| 0.0),
                 _ => Box::new(spread(s.interval, group)),
             };
-            let (fleet, handles) =
-                spawn_group(origin, group, s.hosts, s.interval, sha, start, first)?;
+            let (fleet, handles) = spawn_group(
+                origin,
+                group,
+                s.hosts,
+                s.interval,
+                running(sha),
+                start,
+                first,
+            )?;
             plans.push(Planned {
                 origin,
                 group,
@@ -593,7 +627,8 @@ async fn idle_phase(
     }
     if let Some(origin) = anon {
         let first = spread(s.interval, "anon");
-        let (fleet, handles) = spawn_group(origin, "anon", s.hosts, s.interval, sha, t0, first)?;
+        let (fleet, handles) =
+            spawn_group(origin, "anon", s.hosts, s.interval, running(sha), t0, first)?;
         plans.push(Planned {
             origin,
             group: "anon",
@@ -673,6 +708,7 @@ fn group_run(
 async fn release_phase(
     s: &Settings,
     origin: &Origin,
+    initial: &Path,
     sha: &str,
     file: &Path,
     k: usize,
@@ -681,14 +717,29 @@ async fn release_phase(
     let n = s.hosts;
     let ri = s.release_interval;
     let start = now() + 1.0 + n as f64 * 1e-3;
-    let (fleet, handles) = spawn_group(origin, group, n, ri, sha, start, spread(ri, "rollout"))?;
+    // The patch is made before the hosts start: publishing stays the visible step.
+    let delta = DeltaFiles::make(initial, file)?;
+    let base = std::fs::read(initial).map_err(|e| format!("{}: {e}", initial.display()))?;
+    let base = Arc::new(base);
+    let (fleet, handles) = spawn_group(
+        origin,
+        group,
+        n,
+        ri,
+        Running {
+            sha256: sha,
+            image: &base,
+        },
+        start,
+        spread(ri, "rollout"),
+    )?;
     // Every host has polled once (its fetcher holds the installed release's validators).
     sleep_until(start + ri.as_secs_f64() * 1.5 + 1.0).await?;
     let version = format!("1.{}.0", k + 1);
     debug_assert_ne!(version, FIRST_VERSION);
     let publish_began = now();
     origin.set_rollout(group, 5.0, &fleet)?;
-    origin.publish(group, file, &version).await?;
+    origin.publish(group, file, &version, Some(&delta)).await?;
     let published = now();
     let step = s.step.as_secs_f64();
     let mut steps = vec![(published, 5.0)];

@@ -94,6 +94,8 @@ pub struct Host {
     pub current: Current,
     /// The wait before its first check: zero as the master does it.
     pub first: Duration,
+    /// The build it runs, which a patch is applied to (shared by every host of a group).
+    pub base: Arc<Vec<u8>>,
 }
 
 /// A release a host took.
@@ -123,6 +125,8 @@ pub struct HostLog {
     pub rate_limited: u32,
     pub rate_waits: Vec<f64>,
     pub took: Option<Took>,
+    /// Patches that were offered and did not rebuild the release (the full one was read).
+    pub delta_failed: u32,
     /// Downloads cut short, and bodies whose sha256 did not match.
     pub downloads_failed: u32,
     pub mismatched: u32,
@@ -211,11 +215,10 @@ async fn check_once(
         release.signature.clone(),
         release.version.clone(),
     );
-    let (kind, body) = body_to_download(release, &host.current);
     fleet.downloading.fetch_add(1, Ordering::SeqCst);
     let now = fleet.downloading.load(Ordering::SeqCst);
     fleet.peak_downloading.fetch_max(now, Ordering::SeqCst);
-    let read = read_hashing(body, log).await;
+    let (kind, read) = download(release, host.base.clone(), log).await;
     fleet.downloading.fetch_sub(1, Ordering::SeqCst);
     let (bytes, actual) = match read {
         Ok(r) => r,
@@ -260,20 +263,54 @@ async fn check_once(
 pub enum Body {
     /// The whole published file.
     Full,
+    /// The patch from the build the host runs.
+    Delta,
 }
 
-/// Chooses what a host that takes `release` downloads: the one place that decides.
-///
-/// TODO(lead): the delta path plugs in here. Once the delta work is merged, a `Release` can
-/// offer a patch against the installed build (much smaller than the full file): when it does
-/// and the patch applies to `current` (its base is `current.sha256`), return a `Body::Delta`
-/// variant (to add) with the patch's stream. `check_once` then counts the patch's bytes, and the
-/// report's "per release" table splits hosts and bytes by `Took::body` into "with deltas" and
-/// "without deltas" (`fleet_report.rs`, `release_table`). The hash check in `check_once` must
-/// then compare the patched binary's sha256, not the patch's.
-fn body_to_download(release: Release, current: &Current) -> (Body, ReleaseBody) {
-    let _ = current;
-    (Body::Full, release.body)
+/// Downloads what a host that takes `release` needs, the one place that decides: the patch
+/// from the build it runs when the fetcher offered one (read to its end, checked against its
+/// published sha256, applied to the host's build with upshift's own codec, as the master's
+/// pipeline does), else, or when the patch fails, the full release. Returns what was used, and
+/// the bytes received with the sha256 of the binary they make.
+async fn download(
+    mut release: Release,
+    base: Arc<Vec<u8>>,
+    log: &mut HostLog,
+) -> (Body, std::io::Result<(u64, String)>) {
+    if let Some(delta) = release.delta.take() {
+        let patched = async {
+            let expected = delta.sha256.clone();
+            let mut patch = Vec::new();
+            let mut body = delta.body;
+            body.read_to_end(&mut patch).await?;
+            log.received += patch.len() as u64;
+            if hex::encode(Sha256::digest(&patch)) != expected.to_ascii_lowercase() {
+                return Err(std::io::Error::other("the patch does not match its sha256"));
+            }
+            let applied = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                upshift::delta::apply(&base, &mut &patch[..], &mut out, 1 << 30)
+                    .map(|_| (patch.len() as u64, hex::encode(Sha256::digest(&out))))
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            applied.map_err(std::io::Error::other)
+        }
+        .await;
+        match patched {
+            Ok((bytes, sha))
+                if release
+                    .sha256
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&sha)) =>
+            {
+                return (Body::Delta, Ok((bytes, sha)));
+            }
+            // As the pipeline does: anything wrong with the patch, and the full release is read.
+            _ => log.delta_failed += 1,
+        }
+    }
+    (Body::Full, read_hashing(release.body, log).await)
 }
 
 /// Reads `body` to its end: its length and lower-case hex sha256.

@@ -179,7 +179,7 @@ impl Origin {
                     .or_else(|_| std::fs::copy(file, &asset).map(|_| ()))
                     .map_err(|e| format!("{}: {e}", asset.display()))
             }
-            _ => self.publish_now(group, file, FIRST_VERSION),
+            _ => self.publish_now(group, file, "app"),
         }
     }
 
@@ -188,15 +188,38 @@ impl Origin {
     /// with `x-amz-meta-sha256` (`S3sFs::prepare_release`); GitHub gets `upshift-publish
     /// --github fleet/<group> --tag v<version>` (a draft release, the asset and its `.sha256`
     /// uploaded, then published), run in-process.
-    pub async fn publish(&self, group: &str, file: &Path, version: &str) -> Result<(), String> {
+    ///
+    /// With `delta`, the patch from `delta.base` goes first, the way `upshift-publish
+    /// --delta-from` publishes it: nginx's directory and S3 get the patch made beforehand
+    /// (`delta.patch`, under [`upshift::delta::patch_name`], with its own `.sha256` /
+    /// `x-amz-meta-sha256`); GitHub gets `--delta-from` on the same `upshift-publish` run.
+    pub async fn publish(
+        &self,
+        group: &str,
+        file: &Path,
+        version: &str,
+        delta: Option<&DeltaFiles>,
+    ) -> Result<(), String> {
         match &self.server {
-            Server::Github { fixture, .. } => fixture.publish(group, file, version).await,
-            _ => self.publish_now(group, file, version),
+            Server::Github { fixture, .. } => {
+                fixture
+                    .publish(group, file, version, delta.map(|d| d.base.as_path()))
+                    .await
+            }
+            _ => {
+                if let Some(d) = delta {
+                    let name = upshift::delta::patch_name("app", &d.base_sha256);
+                    self.publish_now(group, &d.patch, &name)?;
+                }
+                self.publish_now(group, file, "app")
+            }
         }
     }
 
-    fn publish_now(&self, group: &str, file: &Path, _version: &str) -> Result<(), String> {
-        let key = format!("{group}/app");
+    /// Publishes `file` as `<group>/<name>` with its sha256 beside it (nginx) or in its metadata
+    /// (S3).
+    fn publish_now(&self, group: &str, file: &Path, name: &str) -> Result<(), String> {
+        let key = format!("{group}/{name}");
         let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
         match &self.server {
             Server::Http(n) => n.publish(&key, file, &hex::encode(Sha256::digest(&bytes))),
@@ -225,13 +248,19 @@ impl Origin {
 
     /// A host's fetcher for `group`, polling every `interval`, as `hello` would configure it
     /// (plain http allowed: these are loopback servers).
-    pub fn fetcher(&self, group: &str, interval: Duration) -> Result<Box<dyn Fetcher>, String> {
+    pub fn fetcher(
+        &self,
+        group: &str,
+        interval: Duration,
+        deltas: bool,
+    ) -> Result<Box<dyn Fetcher>, String> {
         let e = |e: upshift::fetch::FetchError| format!("{}: {e}", self.kind.name());
         let mut f: Box<dyn Fetcher> = match &self.server {
             Server::Http(n) => Box::new(
                 upshift_http::HttpFetcher::new(n.url(&format!("{group}/app")))
                     .map_err(e)?
                     .rollout_url("app.rollout")
+                    .deltas(deltas)
                     .interval(interval),
             ),
             Server::S3 { proxy, .. } => Box::new(
@@ -239,12 +268,14 @@ impl Origin {
                     .endpoint(proxy.url())
                     .region(s3::REGION)
                     .credentials(s3::ACCESS_KEY, s3::SECRET_KEY, None)
+                    .deltas(deltas)
                     .interval(interval),
             ),
             Server::Github { fixture, token } => {
                 let mut g = upshift_github::GithubFetcher::new(&format!("fleet/{group}"))
                     .map_err(e)?
                     .api_base(fixture.api.clone())
+                    .deltas(deltas)
                     .interval(interval);
                 if let Some(t) = token {
                     g = g.token(t.clone());
@@ -330,11 +361,17 @@ impl Origin {
 }
 
 impl Fixture {
-    async fn publish(&self, group: &str, file: &Path, version: &str) -> Result<(), String> {
+    async fn publish(
+        &self,
+        group: &str,
+        file: &Path,
+        version: &str,
+        delta_from: Option<&Path>,
+    ) -> Result<(), String> {
         let token_file = self.dir.join("publisher-token");
         std::fs::write(&token_file, PUBLISHER_TOKEN)
             .map_err(|e| format!("{}: {e}", token_file.display()))?;
-        let args = [
+        let mut args = vec![
             file.display().to_string(),
             "--github".into(),
             format!("fleet/{group}"),
@@ -346,6 +383,9 @@ impl Fixture {
             token_file.display().to_string(),
             "--quiet".into(),
         ];
+        if let Some(base) = delta_from {
+            args.extend(["--delta-from".into(), base.display().to_string()]);
+        }
         let config = match upshift_publish::cli::parse(args) {
             Ok(upshift_publish::cli::Command::Publish(c)) => c,
             Ok(_) => return Err("upshift-publish: not a publish command".into()),
@@ -355,6 +395,33 @@ impl Fixture {
             .await
             .map(drop)
             .map_err(|e| format!("upshift-publish --github fleet/{group}: {e}"))
+    }
+}
+
+/// A release's patch from the build every host runs: made once, before the release is
+/// published, so that publishing stays the visible step.
+pub struct DeltaFiles {
+    /// The build every host runs.
+    pub base: PathBuf,
+    pub base_sha256: String,
+    /// The patch from `base` to the release (`upshift::delta::make`).
+    pub patch: PathBuf,
+}
+
+impl DeltaFiles {
+    /// Makes the patch from `base` to `release` beside `release`.
+    pub fn make(base: &Path, release: &Path) -> Result<DeltaFiles, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let (old, new) = (read(base)?, read(release)?);
+        let mut patch = Vec::new();
+        upshift::delta::make(&old, &new, &mut patch).map_err(|e| format!("making a patch: {e}"))?;
+        let path = release.with_extension("patch");
+        std::fs::write(&path, &patch).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(DeltaFiles {
+            base: base.to_path_buf(),
+            base_sha256: hex::encode(Sha256::digest(&old)),
+            patch: path,
+        })
     }
 }
 

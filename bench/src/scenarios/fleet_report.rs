@@ -261,19 +261,26 @@ fn release_section(r: &mut Report, o: &Outcome) {
          network, so the byte figure is an upper bound; the count of transfers is not.",
     );
     r.para(
-        "Deltas: a host's body is chosen in one place (`bench/src/scenarios/fleet_hosts.rs`, \
-         `body_to_download`); every host here downloads the full release. The \"with deltas\" \
-         column is to come once the delta work is merged (TODO(lead) there).",
+        "Deltas: every other host's fetcher looks for patches (`deltas(true)`, the default), the \
+         others' do not (`deltas(false)`), so one release measures both. The release is \
+         published with a patch from the build every host runs (the next build differs by its \
+         BUILD_ID; `upshift::delta::make`, or `upshift-publish --delta-from` for GitHub). A host \
+         with deltas reads the patch, checks its sha256, applies it to its build with upshift's \
+         codec and checks the result against the release's sha256, as the master's pipeline \
+         does (`fleet_hosts.rs`, `download`); a patch that fails is counted and the full \
+         release read. Bytes per host are what the hosts received (host side); the origin's \
+         totals cover both halves. A host with deltas that is outside the rollout costs no \
+         transfer: with a patch found, the fetcher leaves the full release unrequested.",
     );
     let mut t = Table::new(&[
         "origin",
         "hosts that took it",
         "requests at the origin",
-        "body bytes: without deltas",
+        "body bytes at the origin (both halves)",
         "of which whole downloads",
         "of which cut short (hosts outside the rollout)",
-        "per host",
-        "with deltas",
+        "without deltas: hosts, received per host",
+        "with deltas: hosts, received per host (patch failed)",
         "50 % / 99 % / 100 % of hosts took it after",
         "downloads at once, peak: origin / hosts",
     ]);
@@ -296,11 +303,18 @@ fn release_section(r: &mut Report, o: &Outcome) {
             .filter_map(|l| l.took.as_ref())
             .map(|t| t.finished)
             .collect();
-        let full = g
-            .logs
-            .iter()
-            .filter(|l| l.took.as_ref().is_some_and(|t| t.body == Body::Full))
-            .count();
+        let received = |kind: Body| {
+            let took: Vec<u64> = g
+                .logs
+                .iter()
+                .filter_map(|l| l.took.as_ref().filter(|t| t.body == kind).map(|t| t.bytes))
+                .collect();
+            let per_host = took.iter().sum::<u64>() as f64 / took.len().max(1) as f64;
+            (took.len(), per_host)
+        };
+        let (full, full_each) = received(Body::Full);
+        let (patched, patch_each) = received(Body::Delta);
+        let delta_failed: u32 = g.logs.iter().map(|l| l.delta_failed).sum();
         let until = |p: f64| {
             time_until(&took, g.hosts, p, x.published).map_or("not within the run".into(), secs)
         };
@@ -315,8 +329,13 @@ fn release_section(r: &mut Report, o: &Outcome) {
                 bytes(sum(&cut) as f64),
                 int(cut.len() as f64)
             ),
-            bytes(tally.body_bytes as f64 / g.hosts.max(1) as f64),
-            format!("– (all {} downloads full)", int(full as f64)),
+            format!("{}, {}", int(full as f64), bytes(full_each)),
+            format!(
+                "{}, {} ({})",
+                int(patched as f64),
+                bytes(patch_each),
+                int(f64::from(delta_failed))
+            ),
             format!("{} / {} / {}", until(50.0), until(99.0), until(100.0)),
             format!(
                 "{} / {}",
@@ -330,7 +349,7 @@ fn release_section(r: &mut Report, o: &Outcome) {
             hosts_side(&g.logs, g.kind, x),
         ]);
     }
-    r.highlight("fleet: per release, without deltas", &t);
+    r.highlight("fleet: per release, without and with deltas", &t);
     r.table(&detail);
     let mut sched = String::new();
     for x in &o.releases {
