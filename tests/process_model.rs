@@ -547,6 +547,10 @@ fn restart_reexecutes_through_a_flipped_release_symlink() {
     std::fs::rename(&next, &current).unwrap();
 
     let new = master.restart(&addr, old, RESTART);
+    // The old worker accepts until the new one is ready and it is told to drain: under load, the
+    // next request may still reach it. Once it has exited, only the new one answers.
+    let drained = wait_until(RESTART, || !is_alive(old));
+    assert!(drained, "the old worker {old} never exited");
     let r = get(&addr, "/").unwrap();
     assert_eq!(r.pid(), Some(new));
     if r.exe() != Some(v2.to_str().unwrap()) {
