@@ -328,8 +328,8 @@ fn run(opts: &Opts) -> Result<Report, String> {
     let mut outcome = outcome?;
     outcome.light_roots = light_roots;
     outcome.release_what = format!(
-        "the `hello` example (BUILD_ID=fleet, a real build) with a trailer naming the release, \
-         {} bytes ({:.1} MiB)",
+        "the `hello` example (BUILD_ID=fleet-next, a real build; the hosts run BUILD_ID=fleet) \
+         with a trailer naming the release, {} bytes ({:.1} MiB)",
         outcome.release_size,
         outcome.release_size as f64 / 1048576.0
     );
