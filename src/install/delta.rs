@@ -149,9 +149,8 @@ async fn stage_patch(
         source: None,
         delta: None,
     };
-    let mut patch_opts = opts.clone();
-    patch_opts.require_checksum_for_remote = true;
-    super::stage::stage_full(patch, target, &patch_opts).await
+    // Remote with a sha256 always: the checksum rule holds whatever the options say.
+    super::stage::stage_full(patch, target, opts).await
 }
 
 /// Applies the staged patch at `patch_path` to `base`, into `out`, updating the release's
